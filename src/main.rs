@@ -1,0 +1,3 @@
+//! The `lesionseg` command line (thin: parses arguments, calls the library).
+
+fn main() {}
