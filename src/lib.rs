@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod error;
+pub mod model;
 pub mod tensor;
 
 pub use error::{Error, Result};
