@@ -1,0 +1,108 @@
+//! Helpers shared by the integration tests: fresh random inputs, poisoned outputs,
+//! and comparisons that name the op, the shape and the first bad element.
+#![allow(dead_code)]
+
+use rand::{Rng, SeedableRng};
+
+/// Tolerances, in one table (relative L2 error ‖a−b‖/‖b‖ unless noted).
+pub mod tol {
+    /// fp32 op against the CPU reference / a direct implementation.
+    pub const F32: f64 = 1e-5;
+    /// bf16 paths.
+    pub const BF16: f64 = 1e-2;
+    /// f64 analytic gradient against central finite differences.
+    pub const FINITE_DIFF: f64 = 1e-6;
+}
+
+/// A random generator seeded from the clock (fresh inputs every run); the seed is
+/// printed so that a failure can be replayed with `LESIONSEG_SEED`.
+pub fn rng() -> rand_chacha::ChaCha8Rng {
+    let seed = std::env::var("LESIONSEG_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    eprintln!("seed {seed} (set LESIONSEG_SEED={seed} to replay)");
+    rand_chacha::ChaCha8Rng::seed_from_u64(seed)
+}
+
+/// `len` values uniform in [-1, 1).
+pub fn uniform(rng: &mut impl Rng, len: usize) -> Vec<f32> {
+    (0..len).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
+}
+
+/// `len` values uniform in [-1, 1), as f64.
+pub fn uniform64(rng: &mut impl Rng, len: usize) -> Vec<f64> {
+    (0..len).map(|_| rng.gen_range(-1.0f64..1.0)).collect()
+}
+
+/// A NaN-filled buffer: any element an op fails to write makes the comparison fail.
+pub fn poisoned(len: usize) -> Vec<f32> {
+    vec![f32::NAN; len]
+}
+
+/// ‖a−b‖/‖b‖ in f64; infinite if either holds a NaN or the lengths differ.
+pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    rel_l2_64(&a.iter().map(|&v| v as f64).collect::<Vec<_>>(), &b.iter().map(|&v| v as f64).collect::<Vec<_>>())
+}
+
+/// ‖a−b‖/‖b‖ for f64 slices; infinite on NaN or a length mismatch.
+pub fn rel_l2_64(a: &[f64], b: &[f64]) -> f64 {
+    if a.len() != b.len() || a.iter().chain(b).any(|v| v.is_nan()) {
+        return f64::INFINITY;
+    }
+    let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
+    let den: f64 = b.iter().map(|y| y * y).sum();
+    if den == 0.0 {
+        if num == 0.0 {
+            0.0
+        } else {
+            f64::INFINITY
+        }
+    } else {
+        (num / den).sqrt()
+    }
+}
+
+/// Panics with a useful message unless `rel_l2(got, want) <= tol`.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
+    let err = rel_l2(got, want);
+    assert!(err <= tol, "{what}: relative L2 error {err:.3e} > {tol:.1e}\n{}", describe(got, want));
+}
+
+/// f64 version of [`assert_close`].
+pub fn assert_close64(what: &str, got: &[f64], want: &[f64], tol: f64) {
+    let err = rel_l2_64(got, want);
+    let g: Vec<f32> = got.iter().map(|&v| v as f32).collect();
+    let w: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+    assert!(err <= tol, "{what}: relative L2 error {err:.3e} > {tol:.1e}\n{}", describe(&g, &w));
+}
+
+/// Lengths, max abs error, the element that differs most, the first NaN, and a few pairs.
+pub fn describe(got: &[f32], want: &[f32]) -> String {
+    if got.len() != want.len() {
+        return format!("length {} vs expected {}", got.len(), want.len());
+    }
+    let mut worst = (0usize, 0f64);
+    let mut first_nan = None;
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        if g.is_nan() || w.is_nan() {
+            first_nan.get_or_insert(i);
+            continue;
+        }
+        let d = (*g as f64 - *w as f64).abs();
+        if d > worst.1 {
+            worst = (i, d);
+        }
+    }
+    let pairs: Vec<String> =
+        (0..got.len().min(4)).map(|i| format!("[{i}] {:.6e} vs {:.6e}", got[i], want[i])).collect();
+    format!(
+        "len {}, max abs err {:.3e} at [{}] ({:.6e} vs {:.6e}), first NaN {:?}; {}",
+        got.len(),
+        worst.1,
+        worst.0,
+        got.get(worst.0).copied().unwrap_or(f32::NAN),
+        want.get(worst.0).copied().unwrap_or(f32::NAN),
+        first_nan,
+        pairs.join(", ")
+    )
+}
