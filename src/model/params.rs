@@ -67,18 +67,6 @@ impl ParamSpec {
             ParamKind::Bias { k } => vec![k],
         }
     }
-
-    /// PyTorch's default initialisation bound: weights and biases are drawn from
-    /// U(−b, b), b = 1/sqrt(fan_in), fan_in = size(1)·receptive field (for a
-    /// transposed conv PyTorch takes dim 1, the *output* channels).
-    pub fn init_bound(&self, weight_of_same_layer: ParamKind) -> f64 {
-        let fan_in = match weight_of_same_layer {
-            ParamKind::Conv { r, c, .. } => c * r * r,
-            ParamKind::Deconv { k, .. } => k * 16,
-            ParamKind::Bias { k } => k,
-        };
-        1.0 / (fan_in as f64).sqrt()
-    }
 }
 
 /// A convolution layer of the network: its weight and bias parameters.
@@ -88,6 +76,20 @@ pub struct LayerParams {
     pub weight: ParamSpec,
     /// The bias.
     pub bias: ParamSpec,
+}
+
+impl LayerParams {
+    /// PyTorch's default initialisation bound: weight and bias are drawn from
+    /// U(−b, b), b = 1/sqrt(fan_in), fan_in = size(1)·receptive field (for a
+    /// transposed conv PyTorch's dim 1 is the *output* channels).
+    pub fn init_bound(&self) -> f64 {
+        let fan_in = match self.weight.kind {
+            ParamKind::Conv { r, c, .. } => c * r * r,
+            ParamKind::Deconv { k, .. } => k * 16,
+            ParamKind::Bias { k } => k,
+        };
+        1.0 / (fan_in as f64).sqrt()
+    }
 }
 
 /// All parameters, in PyTorch `state_dict` order of the paper's model.

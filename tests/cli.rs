@@ -1,0 +1,93 @@
+//! The command line on bad input: one clear line on stderr, a non-zero exit, and
+//! never a panic.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use lesionseg::tensor::Tensor;
+use lesionseg::weights;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lesionseg-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// Runs `lesionseg args…`, expects failure, returns stderr (checked to be one line
+/// starting `error:` and free of panics).
+fn fails(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_lesionseg")).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "{args:?} succeeded; stderr: {stderr}");
+    assert_eq!(out.status.code(), Some(1), "{args:?}: exit code; stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() == 1 && lines[0].starts_with("error: "), "{args:?}: want one error line, got:\n{stderr}");
+    stderr
+}
+
+fn forward_args<'a>(weights: &'a str, input: &'a str, output: &'a str) -> Vec<&'a str> {
+    vec!["forward", "--device", "cpu", "--weights", weights, "--input", input, "--output", output]
+}
+
+fn good_weights() -> Vec<(String, Tensor)> {
+    weights::read_plain(&fixture("narrow_weights.safetensors")).unwrap().into_iter().collect()
+}
+
+#[test]
+fn truncated_weights_file_is_one_line_error() {
+    let bytes = std::fs::read(fixture("narrow_weights.safetensors")).unwrap();
+    let path = temp("truncated.safetensors");
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let input = fixture("narrow_n1_64x96.safetensors");
+    let err = fails(&forward_args(path.to_str().unwrap(), input.to_str().unwrap(), temp("o1").to_str().unwrap()));
+    assert!(err.contains("truncated.safetensors"), "names the file: {err}");
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let mut w = good_weights();
+    w.retain(|(name, _)| !name.ends_with("dec3.block.1.weight"));
+    let path = temp("missing.safetensors");
+    weights::write_safetensors(&path, &w, None).unwrap();
+    let input = fixture("narrow_n1_64x96.safetensors");
+    let err = fails(&forward_args(path.to_str().unwrap(), input.to_str().unwrap(), temp("o2").to_str().unwrap()));
+    assert!(err.contains("dec3.block.1.weight"), "names the tensor: {err}");
+}
+
+#[test]
+fn wrong_shaped_tensor_is_named_with_both_shapes() {
+    let mut w = good_weights();
+    for (name, t) in w.iter_mut() {
+        if name.ends_with("dec2.block.0.conv.bias") {
+            *t = Tensor::zeros(vec![t.shape[0] + 1]);
+        }
+    }
+    let path = temp("wrong-shape.safetensors");
+    weights::write_safetensors(&path, &w, None).unwrap();
+    let input = fixture("narrow_n1_64x96.safetensors");
+    let err = fails(&forward_args(path.to_str().unwrap(), input.to_str().unwrap(), temp("o3").to_str().unwrap()));
+    assert!(err.contains("dec2.block.0.conv.bias"), "names the tensor: {err}");
+}
+
+#[test]
+fn input_size_not_multiple_of_32_is_one_line_error() {
+    let input = Tensor::zeros(vec![1, 3, 64, 80]);
+    let path = temp("input-64x80.safetensors");
+    weights::write_safetensors(&path, &[("input".to_string(), input)], None).unwrap();
+    let w = fixture("narrow_weights.safetensors");
+    let err = fails(&forward_args(w.to_str().unwrap(), path.to_str().unwrap(), temp("o4").to_str().unwrap()));
+    assert!(err.contains("multiples of 32"), "says what is wrong: {err}");
+}
+
+#[test]
+fn not_a_safetensors_input_is_one_line_error() {
+    let path = temp("garbage.safetensors");
+    std::fs::write(&path, b"this is not a tensor file").unwrap();
+    let w = fixture("narrow_weights.safetensors");
+    fails(&forward_args(w.to_str().unwrap(), path.to_str().unwrap(), temp("o5").to_str().unwrap()));
+}

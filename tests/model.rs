@@ -1,0 +1,85 @@
+//! The whole model against PyTorch goldens (made by scripts/make_goldens.py from
+//! the paper's model, every channel count ÷8), through the `forward` command's
+//! library entry point; and run-to-run determinism.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use lesionseg::backend::cpu::Cpu;
+use lesionseg::tensor::Tensor;
+use lesionseg::weights;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lesionseg-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn max_abs(v: &[f32]) -> f64 {
+    v.iter().fold(0f64, |m, x| m.max((*x as f64).abs()))
+}
+
+/// Runs `forward` on a golden case and checks every output against the fixture:
+/// outputs max|d| ≤ 1e-4·max|ref|, losses relative 1e-5, each gradient relative
+/// L2 ≤ 1e-4.
+fn check_golden(case: &str) {
+    let case_path = fixture(case);
+    let out_path = temp(&format!("out-{case}"));
+    let summary = lesionseg::forward::run(&Cpu, &fixture("narrow_weights.safetensors"), &case_path, &out_path)
+        .unwrap_or_else(|e| panic!("{case}: {e}"));
+    assert!(summary.loss.is_some(), "{case}: targets present, so losses expected");
+    let got = weights::read_plain(&out_path).unwrap();
+    let want = weights::read_plain(&case_path).unwrap();
+    let mut grads = 0;
+    for (name, w) in &want {
+        if name == "input" || name == "target_mask" {
+            continue;
+        }
+        let g: &Tensor = got.get(name).unwrap_or_else(|| panic!("{case}: output lacks `{name}`"));
+        assert_eq!(g.shape, w.shape, "{case}: shape of `{name}`");
+        if name.starts_with("grad.") {
+            common::assert_close(&format!("{case} {name}"), &g.data, &w.data, 1e-4);
+            grads += 1;
+        } else if name.starts_with("loss") {
+            let (a, b) = (g.data[0] as f64, w.data[0] as f64);
+            assert!((a - b).abs() <= 1e-5 * b.abs(), "{case} {name}: {a} vs PyTorch {b}");
+        } else {
+            let d = g.data.iter().zip(&w.data).fold(0f64, |m, (a, b)| m.max((*a as f64 - *b as f64).abs()));
+            let bound = 1e-4 * max_abs(&w.data);
+            assert!(d <= bound && !g.data.iter().any(|v| v.is_nan()), "{case} {name}: max|d| {d:.3e} > {bound:.3e}");
+        }
+    }
+    // 26 parameters + the input gradient.
+    assert_eq!(grads, 2 * 26 + 1, "{case}: every gradient compared");
+    eprintln!("{case}: {} tensors match PyTorch ({:.3} s)", want.len() - 2, summary.seconds);
+}
+
+#[test]
+fn narrow_model_matches_pytorch_batch2_64x64() {
+    check_golden("narrow_n2_64x64.safetensors");
+}
+
+#[test]
+fn narrow_model_matches_pytorch_non_square_64x96() {
+    check_golden("narrow_n1_64x96.safetensors");
+}
+
+#[test]
+fn two_runs_match_bitwise() {
+    let case_path = fixture("narrow_n1_64x96.safetensors");
+    let a = temp("det-a.safetensors");
+    let b = temp("det-b.safetensors");
+    let w = fixture("narrow_weights.safetensors");
+    lesionseg::forward::run(&Cpu, &w, &case_path, &a).unwrap();
+    lesionseg::forward::run(&Cpu, &w, &case_path, &b).unwrap();
+    let (a, b) = (weights::read_plain(&a).unwrap(), weights::read_plain(&b).unwrap());
+    for (name, t) in &a {
+        let bits = |t: &Tensor| t.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert!(bits(t) == bits(&b[name]), "`{name}` differs between two identical runs");
+    }
+}
