@@ -3,8 +3,12 @@
 //! fallback and the reference. See DESIGN.md for the architecture.
 
 pub mod backend;
+pub mod demo;
+pub mod device;
 pub mod error;
+pub mod forward;
 pub mod model;
 pub mod tensor;
+pub mod weights;
 
 pub use error::{Error, Result};

@@ -16,6 +16,7 @@
 //!   op says whether it writes or adds ([`GradIn`]).
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::error::Result;
 

@@ -1,0 +1,195 @@
+//! Backends that run the hand-written kernels in `kernels/`: the launch logic
+//! (shape checks, geometry, arguments) is written once here, over an
+//! [`Executor`] that either drives a GPU (`driver`: cudarc + NVRTC) or runs the
+//! same kernel sources compiled for the host (`crate::backend::emu`). So the
+//! emulator checks exactly the grid, block and shared-memory sizes the GPU runs.
+//!
+//! One file per op family, named as its kernel file: `conv2d.rs` ↔
+//! `kernels/conv2d.cu` ↔ `backend/cpu/conv2d.rs` ↔ `tests/conv2d.rs`.
+
+pub mod adam;
+pub mod conv2d;
+pub mod deconv;
+pub mod loss;
+pub mod pool;
+
+use super::{
+    AdamParams, At, Backend, Conv2dParams, DeconvParams, GlobalPoolParams, GradIn, LossParams, LossParts,
+    MaxPoolParams,
+};
+use crate::error::{Error, Result};
+
+/// A kernel entry point: its source file (without `.cu`) and `extern "C"` name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Kernel {
+    /// Source file under `kernels/`, e.g. `conv2d`.
+    pub module: &'static str,
+    /// Entry point, `<op>_<variant>_<dtype>`, e.g. `conv2d_fwd_f32`.
+    pub name: &'static str,
+}
+
+/// Launch geometry, computed once per launch by the op's launcher and used as is
+/// by every executor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Blocks in x, y, z.
+    pub grid: [u32; 3],
+    /// Threads per block in x, y, z.
+    pub block: [u32; 3],
+    /// Dynamic shared memory in bytes.
+    pub smem_bytes: u32,
+}
+
+/// One kernel argument, passed by value.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Arg {
+    /// A device address (element 0 of an operand).
+    Ptr(u64),
+    /// `int`.
+    I32(i32),
+    /// `float`.
+    F32(f32),
+}
+
+/// Memory and launches on one device (a GPU, or the host emulator).
+pub trait Executor {
+    /// A device buffer of f32.
+    type Mem;
+    /// Short name (`cuda`, `emu`).
+    fn name(&self) -> &'static str;
+    /// A zero-filled buffer of `len` f32.
+    fn alloc(&self, len: usize) -> Result<Self::Mem>;
+    /// Elements in `mem`.
+    fn len(&self, mem: &Self::Mem) -> usize;
+    /// Device address of element 0 of `mem`.
+    fn addr(&self, mem: &Self::Mem) -> u64;
+    /// Host → device at element `off`.
+    fn upload(&self, mem: &Self::Mem, off: usize, src: &[f32]) -> Result<()>;
+    /// Device → host from element `off`.
+    fn download(&self, mem: &Self::Mem, off: usize, dst: &mut [f32]) -> Result<()>;
+    /// Runs `kernel` with `args` (waits for completion where the executor checks
+    /// each launch, as in tests and debug builds).
+    fn launch(&self, kernel: Kernel, geom: &Geometry, args: &[Arg]) -> Result<()>;
+}
+
+/// The kernel backend over executor `E`.
+pub struct Kernels<E: Executor> {
+    /// The executor.
+    pub exec: E,
+}
+
+/// An operand checked against its buffer: its device address.
+pub(crate) fn operand<E: Executor>(
+    exec: &E,
+    op: &str,
+    name: &str,
+    at: At<'_, Kernels<E>>,
+    len: usize,
+) -> Result<Arg> {
+    let size = exec.len(at.buf);
+    if at.off.checked_add(len).is_none_or(|end| end > size) {
+        return Err(Error::shape(
+            format!("{op} operand {name}"),
+            format!("{len} elements at offset {} inside a buffer of {size}", at.off),
+            "an operand past the end of its buffer",
+        ));
+    }
+    Ok(Arg::Ptr(exec.addr(at.buf) + 4 * at.off as u64))
+}
+
+/// `v` as an `int` kernel argument, or a shape error if it does not fit.
+pub(crate) fn int(op: &str, v: usize) -> Result<Arg> {
+    i32::try_from(v).map(Arg::I32).map_err(|_| Error::shape(op, "sizes below 2^31", v))
+}
+
+/// Blocks of `per_block` covering `total` items.
+pub(crate) fn blocks(total: usize, per_block: usize) -> u32 {
+    total.div_ceil(per_block).max(1) as u32
+}
+
+impl<E: Executor> Backend for Kernels<E> {
+    type Buf = E::Mem;
+
+    fn name(&self) -> &'static str {
+        self.exec.name()
+    }
+    fn alloc(&self, len: usize) -> Result<E::Mem> {
+        self.exec.alloc(len)
+    }
+    fn upload(&self, dst: &E::Mem, off: usize, src: &[f32]) -> Result<()> {
+        self.exec.upload(dst, off, src)
+    }
+    fn download(&self, src: &E::Mem, off: usize, dst: &mut [f32]) -> Result<()> {
+        self.exec.download(src, off, dst)
+    }
+    fn zero(&self, buf: &E::Mem, off: usize, len: usize) -> Result<()> {
+        self.exec.upload(buf, off, &vec![0.0; len])
+    }
+
+    fn conv2d_forward(&self, y: At<Self>, x: At<Self>, w: At<Self>, b: At<Self>, p: &Conv2dParams) -> Result<()> {
+        conv2d::forward(self, y, x, w, b, p)
+    }
+    fn conv2d_backward(
+        &self,
+        dx: GradIn<Self>,
+        dw: At<Self>,
+        db: At<Self>,
+        dy: At<Self>,
+        y: At<Self>,
+        x: At<Self>,
+        w: At<Self>,
+        p: &Conv2dParams,
+    ) -> Result<()> {
+        conv2d::backward(self, dx, dw, db, dy, y, x, w, p)
+    }
+    fn deconv_forward(&self, y: At<Self>, x: At<Self>, w: At<Self>, b: At<Self>, p: &DeconvParams) -> Result<()> {
+        deconv::forward(self, y, x, w, b, p)
+    }
+    fn deconv_backward(
+        &self,
+        dx: GradIn<Self>,
+        dw: At<Self>,
+        db: At<Self>,
+        dy: At<Self>,
+        y: At<Self>,
+        x: At<Self>,
+        w: At<Self>,
+        p: &DeconvParams,
+    ) -> Result<()> {
+        deconv::backward(self, dx, dw, db, dy, y, x, w, p)
+    }
+    fn maxpool_forward(&self, y: At<Self>, x: At<Self>, p: &MaxPoolParams) -> Result<()> {
+        pool::maxpool_forward(self, y, x, p)
+    }
+    fn maxpool_backward(&self, dx: At<Self>, dy: At<Self>, x: At<Self>, p: &MaxPoolParams) -> Result<()> {
+        pool::maxpool_backward(self, dx, dy, x, p)
+    }
+    fn global_avg_forward(&self, y: At<Self>, x: At<Self>, p: &GlobalPoolParams) -> Result<()> {
+        pool::global_avg_forward(self, y, x, p)
+    }
+    fn global_avg_backward(&self, dx: At<Self>, dy: At<Self>, p: &GlobalPoolParams) -> Result<()> {
+        pool::global_avg_backward(self, dx, dy, p)
+    }
+    fn global_max_forward(&self, y: At<Self>, x: At<Self>, p: &GlobalPoolParams) -> Result<()> {
+        pool::global_max_forward(self, y, x, p)
+    }
+    fn global_max_backward(&self, dx: At<Self>, dy: At<Self>, x: At<Self>, p: &GlobalPoolParams) -> Result<()> {
+        pool::global_max_backward(self, dx, dy, x, p)
+    }
+    fn loss(
+        &self,
+        d_mask: At<Self>,
+        d_mid: At<Self>,
+        d_last: At<Self>,
+        mask_logits: At<Self>,
+        cls_mid: At<Self>,
+        cls_last: At<Self>,
+        target: At<Self>,
+        p: &LossParams,
+    ) -> Result<LossParts> {
+        loss::loss(self, d_mask, d_mid, d_last, mask_logits, cls_mid, cls_last, target, p)
+    }
+    fn adam(&self, param: At<Self>, m: At<Self>, v: At<Self>, grad: At<Self>, p: &AdamParams) -> Result<()> {
+        adam::adam(self, param, m, v, grad, p)
+    }
+}
