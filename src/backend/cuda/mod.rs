@@ -10,8 +10,12 @@
 pub mod adam;
 pub mod conv2d;
 pub mod deconv;
+pub mod driver;
 pub mod loss;
+pub mod nvrtc;
 pub mod pool;
+pub mod probe;
+pub mod ptxas;
 
 use super::{
     AdamParams, At, Backend, Conv2dParams, DeconvParams, GlobalPoolParams, GradIn, LossParams, LossParts,
