@@ -9,6 +9,7 @@
 pub mod adam;
 pub mod conv2d;
 pub mod deconv;
+mod im2col;
 pub mod loss;
 pub mod pool;
 

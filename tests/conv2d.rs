@@ -1,0 +1,376 @@
+//! Tests of the CPU conv2d (3x3 and 1x1, stride 1, same padding, bias, fused ReLU):
+//! against a direct f64 implementation of PyTorch's definition (weights in
+//! PyTorch's `[K][C][R][S]` layout, so the `[R][S][C][K]` repacking is checked
+//! too), against central finite differences, for bitwise determinism across thread
+//! counts, and once through the `Backend` trait.
+//!
+//! Activations live as pitched views inside wider buffers whose other elements hold
+//! a sentinel, and outputs are poisoned with NaN, so an element written that should
+//! not be, or not written that should be, fails the test.
+
+mod common;
+
+use common::tol;
+use lesionseg::backend::cpu::conv2d::{conv2d_backward, conv2d_forward};
+use lesionseg::backend::cpu::{view_len, Cpu};
+use lesionseg::backend::{At, Backend, Conv2dParams, GradIn};
+use rand::Rng;
+
+/// What the elements of a buffer outside its view hold.
+const SENTINEL: f32 = 4242.0;
+
+/// A pitched NHWC view at offset `off` of a buffer that holds [`SENTINEL`] elsewhere.
+struct View {
+    buf: Vec<f32>,
+    off: usize,
+    pixels: usize,
+    c: usize,
+    pitch: usize,
+}
+
+impl View {
+    fn new(pixels: usize, c: usize, pitch: usize, off: usize, mut value: impl FnMut(usize) -> f32) -> Self {
+        let mut buf = vec![SENTINEL; off + pixels * pitch + 3];
+        for p in 0..pixels {
+            for ch in 0..c {
+                buf[off + p * pitch + ch] = value(p * c + ch);
+            }
+        }
+        View { buf, off, pixels, c, pitch }
+    }
+    fn dense(dense: &[f32], c: usize, pitch: usize, off: usize) -> Self {
+        Self::new(dense.len() / c.max(1), c, pitch, off, |i| dense[i])
+    }
+    fn len(&self) -> usize {
+        view_len(self.pixels, self.c, self.pitch)
+    }
+    fn get(&self) -> &[f32] {
+        &self.buf[self.off..self.off + self.len()]
+    }
+    fn get_mut(&mut self) -> &mut [f32] {
+        let (off, len) = (self.off, self.len());
+        &mut self.buf[off..off + len]
+    }
+    /// The view's channels, densely packed `[pixels, c]`.
+    fn values(&self) -> Vec<f32> {
+        (0..self.pixels * self.c).map(|i| self.buf[self.off + (i / self.c) * self.pitch + i % self.c]).collect()
+    }
+    /// Panics if any element outside the view's channels changed.
+    fn assert_gaps(&self, what: &str) {
+        let mut inside = vec![false; self.buf.len()];
+        for p in 0..self.pixels {
+            inside[self.off + p * self.pitch..][..self.c].fill(true);
+        }
+        let bad = self.buf.iter().zip(&inside).position(|(&v, &i)| !i && v.to_bits() != SENTINEL.to_bits());
+        assert!(bad.is_none(), "{what}: element {bad:?} outside the view was touched");
+    }
+}
+
+/// A pitch for `c` channels: sometimes exactly `c`, sometimes a wider tensor.
+fn some_pitch(rng: &mut impl Rng, c: usize) -> usize {
+    if rng.gen_bool(0.5) {
+        c
+    } else {
+        c + rng.gen_range(1..6)
+    }
+}
+
+/// Direct f64 conv2d from PyTorch's definition; `wpt` is `[K][C][R][S]`.
+/// Returns the pre-activation and the output.
+fn ref_forward(x: &[f64], wpt: &[f64], b: &[f64], p: &Conv2dParams) -> (Vec<f64>, Vec<f64>) {
+    let (r, pad) = (p.r, p.pad() as isize);
+    let mut z = vec![0.0; p.n * p.h * p.w * p.k];
+    for n in 0..p.n {
+        for h in 0..p.h {
+            for w in 0..p.w {
+                for k in 0..p.k {
+                    let mut acc = b[k];
+                    for c in 0..p.c {
+                        for i in 0..r {
+                            for j in 0..r {
+                                let (ih, iw) = (h as isize + i as isize - pad, w as isize + j as isize - pad);
+                                if ih >= 0 && iw >= 0 && (ih as usize) < p.h && (iw as usize) < p.w {
+                                    let xv = x[((n * p.h + ih as usize) * p.w + iw as usize) * p.c + c];
+                                    acc += xv * wpt[((k * p.c + c) * r + i) * r + j];
+                                }
+                            }
+                        }
+                    }
+                    z[((n * p.h + h) * p.w + w) * p.k + k] = acc;
+                }
+            }
+        }
+    }
+    let y = z.iter().map(|&v| if p.relu { v.max(0.0) } else { v }).collect();
+    (z, y)
+}
+
+/// Direct f64 gradients: `dz = dy · (y > 0)` (with ReLU), then scatter every
+/// product of the forward into `dx`, `dwpt` (`[K][C][R][S]`) and `db`.
+fn ref_backward(dy: &[f64], y: &[f64], x: &[f64], wpt: &[f64], p: &Conv2dParams) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (r, pad) = (p.r, p.pad() as isize);
+    let dz: Vec<f64> = dy.iter().zip(y).map(|(&d, &y)| if p.relu && y <= 0.0 { 0.0 } else { d }).collect();
+    let mut db = vec![0.0; p.k];
+    for (i, d) in dz.iter().enumerate() {
+        db[i % p.k] += d;
+    }
+    let (mut dx, mut dw) = (vec![0.0; x.len()], vec![0.0; wpt.len()]);
+    for n in 0..p.n {
+        for h in 0..p.h {
+            for w in 0..p.w {
+                for k in 0..p.k {
+                    let dz = dz[((n * p.h + h) * p.w + w) * p.k + k];
+                    for c in 0..p.c {
+                        for i in 0..r {
+                            for j in 0..r {
+                                let (ih, iw) = (h as isize + i as isize - pad, w as isize + j as isize - pad);
+                                if ih >= 0 && iw >= 0 && (ih as usize) < p.h && (iw as usize) < p.w {
+                                    let xi = ((n * p.h + ih as usize) * p.w + iw as usize) * p.c + c;
+                                    let wi = ((k * p.c + c) * r + i) * r + j;
+                                    dx[xi] += dz * wpt[wi];
+                                    dw[wi] += dz * x[xi];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (dx, dw, db)
+}
+
+/// PyTorch `[K][C][R][S]` to the engine's `[R][S][C][K]`.
+fn to_internal<T: Copy + Default>(wpt: &[T], p: &Conv2dParams) -> Vec<T> {
+    let mut out = vec![T::default(); wpt.len()];
+    for k in 0..p.k {
+        for c in 0..p.c {
+            for i in 0..p.r {
+                for j in 0..p.r {
+                    out[((i * p.r + j) * p.c + c) * p.k + k] = wpt[((k * p.c + c) * p.r + i) * p.r + j];
+                }
+            }
+        }
+    }
+    out
+}
+
+fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+fn f32s(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&x| x as f32).collect()
+}
+
+/// Runs forward and backward of the f32 op on pitched views and compares every
+/// output with the f64 reference; checks poisoning, gaps and the in-place mask.
+/// `shape`'s pitches are replaced by random ones.
+fn check_case(rng: &mut impl Rng, shape: Conv2dParams, dx_add: bool) {
+    let (xp, yp) = (some_pitch(rng, shape.c), some_pitch(rng, shape.k));
+    let p = Conv2dParams { x_pitch: xp, y_pitch: yp, ..shape };
+    let Conv2dParams { n, h, w, c, k, relu, .. } = p;
+    let what = format!("conv2d {p:?} dx_add {dx_add}");
+    let pixels = n * h * w;
+    let x = View::dense(&common::uniform(rng, pixels * c), c, xp, rng.gen_range(0..4));
+    let wpt = common::uniform(rng, p.weight_len());
+    let wt = to_internal(&wpt, &p);
+    let b = common::uniform(rng, k);
+
+    let mut y = View::new(pixels, k, yp, rng.gen_range(0..4), |_| f32::NAN);
+    conv2d_forward(y.get_mut(), x.get(), &wt, &b, &p);
+    y.assert_gaps(&format!("{what}: y"));
+    x.assert_gaps(&format!("{what}: x"));
+    let (_, y_ref) = ref_forward(&f64s(&x.values()), &f64s(&wpt), &f64s(&b), &p);
+    common::assert_close(&format!("{what}: y"), &y.values(), &f32s(&y_ref), tol::F32);
+
+    // The reference masks by the op's own y, as the op does, so that an output
+    // within rounding of zero cannot make the two disagree.
+    let dy_vals = common::uniform(rng, pixels * k);
+    let mut dy = View::dense(&dy_vals, k, yp, rng.gen_range(0..4));
+    let dx_init = common::uniform(rng, pixels * c);
+    let mut dx = if dx_add {
+        View::dense(&dx_init, c, xp, rng.gen_range(0..4))
+    } else {
+        View::new(pixels, c, xp, rng.gen_range(0..4), |_| f32::NAN)
+    };
+    let (mut dw, mut db) = (common::poisoned(p.weight_len()), common::poisoned(k));
+    conv2d_backward(Some(dx.get_mut()), dx_add, &mut dw, &mut db, dy.get_mut(), y.get(), x.get(), &wt, &p);
+    let (dx_ref, dw_ref, db_ref) =
+        ref_backward(&f64s(&dy_vals), &f64s(&y.values()), &f64s(&x.values()), &f64s(&wpt), &p);
+    let dx_want: Vec<f32> =
+        dx_ref.iter().enumerate().map(|(i, &v)| (v + if dx_add { dx_init[i] as f64 } else { 0.0 }) as f32).collect();
+    common::assert_close(&format!("{what}: dx"), &dx.values(), &dx_want, tol::F32);
+    common::assert_close(&format!("{what}: dw"), &dw, &f32s(&to_internal(&dw_ref, &p)), tol::F32);
+    common::assert_close(&format!("{what}: db"), &db, &f32s(&db_ref), tol::F32);
+    let masked: Vec<f32> =
+        dy_vals.iter().zip(y.values()).map(|(&d, y)| if relu && y <= 0.0 { 0.0 } else { d }).collect();
+    assert_eq!(dy.values(), masked, "{what}: dy after the in-place mask");
+    dx.assert_gaps(&format!("{what}: dx"));
+    dy.assert_gaps(&format!("{what}: dy"));
+}
+
+#[test]
+fn matches_direct_f64_on_odd_shapes() {
+    let mut rng = common::rng();
+    // (3, 17, 13): two blocks of 512 pixels; (3, 40, 41): ten, more than there
+    // are weight-gradient partials, so some partials sum two blocks.
+    let shapes = [(1, 1, 1), (2, 3, 5), (1, 7, 6), (3, 9, 11), (3, 17, 13), (3, 40, 41)];
+    let channels = [(1, 1), (3, 5), (7, 13), (13, 7), (33, 3), (5, 33)];
+    for (i, &(n, h, w)) in shapes.iter().enumerate() {
+        for r in [1, 3] {
+            for j in 0..2 {
+                let (c, k) = if h * w > 1000 { (5, 7) } else { channels[(2 * i + j + r) % channels.len()] };
+                let relu = rng.gen_bool(0.5);
+                let shape = Conv2dParams { n, h, w, c, k, r, relu, x_pitch: c, y_pitch: k };
+                let dx_add = rng.gen_bool(0.5);
+                check_case(&mut rng, shape, dx_add);
+            }
+        }
+    }
+}
+
+#[test]
+fn matches_direct_f64_at_a_layer_shape() {
+    // conv1's second layer, scaled down to 32x32; several blocks of pixels.
+    let mut rng = common::rng();
+    let shape = Conv2dParams { n: 1, h: 32, w: 32, c: 64, k: 64, r: 3, relu: true, x_pitch: 64, y_pitch: 64 };
+    check_case(&mut rng, shape, false);
+    check_case(&mut rng, shape, true);
+}
+
+/// Σ y·g for the f64 op, the loss the finite differences differentiate.
+fn loss(x: &[f64], w: &[f64], b: &[f64], g: &[f64], p: &Conv2dParams) -> f64 {
+    let mut y = vec![f64::NAN; g.len()];
+    conv2d_forward(&mut y, x, w, b, p);
+    y.iter().zip(g).map(|(y, g)| y * g).sum()
+}
+
+/// Central differences of `loss` with respect to every element of `v`.
+fn numeric_grad(v: &[f64], f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
+    const STEP: f64 = 1e-6;
+    let mut v = v.to_vec();
+    (0..v.len())
+        .map(|i| {
+            let orig = v[i];
+            v[i] = orig + STEP;
+            let up = f(&v);
+            v[i] = orig - STEP;
+            let down = f(&v);
+            v[i] = orig;
+            (up - down) / (2.0 * STEP)
+        })
+        .collect()
+}
+
+/// f64 op against central differences (step 1e-6, relative L2 ≤ tol::FINITE_DIFF:
+/// the loss is linear in each single parameter away from the ReLU kink, so only
+/// rounding, ~1e-9 relative, separates the two). With ReLU, inputs are redrawn until
+/// every pre-activation is at least 1e-3 from zero, far beyond what a step moves it.
+#[test]
+fn gradients_match_finite_differences() {
+    let mut rng = common::rng();
+    for (r, relu) in [(3, false), (3, true), (1, true)] {
+        let p = Conv2dParams { n: 2, h: 3, w: 4, c: 2, k: 3, r, relu, x_pitch: 2, y_pitch: 3 };
+        let pixels = p.n * p.h * p.w;
+        let (x, w, b) = loop {
+            let (x, w, b) = (
+                common::uniform64(&mut rng, pixels * p.c),
+                common::uniform64(&mut rng, p.weight_len()),
+                common::uniform64(&mut rng, p.k),
+            );
+            let mut z = vec![0.0; pixels * p.k];
+            conv2d_forward(&mut z, &x, &w, &b, &Conv2dParams { relu: false, ..p });
+            if z.iter().all(|v| v.abs() > 1e-3) {
+                break (x, w, b);
+            }
+        };
+        let g = common::uniform64(&mut rng, pixels * p.k);
+        let mut y = vec![0.0; g.len()];
+        conv2d_forward(&mut y, &x, &w, &b, &p);
+        let (mut dx, mut dw, mut db, mut dy) = (vec![0.0; x.len()], vec![0.0; w.len()], vec![0.0; p.k], g.clone());
+        conv2d_backward(Some(&mut dx), false, &mut dw, &mut db, &mut dy, &y, &x, &w, &p);
+        let what = format!("conv2d r={r} relu={relu}");
+        let fd_x = numeric_grad(&x, |v| loss(v, &w, &b, &g, &p));
+        let fd_w = numeric_grad(&w, |v| loss(&x, v, &b, &g, &p));
+        let fd_b = numeric_grad(&b, |v| loss(&x, &w, v, &g, &p));
+        common::assert_close64(&format!("{what}: dx"), &dx, &fd_x, tol::FINITE_DIFF);
+        common::assert_close64(&format!("{what}: dw"), &dw, &fd_w, tol::FINITE_DIFF);
+        common::assert_close64(&format!("{what}: db"), &db, &fd_b, tol::FINITE_DIFF);
+    }
+}
+
+/// Forward and backward give the same bits on 1 and 3 threads (10 pixel blocks,
+/// so the weight gradient is summed from several partials).
+#[test]
+fn bitwise_deterministic_across_thread_counts() {
+    let mut rng = common::rng();
+    let p = Conv2dParams { n: 3, h: 40, w: 40, c: 5, k: 7, r: 3, relu: true, x_pitch: 6, y_pitch: 7 };
+    let pixels = p.n * p.h * p.w;
+    let x = common::uniform(&mut rng, view_len(pixels, p.c, p.x_pitch));
+    let (w, b) = (common::uniform(&mut rng, p.weight_len()), common::uniform(&mut rng, p.k));
+    let g = common::uniform(&mut rng, view_len(pixels, p.k, p.y_pitch));
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let mut y = vec![0.0; g.len()];
+            conv2d_forward(&mut y, &x, &w, &b, &p);
+            let (mut dx, mut dw, mut db, mut dy) = (vec![0.0; x.len()], vec![0.0; w.len()], vec![0.0; p.k], g.clone());
+            conv2d_backward(Some(&mut dx), false, &mut dw, &mut db, &mut dy, &y, &x, &w, &p);
+            [y, dx, dw, db].map(|v| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>())
+        })
+    };
+    let (one, three) = (run(1), run(3));
+    for (name, (a, b)) in ["y", "dx", "dw", "db"].iter().zip(one.iter().zip(&three)) {
+        assert!(a == b, "conv2d {name} differs between 1 and 3 threads");
+    }
+}
+
+/// Through the `Backend` trait: operands at offsets of one shared buffer, the same
+/// bits as the slice functions, and an operand past its buffer's end is an error.
+#[test]
+fn through_the_backend_trait() {
+    let mut rng = common::rng();
+    let cpu = Cpu;
+    let p = Conv2dParams { n: 2, h: 5, w: 6, c: 3, k: 4, r: 3, relu: true, x_pitch: 3, y_pitch: 4 };
+    let pixels = p.n * p.h * p.w;
+    let (xl, yl, wl) = (pixels * p.c, pixels * p.k, p.weight_len());
+    let (x, w, b) = (common::uniform(&mut rng, xl), common::uniform(&mut rng, wl), common::uniform(&mut rng, p.k));
+    let g = common::uniform(&mut rng, yl);
+    // One buffer: x | w | b | y | dy | dx | dw | db.
+    let offs: Vec<usize> = [xl, wl, p.k, yl, yl, xl, wl, p.k]
+        .iter()
+        .scan(0, |acc, &l| {
+            let o = *acc;
+            *acc += l;
+            Some(o)
+        })
+        .collect();
+    let total = offs[7] + p.k;
+    let buf = cpu.alloc(total).unwrap();
+    for (off, data) in [(offs[0], &x), (offs[1], &w), (offs[2], &b), (offs[4], &g)] {
+        cpu.upload(&buf, off, data).unwrap();
+    }
+    let at = |i: usize| At::new(&buf, offs[i]);
+    cpu.conv2d_forward(at(3), at(0), at(1), at(2), &p).unwrap();
+    cpu.conv2d_backward(GradIn::Write(at(5)), at(6), at(7), at(4), at(3), at(0), at(1), &p).unwrap();
+    let down = |i: usize, len: usize| {
+        let mut v = vec![0.0; len];
+        cpu.download(&buf, offs[i], &mut v).unwrap();
+        v
+    };
+
+    let mut y = vec![f32::NAN; yl];
+    conv2d_forward(&mut y, &x, &w, &b, &p);
+    let (mut dx, mut dw, mut db, mut dy) = (vec![f32::NAN; xl], vec![f32::NAN; wl], vec![f32::NAN; p.k], g.clone());
+    conv2d_backward(Some(&mut dx), false, &mut dw, &mut db, &mut dy, &y, &x, &w, &p);
+    for (name, i, want) in [("y", 3, &y), ("dy", 4, &dy), ("dx", 5, &dx), ("dw", 6, &dw), ("db", 7, &db)] {
+        assert_eq!(&down(i, want.len()), want, "conv2d through the trait: {name}");
+    }
+
+    // y one element past the end, then an x reaching past it: errors, not panics.
+    let past = At::new(&buf, total - yl + 1);
+    assert!(cpu.conv2d_forward(past, at(0), at(1), at(2), &p).is_err());
+    assert!(cpu.conv2d_forward(at(3), At::new(&buf, total - 1), at(1), at(2), &p).is_err());
+    let dx_past = At::new(&buf, total - xl + 1);
+    assert!(cpu.conv2d_backward(GradIn::Add(dx_past), at(6), at(7), at(4), at(3), at(0), at(1), &p).is_err());
+}
