@@ -17,6 +17,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod emu;
 
 use crate::error::Result;
 

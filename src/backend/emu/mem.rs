@@ -1,0 +1,153 @@
+//! Emulator buffers: host memory with guard bytes before and after, so a kernel that
+//! writes out of bounds is caught at the launch that did it (AddressSanitizer would
+//! need annotations for every fiber switch; guards are simpler and enough for the
+//! off-by-one and tail bugs kernels have).
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::sync::{Arc, Mutex, Weak};
+
+/// Guard bytes on each side of a buffer.
+pub(crate) const GUARD: usize = 256;
+/// The guard pattern, one f32 word: a signalling NaN, so an out-of-bounds *read*
+/// also poisons the result.
+const GUARD_WORD: [u8; 4] = 0x7fa5_a5a5u32.to_le_bytes();
+/// Buffers start 256-byte aligned, as `cuMemAlloc` guarantees.
+const ALIGN: usize = 256;
+
+/// One allocation: `GUARD` bytes, `len` f32, `GUARD` bytes.
+pub(crate) struct Alloc {
+    base: *mut u8,
+    len: usize,
+    /// Allocation number within its `Emu`, for messages.
+    pub(crate) id: u64,
+}
+
+// SAFETY: the allocation is plain memory owned by this value; the executor's methods
+// and kernels access it through raw pointers, one launch or copy at a time per buffer
+// (the `Backend` contract), as CUDA device memory is accessed.
+unsafe impl Send for Alloc {}
+unsafe impl Sync for Alloc {}
+
+impl Alloc {
+    fn layout(len: usize) -> Layout {
+        Layout::from_size_align(2 * GUARD + 4 * len, ALIGN).expect("buffer size overflows")
+    }
+
+    pub(crate) fn new(len: usize, id: u64) -> Option<Self> {
+        let layout = Self::layout(len);
+        // SAFETY: the layout has a non-zero size (2 * GUARD at least).
+        let base = unsafe { alloc_zeroed(layout) };
+        if base.is_null() {
+            return None;
+        }
+        let a = Alloc { base, len, id };
+        a.restore_guards();
+        Some(a)
+    }
+
+    /// Elements.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Address of element 0.
+    pub(crate) fn data(&self) -> *mut u8 {
+        // SAFETY: GUARD bytes into an allocation of 2 * GUARD + 4 * len bytes.
+        unsafe { self.base.add(GUARD) }
+    }
+
+    /// Whether `addr` lies in the data (its end included, for empty operands).
+    pub(crate) fn contains(&self, addr: u64) -> bool {
+        let start = self.data() as u64;
+        addr >= start && addr <= start + 4 * self.len as u64
+    }
+
+    fn guards(&self) -> [&mut [u8]; 2] {
+        // SAFETY: the two guard ranges are inside the allocation and disjoint from
+        // each other; callers use them between launches only.
+        unsafe {
+            [
+                std::slice::from_raw_parts_mut(self.base, GUARD),
+                std::slice::from_raw_parts_mut(self.base.add(GUARD + 4 * self.len), GUARD),
+            ]
+        }
+    }
+
+    fn restore_guards(&self) {
+        for g in self.guards() {
+            for (i, b) in g.iter_mut().enumerate() {
+                *b = GUARD_WORD[i % 4];
+            }
+        }
+    }
+
+    /// `None` if both guards are intact; otherwise a description of the damage
+    /// (which side, the offset of the first changed byte), and the guards restored.
+    pub(crate) fn check_guards(&self) -> Option<String> {
+        let [before, after] = self.guards();
+        let changed = |g: &[u8]| g.iter().enumerate().position(|(i, b)| *b != GUARD_WORD[i % 4]);
+        let msg = if let Some(i) = changed(after) {
+            Some(format!(
+                "wrote past the end of a buffer of {} elements (buffer #{}, first changed byte {} past the end, \
+                 element {})",
+                self.len,
+                self.id,
+                i,
+                self.len + i / 4
+            ))
+        } else {
+            changed(before).map(|i| {
+                format!(
+                    "wrote before the start of a buffer of {} elements (buffer #{}, first changed byte {} before \
+                     element 0)",
+                    self.len,
+                    self.id,
+                    GUARD - i
+                )
+            })
+        };
+        if msg.is_some() {
+            self.restore_guards();
+        }
+        msg
+    }
+}
+
+impl Drop for Alloc {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { dealloc(self.base, Self::layout(self.len)) }
+    }
+}
+
+/// A buffer of f32 in the emulator's "device" memory (host memory with guards).
+pub struct EmuMem {
+    pub(crate) alloc: Arc<Alloc>,
+}
+
+impl std::fmt::Debug for EmuMem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EmuMem(#{}, {} elements)", self.alloc.id, self.alloc.len)
+    }
+}
+
+/// The live allocations of one executor, checked after every launch.
+#[derive(Default)]
+pub(crate) struct Registry {
+    allocs: Mutex<Vec<Weak<Alloc>>>,
+}
+
+impl Registry {
+    pub(crate) fn add(&self, a: &Arc<Alloc>) {
+        let mut v = self.allocs.lock().unwrap_or_else(|e| e.into_inner());
+        v.retain(|w| w.strong_count() > 0);
+        v.push(Arc::downgrade(a));
+    }
+
+    /// The allocations still alive.
+    pub(crate) fn live(&self) -> Vec<Arc<Alloc>> {
+        let mut v = self.allocs.lock().unwrap_or_else(|e| e.into_inner());
+        v.retain(|w| w.strong_count() > 0);
+        v.iter().filter_map(Weak::upgrade).collect()
+    }
+}
