@@ -104,8 +104,12 @@ fn kernels_rs(root: &Path, kernels: &[(String, PathBuf)], entries: &[(String, St
         writeln!(s, "    ({module:?}, include_str!({:?})),", path.display().to_string()).unwrap();
     }
     s += "];\n\n/// The text of `kernels/common.cuh`, the one header the kernels include.\n";
-    writeln!(s, "pub const COMMON_HEADER: &str = include_str!({:?});", root.join("kernels/common.cuh").display().to_string())
-        .unwrap();
+    writeln!(
+        s,
+        "pub const COMMON_HEADER: &str = include_str!({:?});",
+        root.join("kernels/common.cuh").display().to_string()
+    )
+    .unwrap();
     s += "\n/// (module, kernel) of every `EMU_EXPORT(name)` in the kernel files.\n";
     s += "pub const ENTRY_POINTS: &[(&str, &str)] = &[\n";
     for (module, name) in entries {

@@ -180,6 +180,14 @@ KERNEL(test_sync_cost)(float* out, int iters) {
 }
 EMU_EXPORT(test_sync_cost)
 
+// `iters` full-warp butterfly sums (5 shuffles each), for timing.
+KERNEL(test_shuffle_cost)(float* out, int iters) {
+    float v = (float)threadIdx.x;
+    for (int i = 0; i < iters; i++) v = warp_sum(v) * (1.0f / 32.0f);
+    out[threadIdx.x] = v;
+}
+EMU_EXPORT(test_shuffle_cost)
+
 // C[M][N] = A[M][K] · B[K][N], row-major, 16x16 tiles through shared memory; block
 // (16,16), grid (ceil(N/16), ceil(M/16)). Tails are zero-padded.
 KERNEL(test_sgemm)(float* C, const float* A, const float* B, int M, int N, int K) {

@@ -62,31 +62,32 @@ impl Alloc {
         addr >= start && addr <= start + 4 * self.len as u64
     }
 
-    fn guards(&self) -> [&mut [u8]; 2] {
-        // SAFETY: the two guard ranges are inside the allocation and disjoint from
-        // each other; callers use them between launches only.
-        unsafe {
-            [
-                std::slice::from_raw_parts_mut(self.base, GUARD),
-                std::slice::from_raw_parts_mut(self.base.add(GUARD + 4 * self.len), GUARD),
-            ]
-        }
+    /// The first byte of the guard before and of the guard after the data.
+    fn guards(&self) -> [*mut u8; 2] {
+        // SAFETY: both offsets are inside the allocation of 2 * GUARD + 4 * len bytes.
+        [self.base, unsafe { self.base.add(GUARD + 4 * self.len) }]
     }
 
     fn restore_guards(&self) {
         for g in self.guards() {
-            for (i, b) in g.iter_mut().enumerate() {
-                *b = GUARD_WORD[i % 4];
+            for i in 0..GUARD {
+                // SAFETY: inside the guard; written only between launches.
+                unsafe { g.add(i).write(GUARD_WORD[i % 4]) }
             }
         }
+    }
+
+    /// Offset of the first byte of guard `g` that differs from the pattern.
+    fn first_changed(g: *mut u8) -> Option<usize> {
+        // SAFETY: inside the guard; read only between launches.
+        (0..GUARD).find(|&i| unsafe { g.add(i).read() } != GUARD_WORD[i % 4])
     }
 
     /// `None` if both guards are intact; otherwise a description of the damage
     /// (which side, the offset of the first changed byte), and the guards restored.
     pub(crate) fn check_guards(&self) -> Option<String> {
         let [before, after] = self.guards();
-        let changed = |g: &[u8]| g.iter().enumerate().position(|(i, b)| *b != GUARD_WORD[i % 4]);
-        let msg = if let Some(i) = changed(after) {
+        let msg = if let Some(i) = Self::first_changed(after) {
             Some(format!(
                 "wrote past the end of a buffer of {} elements (buffer #{}, first changed byte {} past the end, \
                  element {})",
@@ -96,7 +97,7 @@ impl Alloc {
                 self.len + i / 4
             ))
         } else {
-            changed(before).map(|i| {
+            Self::first_changed(before).map(|i| {
                 format!(
                     "wrote before the start of a buffer of {} elements (buffer #{}, first changed byte {} before \
                      element 0)",

@@ -153,8 +153,8 @@ impl Executor for Emu {
 
     fn alloc(&self, len: usize) -> Result<EmuMem> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let alloc = Alloc::new(len, id)
-            .ok_or_else(|| Error::Cuda(format!("emu: out of host memory allocating {len} f32")))?;
+        let alloc =
+            Alloc::new(len, id).ok_or_else(|| Error::Cuda(format!("emu: out of host memory allocating {len} f32")))?;
         let alloc = Arc::new(alloc);
         self.registry.add(&alloc);
         Ok(EmuMem { alloc })
