@@ -125,6 +125,18 @@ pub fn write_safetensors(
 /// PyTorch layout under its canonical name, then the `extra` tensors (gradients,
 /// losses, …), with the metadata `format = pt` that PyTorch tooling expects.
 pub fn save_params(path: &Path, table: &ParamTable, flat: &[f32], extra: &[(String, Tensor)]) -> Result<()> {
+    save_params_with_metadata(path, table, flat, extra, HashMap::new())
+}
+
+/// [`save_params`] with string `metadata` added to the header (checkpoints record
+/// their training state and input size there).
+pub fn save_params_with_metadata(
+    path: &Path,
+    table: &ParamTable,
+    flat: &[f32],
+    extra: &[(String, Tensor)],
+    mut metadata: HashMap<String, String>,
+) -> Result<()> {
     if flat.len() != table.len {
         return Err(Error::shape("weights::save_params", format!("{} parameters", table.len), flat.len()));
     }
@@ -132,8 +144,15 @@ pub fn save_params(path: &Path, table: &ParamTable, flat: &[f32], extra: &[(Stri
     let params: Vec<Tensor> = specs.iter().map(|s| unpack(s, flat)).collect();
     let mut views: Vec<(&str, &Tensor)> = specs.iter().map(|s| s.name.as_str()).zip(&params).collect();
     views.extend(extra.iter().map(|(n, t)| (n.as_str(), t)));
-    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    metadata.insert("format".to_string(), "pt".to_string());
     write_views(path, views, Some(metadata))
+}
+
+/// The string metadata of a safetensors file's header (empty when it has none).
+pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| not_safetensors(path, &bytes, &e))?;
+    Ok(meta.metadata().clone().unwrap_or_default())
 }
 
 /// An f32 tensor borrowed for serialisation.
