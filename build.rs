@@ -18,7 +18,12 @@ use std::path::{Path, PathBuf};
 use std::{env, fs};
 
 /// The emulator runtime, compiled with the kernels.
-const RUNTIME: &[&str] = &["src/backend/emu/sched.cpp", "src/backend/emu/warp.cpp", "src/backend/emu/memory.cpp"];
+const RUNTIME: &[&str] = &[
+    "src/backend/emu/sched.cpp",
+    "src/backend/emu/warp.cpp",
+    "src/backend/emu/memory.cpp",
+    "src/backend/emu/fault.cpp",
+];
 /// Headers every host object depends on.
 const HEADERS: &[&str] = &["kernels/common.cuh", "src/backend/emu/host.h", "src/backend/emu/runtime.h"];
 
@@ -46,6 +51,9 @@ fn main() {
         .flag("-Wno-unknown-pragmas")
         // The fortified longjmp aborts on a jump between fiber stacks (pitfall 3).
         .flag("-U_FORTIFY_SOURCE")
+        // Probe every page of a large stack frame, so a fiber stack overflow always
+        // lands in the guard page instead of jumping over it into the next stack.
+        .flag("-fstack-clash-protection")
         .opt_level(2)
         .warnings(true);
     for f in RUNTIME {

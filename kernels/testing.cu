@@ -215,6 +215,24 @@ KERNEL(test_assert)(float* out, int bad) {
 }
 EMU_EXPORT(test_assert)
 
+// Thread 3 writes far from any buffer (planted): a fault, reported, not a crash.
+KERNEL(test_wild_write)(float* out, int offset) {
+    if (threadIdx.x == 3) ((float*)0)[offset] = 1.0f;
+    out[threadIdx.x] = 1.0f;
+}
+EMU_EXPORT(test_wild_write)
+
+// Unbounded-looking recursion with a big frame: overflows the emulator's 64 KiB fiber
+// stack (and the GPU's per-thread stack) for large `depth` (planted).
+DEVICE float deep(int depth, volatile float* sink) {
+    float pad[256];
+    for (int i = 0; i < 256; i++) pad[i] = sink[i % 4] + (float)depth;
+    if (depth == 0) return pad[7];
+    return deep(depth - 1, sink) + pad[depth % 256];
+}
+KERNEL(test_stack_overflow)(float* out, int depth) { out[threadIdx.x] = deep(depth, out); }
+EMU_EXPORT(test_stack_overflow)
+
 // 33 threads write a 32-element shared array (planted overrun).
 KERNEL(test_shared_overrun)(float* out) {
     SHARED(float, small, [32]);

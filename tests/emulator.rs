@@ -231,7 +231,13 @@ fn deadlock_is_reported_not_a_hang() {
 fn reading_a_non_participating_lane_is_reported() {
     let e = Emu::new();
     let out = e.alloc(32).unwrap();
-    expect_err(&e, "test_bad_shuffle", block(32), &[ptr(&e, &out)], &["lane 20", "did not participate"]);
+    expect_err(
+        &e,
+        "test_bad_shuffle",
+        block(32),
+        &[ptr(&e, &out)],
+        &["lanes 0x0000ffff read lanes 0x00100000", "did not participate"],
+    );
 }
 
 /// Values where rounding to bf16/f16 is delicate, plus random bit patterns.
@@ -329,6 +335,20 @@ fn failed_assertion_names_the_thread() {
     let e = Emu::new();
     let out = e.alloc(64).unwrap();
     expect_err(&e, "test_assert", block(64), &[ptr(&e, &out), Arg::I32(5)], &["EMU_ASSERT", "thread (5,0,0)"]);
+    e.launch(kernel("test_assert"), &block(64), &[ptr(&e, &out), Arg::I32(-1)]).unwrap();
+}
+
+#[test]
+fn faults_in_a_kernel_are_errors_not_crashes() {
+    let e = Emu::new();
+    let out = e.alloc(64).unwrap();
+    for _ in 0..2 {
+        // Twice: the handler must still be armed after the first fault.
+        expect_err(&e, "test_wild_write", block(32), &[ptr(&e, &out), Arg::I32(64)], &["SIGSEGV", "thread (3,0,0)"]);
+    }
+    expect_err(&e, "test_stack_overflow", block(32), &[ptr(&e, &out), Arg::I32(10_000)], &["stack overflow"]);
+    // The emulator still works afterwards, on fresh fibers.
+    e.launch(kernel("test_stack_overflow"), &block(32), &[ptr(&e, &out), Arg::I32(3)]).unwrap();
     e.launch(kernel("test_assert"), &block(64), &[ptr(&e, &out), Arg::I32(-1)]).unwrap();
 }
 

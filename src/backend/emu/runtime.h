@@ -2,6 +2,7 @@
 //   sched.cpp   fibers, the run queue, block barriers, launches, errors
 //   warp.cpp    warp collectives (__syncwarp, shuffles, votes, mma, ldmatrix)
 //   memory.cpp  shared memory arena, canaries, cp.async
+//   fault.cpp   SIGSEGV/SIGBUS/SIGFPE/SIGILL on a fiber → a launch error
 //
 // Model: a launch runs its blocks one after another on the calling OS thread. A
 // block's threads are fibers (64 KiB stacks); exactly one runs at a time and it runs
@@ -102,10 +103,20 @@ struct Runtime {
     // --- errors ---
     std::string error;
     u32 nerrors = 0;
+
+    // --- faults (fault.cpp) ---
+    int fault_sig = 0;      // set by the signal handler, reported by the launch
+    void* fault_addr = nullptr;
+    uint3 fault_thread = {0, 0, 0};
+    bool fault_ready = false;     // this thread's alternate signal stack is set up
+    void* alt_stack = nullptr;    // ours, if the thread had none
 };
 
 Runtime& rt();
+Runtime* rt_if_any();  // without creating it (signal handler)
 Fiber& cur();
+bool on_fiber();  // a kernel thread is running on this OS thread
+bool in_stack_guard(const void* addr);  // inside a fiber stack's guard page
 
 // sched.cpp
 void report(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -125,5 +136,10 @@ void smem_block_begin();
 void smem_block_end();
 void copies_flush(Fiber& f, int groups_left);
 bool in_shared(const void* p, size_t bytes);
+
+// fault.cpp
+void faults_thread_init(Runtime& r);
+void faults_thread_exit(Runtime& r);
+void faults_report(Runtime& r);
 
 }  // namespace emu

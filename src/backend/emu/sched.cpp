@@ -39,6 +39,7 @@ struct Owner {
     Runtime* r = nullptr;
     ~Owner() {
         if (!r) return;
+        faults_thread_exit(*r);
         if (r->stacks) munmap(r->stacks, kMaxThreads * kFiberSpan);
         delete[] r->fibers;
         delete r;
@@ -194,6 +195,7 @@ void report_deadlock() {
     if (!_setjmp(r.main_ctx)) switch_next();
     g_cur = nullptr;
     emu_cur_thread = nullptr;
+    faults_report(r);
     if (!r.aborted && r.live > 0) {
         report_deadlock();
         r.aborted = true;
@@ -211,7 +213,18 @@ Runtime& rt() {
     return *g_rt;
 }
 
+Runtime* rt_if_any() { return g_rt; }
+
 Fiber& cur() { return *g_cur; }
+
+bool on_fiber() { return g_cur != nullptr; }
+
+bool in_stack_guard(const void* addr) {
+    const Runtime& r = rt();
+    const u8* a = static_cast<const u8*>(addr);
+    if (!r.stacks || a < r.stacks || a >= r.stacks + kMaxThreads * kFiberSpan) return false;
+    return (size_t)(a - r.stacks) % kFiberSpan < kGuard;
+}
 
 void report(const char* fmt, ...) {
     Runtime& r = rt();
@@ -323,6 +336,7 @@ int run_launch(const EmuLaunch* l, const char* kernel, void (*thunk)(void*), voi
     }
     r.nthreads = (u32)nthreads;
     r.nwarps = (r.nthreads + 31) / 32;
+    faults_thread_init(r);
     init_fibers(r.nthreads);
     if (r.nerrors) return 1;
     r.rng = l->seed;

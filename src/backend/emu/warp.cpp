@@ -110,20 +110,25 @@ void complete(u32 warp, u32 need) {
     }
     switch (first.op) {
         case WarpOp::Sync: break;
-        case WarpOp::Shfl:
+        case WarpOp::Shfl: {
+            u32 readers = 0, sources = 0;  // one report per group, not per lane
             for (u32 m = need; m; m &= m - 1) {
                 Fiber& g = lane_fiber(warp, __builtin_ctz(m));
                 const u32 src = (u32)g.src & 31;
                 if (need >> src & 1) {
                     g.result = lane_fiber(warp, src).val;
                 } else {
-                    report("%s: lane %u read lane %u in a shuffle (mask 0x%08x), which did not participate "
-                           "(outside the mask, exited or absent)",
-                           warp_where(warp).c_str(), g.regs.lane, src, g.mask);
+                    readers |= m & -m;
+                    sources |= 1u << src;
                     g.result = kNanBits;
                 }
             }
+            if (readers)
+                report("%s: lanes 0x%08x read lanes 0x%08x in a shuffle (mask 0x%08x), which did not participate "
+                       "(outside the mask, exited or absent)",
+                       warp_where(warp).c_str(), readers, sources, first.mask);
             break;
+        }
         case WarpOp::Vote: {
             u32 ballot = 0;
             for (u32 m = need; m; m &= m - 1)
