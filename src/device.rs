@@ -1,5 +1,21 @@
-//! Choosing the backend a command runs on (`--device auto|cpu|cuda|emu`).
+//! Choosing the backend a command runs on (`--device auto|cpu|cuda|emu`) and
+//! running generic code on whichever was chosen.
+//!
+//! `auto` takes a GPU when one is usable (the driver loads, a device is present,
+//! NVRTC is found and a context can be created), otherwise the CPU, and says which
+//! and why. `cuda` without a usable GPU is one clear error, never a panic.
+//!
+//! The model is generic over [`Backend`], so a command is written once as generic
+//! code and dispatched with [`on_backend!`](crate::on_backend):
+//! ```ignore
+//! let (opened, note) = device::open(Device::Auto)?;
+//! lesionseg::on_backend!(&opened, be => lesionseg::demo::run(be))
+//! ```
 
+use crate::backend::cpu::Cpu;
+use crate::backend::cuda::driver::{Cuda, KernelSources};
+use crate::backend::cuda::Kernels;
+use crate::backend::emu::Emu;
 use crate::error::{Error, Result};
 
 /// The `--device` values.
@@ -28,14 +44,121 @@ impl std::str::FromStr for Device {
     }
 }
 
-/// The backend a command will use, with a line for the user when `auto` chose.
-pub fn resolve(device: Device) -> Result<(Device, Option<String>)> {
+/// An opened backend, ready to run generic code through [`on_backend!`](crate::on_backend).
+pub enum Opened {
+    /// The CPU reference backend.
+    Cpu(Cpu),
+    /// The kernels on GPU 0.
+    Cuda(Kernels<Cuda>),
+    /// The kernels in the host emulator.
+    Emu(Kernels<Emu>),
+}
+
+impl Opened {
+    /// `cpu`, `cuda`, `emu`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Opened::Cpu(_) => "cpu",
+            Opened::Cuda(_) => "cuda",
+            Opened::Emu(_) => "emu",
+        }
+    }
+}
+
+/// Runs `$body` with `$be` bound to `&B` for the backend `B` inside an
+/// [`Opened`]; every arm instantiates the generic code for its backend.
+#[macro_export]
+macro_rules! on_backend {
+    ($opened:expr, $be:ident => $body:expr) => {
+        match $opened {
+            $crate::device::Opened::Cpu($be) => $body,
+            $crate::device::Opened::Cuda($be) => $body,
+            $crate::device::Opened::Emu($be) => $body,
+        }
+    };
+}
+
+/// The reason GPU 0 cannot be used, as one line (without the `CUDA:` prefix).
+fn reason(e: &Error) -> String {
+    match e {
+        Error::Cuda(m) => m.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// GPU 0 as a kernel backend, or why not.
+pub fn open_cuda() -> Result<Kernels<Cuda>> {
+    Cuda::new(0).map(|exec| Kernels { exec })
+}
+
+/// Opens the backend for `device`. The second value is a line for the user
+/// saying what `auto` chose and why.
+pub fn open(device: Device) -> Result<(Opened, Option<String>)> {
     match device {
-        Device::Cpu => Ok((Device::Cpu, None)),
-        Device::Auto => Ok((Device::Cpu, Some("device auto: no CUDA backend in this build; using cpu".into()))),
-        Device::Cuda | Device::Emu => Err(Error::Config(format!(
-            "device {device:?} is not available in this build yet (the CUDA backend and its emulator are \
-             tracked separately); use --device cpu"
-        ))),
+        Device::Cpu => Ok((Opened::Cpu(Cpu), None)),
+        Device::Cuda => match open_cuda() {
+            Ok(k) => Ok((Opened::Cuda(k), None)),
+            Err(e) => Err(Error::Config(format!("--device cuda: no usable GPU: {}", reason(&e)))),
+        },
+        Device::Auto => match open_cuda() {
+            Ok(k) => {
+                let (major, minor) = k.exec.compute_capability();
+                let note = format!("device auto: using cuda on {} (compute {major}.{minor})", k.exec.name());
+                Ok((Opened::Cuda(k), Some(note)))
+            }
+            Err(e) => Ok((Opened::Cpu(Cpu), Some(format!("device auto: no usable GPU ({}); using cpu", reason(&e))))),
+        },
+        Device::Emu => Ok((Opened::Emu(Kernels { exec: Emu::new() }), None)),
+    }
+}
+
+/// GPU 0 for a test, synchronising after every launch so that a fault names its
+/// kernel; `None` after printing `SKIPPED: no usable GPU (<reason>)` when there is
+/// none. Every kernel test's cuda variant starts with it:
+/// ```ignore
+/// let Some(gpu) = lesionseg::device::test_gpu("conv2d_forward") else { return };
+/// ```
+///
+/// # Panics
+/// When `LESIONSEG_REQUIRE_GPU=1` (set by `scripts/gpu-check.sh`) and no GPU is
+/// usable, so that a broken GPU machine fails the run instead of skipping it.
+pub fn test_gpu(test: &str) -> Option<Kernels<Cuda>> {
+    test_gpu_with(test, KernelSources::builtin())
+}
+
+/// [`test_gpu`] with the test's own kernel files.
+pub fn test_gpu_with(test: &str, sources: KernelSources) -> Option<Kernels<Cuda>> {
+    match Cuda::with_sources(0, sources) {
+        Ok(mut exec) => {
+            exec.set_sync(true);
+            Some(Kernels { exec })
+        }
+        Err(e) => {
+            let why = reason(&e);
+            let required = std::env::var("LESIONSEG_REQUIRE_GPU").is_ok_and(|v| v == "1");
+            assert!(!required, "{test}: LESIONSEG_REQUIRE_GPU=1 but no usable GPU: {why}");
+            println!("{test}: SKIPPED: no usable GPU ({why})");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_devices() {
+        assert_eq!("auto".parse::<Device>().unwrap(), Device::Auto);
+        assert_eq!("cuda".parse::<Device>().unwrap(), Device::Cuda);
+        assert!("gpu".parse::<Device>().is_err());
+    }
+
+    #[test]
+    fn auto_always_opens_something() {
+        let (opened, note) = open(Device::Auto).unwrap();
+        let note = note.unwrap();
+        assert!(note.starts_with("device auto: "), "{note}");
+        assert!(opened.name() == "cpu" || opened.name() == "cuda");
     }
 }

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod device;
 pub mod error;
 pub mod forward;
+pub mod info;
 pub mod model;
 pub mod tensor;
 pub mod weights;

@@ -1,15 +1,18 @@
 //! The `lesionseg` command line. Thin: parses arguments into plain data, calls the
 //! library, prints one clear line on error and exits non-zero.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use lesionseg::backend::cpu::Cpu;
-use lesionseg::device::{self, Device};
+use lesionseg::device::{self, Device, Opened};
 
 #[derive(Parser)]
-#[command(name = "lesionseg", version, about = "Multi-task U-Net for ISIC 2018 Task 2 lesion attributes, on hand-written kernels")]
+#[command(
+    name = "lesionseg",
+    version,
+    about = "Multi-task U-Net for ISIC 2018 Task 2 lesion attributes, on hand-written kernels"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -45,6 +48,9 @@ enum Command {
         #[arg(long, default_value = "auto")]
         device: Device,
     },
+    /// What this machine offers the CUDA backend: driver, GPUs, NVRTC, ptxas, the
+    /// kernel cache, and registers / shared memory of every kernel.
+    Info,
 }
 
 fn main() -> ExitCode {
@@ -52,6 +58,10 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Demo { device: Device::Auto }) {
         Command::Forward { weights, input, output, device } => forward(device, &weights, &input, &output),
         Command::Demo { device } => demo(device),
+        Command::Info => {
+            print!("{}", lesionseg::info::report());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -62,17 +72,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn backend(device: Device) -> lesionseg::Result<Cpu> {
-    let (_chosen, note) = device::resolve(device)?;
+/// Opens the backend for `device`, telling the user what `auto` chose.
+fn backend(device: Device) -> lesionseg::Result<Opened> {
+    let (opened, note) = device::open(device)?;
     if let Some(note) = note {
         eprintln!("{note}");
     }
-    Ok(Cpu)
+    Ok(opened)
 }
 
-fn forward(device: Device, weights: &PathBuf, input: &PathBuf, output: &PathBuf) -> lesionseg::Result<()> {
-    let be = backend(device)?;
-    let s = lesionseg::forward::run(&be, weights, input, output)?;
+fn forward(device: Device, weights: &Path, input: &Path, output: &Path) -> lesionseg::Result<()> {
+    let opened = backend(device)?;
+    let s = lesionseg::on_backend!(&opened, be => lesionseg::forward::run(be, weights, input, output))?;
     let (n, h, w) = s.batch;
     print!("forward: {} parameters, batch {n}x3x{h}x{w}, {:.3} s", s.parameters, s.seconds);
     if let Some(l) = s.loss {
@@ -83,6 +94,6 @@ fn forward(device: Device, weights: &PathBuf, input: &PathBuf, output: &PathBuf)
 }
 
 fn demo(device: Device) -> lesionseg::Result<()> {
-    let be = backend(device)?;
-    lesionseg::demo::run(&be)
+    let opened = backend(device)?;
+    lesionseg::on_backend!(&opened, be => lesionseg::demo::run(be))
 }

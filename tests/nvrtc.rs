@@ -8,8 +8,9 @@
 //! `.cache/nvidia`); without them the tests fail when `CI` is set and otherwise
 //! print `SKIPPED (no NVRTC/ptxas: …)`.
 //!
-//! Run with `-- --nocapture` to see the per-entry table (registers, shared memory,
-//! stack, spill bytes).
+//! The per-entry table (registers, shared memory, stack, spill bytes), or the
+//! reason for skipping, is printed (visible with `-- --nocapture`) and written to
+//! `target/tmp/nvrtc-kernels.txt`, which `scripts/test.sh` shows.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -42,9 +43,15 @@ fn tools() -> Option<(&'static nvrtc::Nvrtc, PathBuf)> {
         "CI is set but the kernel toolchain is missing: {why}\n(scripts/test.sh installs nvidia-cuda-nvrtc and \
          nvidia-cuda-nvcc 13.0.88 into .cache/nvidia)"
     );
-    eprintln!("SKIPPED (no NVRTC/ptxas: {why})");
-    println!("SKIPPED (no NVRTC/ptxas: {why})");
+    report(&format!("SKIPPED (no NVRTC/ptxas: {why})\n"));
     None
+}
+
+/// Prints `text` and keeps it in `target/tmp/nvrtc-kernels.txt` for scripts/test.sh.
+fn report(text: &str) {
+    println!("{text}");
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("nvrtc-kernels.txt");
+    let _ = std::fs::write(path, text);
 }
 
 /// A small kernel in the header's vocabulary, to check the toolchain itself.
@@ -70,7 +77,8 @@ EMU_EXPORT(block_sum_f32)
 fn toolchain_compiles_assembles_and_reports() {
     let Some((nv, px)) = tools() else { return };
     let common = KernelSources::builtin().common;
-    let (ptx, _log) = nvrtc::compile_ptx_with("selftest", AXPY, common, "sm_90").expect("NVRTC on the self-test kernel");
+    let (ptx, _log) =
+        nvrtc::compile_ptx_with("selftest", AXPY, common, "sm_90").expect("NVRTC on the self-test kernel");
     assert!(ptx.contains(".target sm_90"), "PTX for compute_90:\n{}", &ptx[..ptx.len().min(400)]);
     assert_eq!(nvrtc::ptx_entries(&ptx), ["axpy_f32", "block_sum_f32"]);
     let stats = ptxas::assemble(&px, &ptx, "sm_90").expect("ptxas on the self-test kernel");
@@ -99,8 +107,11 @@ fn ptxas_version(px: &std::path::Path) -> String {
     ptxas::version(px).unwrap_or_else(|| "unknown version".into())
 }
 
-/// One (module, arch) compiled and assembled: its stats, or what went wrong.
-fn build(module: &str, source: &str, common: &str, arch: &str, px: &std::path::Path) -> Result<(Vec<String>, Vec<EntryStats>), String> {
+/// The `.entry` names in the PTX and the ptxas statistics of one (module, arch).
+type Built = (Vec<String>, Vec<EntryStats>);
+
+/// One (module, arch) compiled and assembled, or what went wrong.
+fn build(module: &str, source: &str, common: &str, arch: &str, px: &std::path::Path) -> Result<Built, String> {
     let (ptx, _log) = nvrtc::compile_ptx_with(module, source, common, arch).map_err(|e| e.to_string())?;
     let stats = ptxas::assemble(px, &ptx, arch)?;
     Ok((nvrtc::ptx_entries(&ptx), stats))
@@ -110,13 +121,10 @@ fn build(module: &str, source: &str, common: &str, arch: &str, px: &std::path::P
 fn kernels_ptxas_every_arch() {
     let Some((nv, px)) = tools() else { return };
     let ks = KernelSources::builtin();
-    if ks.modules.is_empty() {
-        println!("no kernel files in this build yet (kernels/*.cu): nothing to check");
-        return;
-    }
+    assert!(!ks.modules.is_empty(), "no kernel files in this build (kernels/*.cu)");
     let start = std::time::Instant::now();
     // One thread per architecture: NVRTC and ptxas are separate programs per call.
-    let results: Vec<(&str, &str, Result<(Vec<String>, Vec<EntryStats>), String>)> = std::thread::scope(|s| {
+    let results: Vec<(&str, &str, Result<Built, String>)> = std::thread::scope(|s| {
         let handles: Vec<_> = ARCHS
             .iter()
             .map(|&arch| {
@@ -148,7 +156,9 @@ fn kernels_ptxas_every_arch() {
             problems.push(format!("{module}.cu ({arch}): entry point {missing} is in ENTRY_POINTS but not in the PTX"));
         }
         for extra in in_ptx.difference(&declared) {
-            problems.push(format!("{module}.cu ({arch}): .entry {extra} in the PTX has no EMU_EXPORT (not in ENTRY_POINTS)"));
+            problems.push(format!(
+                "{module}.cu ({arch}): .entry {extra} in the PTX has no EMU_EXPORT (not in ENTRY_POINTS)"
+            ));
         }
         for s in stats {
             if s.spills() {
@@ -161,7 +171,7 @@ fn kernels_ptxas_every_arch() {
         }
     }
     rows.sort_by(|a, b| (&a.0, &a.2.name, &a.1).cmp(&(&b.0, &b.2.name, &b.1)));
-    println!(
+    report(&format!(
         "NVRTC {} ({}), ptxas {}: {} kernel files x {} architectures in {:.1} s\n{}",
         nv.version_string(),
         nv.path.display(),
@@ -170,6 +180,6 @@ fn kernels_ptxas_every_arch() {
         ARCHS.len(),
         start.elapsed().as_secs_f64(),
         ptxas::table(&rows)
-    );
+    ));
     assert!(problems.is_empty(), "{} problem(s):\n{}", problems.len(), problems.join("\n"));
 }

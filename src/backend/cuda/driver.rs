@@ -40,8 +40,8 @@ pub struct KernelSources {
 impl KernelSources {
     /// The crate's own `kernels/*.cu`, embedded at build time.
     pub fn builtin() -> Self {
-        // TODO(sources): `super::sources::{SOURCES, COMMON_HEADER}` once build.rs generates them.
-        KernelSources { modules: &[], common: include_str!("../../../kernels/common.cuh"), entry_points: &[] }
+        use super::sources::{COMMON_HEADER, ENTRY_POINTS, SOURCES};
+        KernelSources { modules: SOURCES, common: COMMON_HEADER, entry_points: ENTRY_POINTS }
     }
 
     /// The source of `module`.
@@ -78,6 +78,8 @@ pub struct Cuda {
     arch: String,
     /// The most dynamic shared memory a block may opt in to.
     smem_optin: u32,
+    /// Device memory, bytes.
+    total_bytes: usize,
     sync: bool,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<Kernel, Func>>,
@@ -131,7 +133,8 @@ pub fn devices() -> Result<Vec<DeviceInfo>> {
                 attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
             );
             // SAFETY: as above.
-            let total_bytes = unsafe { result::device::total_mem(dev) }.map_err(|e| driver_error("cuDeviceTotalMem", e))?;
+            let total_bytes =
+                unsafe { result::device::total_mem(dev) }.map_err(|e| driver_error("cuDeviceTotalMem", e))?;
             Ok(DeviceInfo { ordinal, name, cc, total_bytes })
         })
         .collect()
@@ -186,7 +189,8 @@ impl Cuda {
         if ordinal >= count {
             return Err(Error::Cuda(format!("no GPU {ordinal}: the driver sees {count}")));
         }
-        let ctx = CudaContext::new(ordinal).map_err(|e| driver_error(format_args!("creating a context on GPU {ordinal}"), e))?;
+        let ctx = CudaContext::new(ordinal)
+            .map_err(|e| driver_error(format_args!("creating a context on GPU {ordinal}"), e))?;
         // SAFETY: every buffer and launch of this executor goes to its one stream,
         // so no cross-stream ordering (what event tracking provides) is needed.
         unsafe { ctx.disable_event_tracking() };
@@ -195,8 +199,10 @@ impl Cuda {
         let optin = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
             .map_err(|e| driver_error("cuDeviceGetAttribute", e))?;
+        let total_bytes = ctx.total_mem().map_err(|e| driver_error("cuDeviceTotalMem", e))?;
         Ok(Cuda {
             arch: pick_arch(cc, &nv.archs)?,
+            total_bytes,
             ctx,
             stream,
             sources,
@@ -287,11 +293,14 @@ impl Cuda {
     /// The loaded function of `kernel`, allowed `smem` bytes of dynamic shared memory.
     fn function(&self, kernel: Kernel, smem: u32) -> Result<CudaFunction> {
         let mut functions = self.functions.lock().map_err(|_| poisoned())?;
-        if !functions.contains_key(&kernel) {
-            let func = self.module(kernel.module)?.load_function(kernel.name).map_err(|e| missing_entry(kernel, e))?;
-            functions.insert(kernel, Func { func, max_dynamic_smem: DEFAULT_DYNAMIC_SMEM });
-        }
-        let Some(f) = functions.get_mut(&kernel) else { return Err(poisoned()) };
+        let f = match functions.entry(kernel) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let func =
+                    self.module(kernel.module)?.load_function(kernel.name).map_err(|err| missing_entry(kernel, err))?;
+                e.insert(Func { func, max_dynamic_smem: DEFAULT_DYNAMIC_SMEM })
+            }
+        };
         if smem > f.max_dynamic_smem {
             if smem > self.smem_optin {
                 return Err(Error::Cuda(format!(
@@ -307,7 +316,9 @@ impl Cuda {
                     smem as i32,
                 )
             }
-            .map_err(|e| driver_error(format_args!("{}: allowing {smem} bytes of dynamic shared memory", kernel.name), e))?;
+            .map_err(|e| {
+                driver_error(format_args!("{}: allowing {smem} bytes of dynamic shared memory", kernel.name), e)
+            })?;
             f.max_dynamic_smem = smem;
         }
         Ok(f.func.clone())
@@ -347,15 +358,20 @@ impl Executor for Cuda {
 
     fn alloc(&self, len: usize) -> Result<DeviceBuf> {
         self.bind()?;
-        let slice = self.stream.alloc_zeros::<f32>(len.max(1)).map_err(|e| {
-            if e.0 != CUresult::CUDA_ERROR_OUT_OF_MEMORY {
-                return driver_error(format_args!("allocating {} on the GPU", mib(4 * len)), e);
-            }
+        let out_of_memory = || {
             let free = match result::mem_get_info() {
                 Ok((free, total)) => format!("{} free of {}", mib(free), mib(total)),
                 Err(_) => "free memory unknown".into(),
             };
-            Error::Cuda(format!("out of GPU memory: asked for {} ({len} f32), {free}", mib(4 * len)))
+            Error::Cuda(format!("out of GPU memory: asked for {} ({len} f32), {free}", mib(len.saturating_mul(4))))
+        };
+        // Beyond the device's memory the driver's answer varies by allocator; ours does not.
+        if len.saturating_mul(4) > self.total_bytes {
+            return Err(out_of_memory());
+        }
+        let slice = self.stream.alloc_zeros::<f32>(len.max(1)).map_err(|e| match e.0 {
+            CUresult::CUDA_ERROR_OUT_OF_MEMORY => out_of_memory(),
+            _ => driver_error(format_args!("allocating {} on the GPU", mib(4 * len)), e),
         })?;
         Ok(DeviceBuf { slice, len })
     }
@@ -438,7 +454,9 @@ impl Executor for Cuda {
         }
         .map_err(|e| driver_error(format_args!("launching {} with {geom:?}", kernel.name), e))?;
         if self.sync {
-            self.stream.synchronize().map_err(|e| driver_error(format_args!("kernel {} ({geom:?})", kernel.name), e))?;
+            self.stream
+                .synchronize()
+                .map_err(|e| driver_error(format_args!("kernel {} ({geom:?})", kernel.name), e))?;
         }
         Ok(())
     }

@@ -16,6 +16,7 @@ pub mod nvrtc;
 pub mod pool;
 pub mod probe;
 pub mod ptxas;
+pub mod sources;
 
 use super::{
     AdamParams, At, Backend, Conv2dParams, DeconvParams, GlobalPoolParams, GradIn, LossParams, LossParts,

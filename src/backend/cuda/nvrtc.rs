@@ -64,7 +64,26 @@ pub struct Nvrtc {
 /// The process's NVRTC, loaded on first use; `Err` says why there is none.
 pub fn nvrtc() -> Result<&'static Nvrtc> {
     static NVRTC: OnceLock<std::result::Result<Nvrtc, String>> = OnceLock::new();
-    NVRTC.get_or_init(|| probe::open_nvrtc().and_then(Nvrtc::new)).as_ref().map_err(|e| Error::Cuda(e.clone()))
+    NVRTC.get_or_init(load).as_ref().map_err(|e| Error::Cuda(e.clone()))
+}
+
+/// The first NVRTC of `probe::nvrtc_candidates` that loads, skipping (while
+/// another exists) any newer than the driver: its PTX would not load
+/// (`CUDA_ERROR_UNSUPPORTED_PTX_VERSION`).
+fn load() -> std::result::Result<Nvrtc, String> {
+    let driver = probe::driver().ok().map(|d| d.version);
+    let mut too_new = None;
+    let mut last_error = None;
+    for path in probe::nvrtc_candidates() {
+        match probe::open_nvrtc_at(&path).and_then(Nvrtc::new) {
+            Ok(n) if driver.is_some_and(|d| n.version.0 * 1000 + n.version.1 * 10 > d) => {
+                too_new.get_or_insert(n);
+            }
+            Ok(n) => return Ok(n),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    too_new.ok_or_else(|| probe::nvrtc_not_found(last_error.as_deref()))
 }
 
 impl Nvrtc {
@@ -117,9 +136,16 @@ impl Nvrtc {
     /// Compiles `source` (file `module`.cu) with `headers` (name, text) for
     /// `arch` (`sm_90`, `compute_90`, `sm_90a` …) to PTX; returns the PTX and the
     /// program log (warnings). A rejected source is `Error::Nvrtc` with the full log.
-    pub fn compile(&self, module: &str, source: &str, headers: &[(&str, &str)], arch: &str) -> Result<(String, String)> {
+    pub fn compile(
+        &self,
+        module: &str,
+        source: &str,
+        headers: &[(&str, &str)],
+        arch: &str,
+    ) -> Result<(String, String)> {
         let cstr = |s: &str, what: &str| {
-            CString::new(s).map_err(|_| Error::Nvrtc { module: module.into(), log: format!("{what} contains a NUL byte") })
+            CString::new(s)
+                .map_err(|_| Error::Nvrtc { module: module.into(), log: format!("{what} contains a NUL byte") })
         };
         let src = cstr(source, "the source")?;
         let name = cstr(&format!("{module}.cu"), "the module name")?;
@@ -132,7 +158,8 @@ impl Nvrtc {
         let options: Vec<CString> = options.into_iter().map(|o| cstr(&o, "an option")).collect::<Result<_>>()?;
         let option_ptrs: Vec<*const c_char> = options.iter().map(|c| c.as_ptr()).collect();
 
-        let fail = |what: &str, rc: c_int| Error::Nvrtc { module: module.into(), log: format!("{what}: {}", self.error(rc)) };
+        let fail =
+            |what: &str, rc: c_int| Error::Nvrtc { module: module.into(), log: format!("{what}: {}", self.error(rc)) };
         let mut prog: Program = std::ptr::null_mut();
         // SAFETY: all pointers are to live NUL-terminated strings (the CStrings above)
         // and the arrays hold `headers.len()` entries each.
@@ -245,7 +272,11 @@ pub fn cached_ptx(module: &str, source: &str, common: &str, arch: &str) -> Resul
         return Ok(ptx.clone());
     }
     let file = cache_dir().map(|d| d.join(format!("{module}-{}-{key:016x}.ptx", virtual_arch(arch))));
-    let ptx = match file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()).filter(|p| p.contains(".entry") && !p.contains('\0')) {
+    let ptx = match file
+        .as_ref()
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .filter(|p| p.contains(".entry") && !p.contains('\0'))
+    {
         Some(ptx) => ptx,
         None => {
             let (ptx, _log) = compile_ptx_with(module, source, common, arch)?;
@@ -280,7 +311,11 @@ fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(std::path::Path::new("."));
     std::fs::create_dir_all(dir)?;
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let tmp = dir.join(format!(".{}.{}.{nanos}.tmp", path.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.{}.{nanos}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
     std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, path).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);

@@ -22,7 +22,7 @@
 //!
 //! A wheel's `libnvrtc` has no RUNPATH and `dlopen`s `libnvrtc-builtins.so.X.Y` by
 //! bare name at compile time, which fails unless that folder is on
-//! `LD_LIBRARY_PATH`; [`open_nvrtc`] therefore loads the builtins from the same
+//! `LD_LIBRARY_PATH`; [`open_nvrtc_at`] therefore loads the builtins from the same
 //! folder first, so that the loader resolves the bare name to them.
 
 use std::path::{Path, PathBuf};
@@ -189,34 +189,28 @@ pub struct NvrtcLib {
     pub path: PathBuf,
 }
 
-/// Opens the first NVRTC of [`nvrtc_candidates`] that loads; `Err` lists what was
-/// tried.
-pub fn open_nvrtc() -> Result<NvrtcLib, String> {
-    let candidates = nvrtc_candidates();
-    let mut tried = Vec::new();
-    for path in &candidates {
-        if path.is_absolute() && !path.exists() {
-            tried.push(format!("{}: no such file", path.display()));
-            continue;
-        }
-        let builtins = path.parent().filter(|d| !d.as_os_str().is_empty()).and_then(preload_builtins);
-        // SAFETY: NVRTC's initialisers have no preconditions on our side.
-        match unsafe { Library::new(path) } {
-            Ok(lib) => {
-                let path = if path.is_absolute() { path.clone() } else { loaded_path("libnvrtc.so").unwrap_or(path.clone()) };
-                return Ok(NvrtcLib { lib, builtins, path });
-            }
-            Err(e) => tried.push(e.to_string()),
-        }
+/// Opens the NVRTC at `path` (a full path, or a bare name for the linker path),
+/// preloading the builtins from its folder.
+pub fn open_nvrtc_at(path: &Path) -> Result<NvrtcLib, String> {
+    if path.is_absolute() && !path.exists() {
+        return Err(format!("{}: no such file", path.display()));
     }
+    let builtins = path.parent().filter(|d| !d.as_os_str().is_empty()).and_then(preload_builtins);
+    // SAFETY: NVRTC's initialisers have no preconditions on our side.
+    let lib = unsafe { Library::new(path) }.map_err(|e| e.to_string())?;
+    let path = if path.is_absolute() { path.to_path_buf() } else { loaded_path("libnvrtc.so").unwrap_or(path.into()) };
+    Ok(NvrtcLib { lib, builtins, path })
+}
+
+/// Why no NVRTC could be opened, with the last loader error.
+pub fn nvrtc_not_found(last: Option<&str>) -> String {
     let how = if std::env::var_os("LESIONSEG_NVRTC").is_some() {
-        "LESIONSEG_NVRTC is set".to_string()
+        "LESIONSEG_NVRTC is set"
     } else {
         "looked in LESIONSEG_NVRTC, CUDA_HOME, CUDA_PATH, /usr/local/cuda*, the nvidia Python wheels and the \
          linker path; set LESIONSEG_NVRTC=/path/to/libnvrtc.so.13 or run scripts/test.sh to install the wheel"
-            .to_string()
     };
-    Err(format!("libnvrtc not found ({how}); {}", tried.last().cloned().unwrap_or_default()))
+    format!("libnvrtc not found ({how}){}", last.map(|l| format!("; {l}")).unwrap_or_default())
 }
 
 /// Loads `libnvrtc-builtins.so.*` from `dir`, newest first, if there is one.
@@ -303,9 +297,11 @@ pub fn site_dirs() -> Vec<PathBuf> {
     }
     out.push(PathBuf::from("/usr/lib/python3/dist-packages"));
     let mut seen = Vec::new();
-    out.retain(|p| p.is_dir() && !seen.contains(p) && {
-        seen.push(p.clone());
-        true
+    out.retain(|p| {
+        p.is_dir() && !seen.contains(p) && {
+            seen.push(p.clone());
+            true
+        }
     });
     out
 }

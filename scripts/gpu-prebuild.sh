@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Builds, here (Rust toolchain; no GPU needed), what scripts/gpu-check.sh runs on a
+# GPU machine that has the NVIDIA driver but no Rust toolchain and no network: the
+# `lesionseg` binary and the GPU-relevant test executables, stripped, in .gpu/
+# (git-ignored), with .gpu/BUILD_INFO (commit, date, profile, source path).
+#
+#   scripts/gpu-prebuild.sh           # release profile (what we time and ship)
+#   scripts/gpu-prebuild.sh --dev     # dev profile (quicker to build; same checks)
+#   GPU_TESTS="gpu conv2d" scripts/gpu-prebuild.sh   # which tests/*.rs to include
+#
+# Then copy the repository with .gpu/ to the GPU machine (or hand .gpu to a remote
+# runner as an extra path) and run scripts/gpu-check.sh there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+profile=release
+flags=(--release)
+if [ "${1:-}" = "--dev" ]; then
+  profile=dev
+  flags=()
+fi
+GPU_TESTS=${GPU_TESTS:-gpu conv2d deconv pool loss adam}
+
+rm -rf .gpu
+mkdir -p .gpu/tests
+echo "== building lesionseg and the test executables ($profile profile)"
+cargo build "${flags[@]}" --bin lesionseg --message-format=json-render-diagnostics >.gpu/build.json
+cargo test "${flags[@]}" --no-run --message-format=json-render-diagnostics >>.gpu/build.json
+
+# Pick the executables out of cargo's JSON messages: the binary, and each wanted
+# integration test (tests/<name>.rs) by its target name.
+python3 - "$GPU_TESTS" <<'EOF'
+import json, shutil, subprocess, sys
+wanted = set(sys.argv[1].split())
+found = set()
+for line in open(".gpu/build.json"):
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        continue
+    if msg.get("reason") != "compiler-artifact" or not msg.get("executable"):
+        continue
+    target, test = msg["target"], msg["profile"]["test"]
+    if target["kind"] == ["bin"] and target["name"] == "lesionseg" and not test:
+        dst = ".gpu/lesionseg"
+    elif target["kind"] == ["test"] and target["name"] in wanted:
+        dst = ".gpu/tests/" + target["name"]
+        found.add(target["name"])
+    else:
+        continue
+    # Debug info is most of the size; the GPU runner carries at most 64 MiB.
+    subprocess.run(["strip", "--strip-debug", "-o", dst, msg["executable"]], check=True)
+missing = wanted - found
+if missing:
+    print("note: no test executable for", " ".join(sorted(missing)), "(no tests/<name>.rs yet)")
+EOF
+rm -f .gpu/build.json
+
+commit=$(git rev-parse --short HEAD)
+git diff --quiet HEAD -- src kernels tests build.rs Cargo.toml || commit="$commit+uncommitted changes"
+cat >.gpu/BUILD_INFO <<EOF
+commit=$commit
+built=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+profile=$profile
+root=$PWD
+EOF
+du -sh .gpu
+ls -l .gpu .gpu/tests
