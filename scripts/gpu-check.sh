@@ -2,12 +2,13 @@
 # The GPU check, on a machine with an NVIDIA GPU and driver but no Rust toolchain:
 # runs what scripts/gpu-prebuild.sh put in .gpu/ — `lesionseg info`, the GPU tests
 # (tests/gpu.rs in full: executor, testing.cu kernels, the narrow model against the
-# CPU and `forward --device cuda` against the PyTorch goldens; the cuda variants of
-# the kernel tests, those whose name contains "cuda"), and the `forward` command on
-# the committed narrow fixtures — then prints a short summary last.
+# CPU and `forward --device cuda` against the PyTorch goldens; the kernel tests
+# tests/*_kernels.rs except the emulator-only ones, whose names contain "emu"), and
+# the `forward` command on the committed narrow fixtures — then prints a short
+# summary last.
 #
-#   scripts/gpu-check.sh                  # everything above
-#   GPU_TEST_FILTER=conv2d scripts/gpu-check.sh   # filter for the kernel test binaries
+#   scripts/gpu-check.sh                              # everything above
+#   GPU_TEST_FILTER=cuda_matches scripts/gpu-check.sh # only kernel tests matching this
 #
 # NVRTC is looked for in LESIONSEG_NVRTC, CUDA_HOME/CUDA_PATH, /usr/local/cuda*,
 # Python nvidia wheels and the linker path (by the binary itself; found here first
@@ -74,10 +75,11 @@ if [ -x .gpu/tests/gpu ]; then
 else
   results+=("FAIL  tests/gpu.rs (not built: rerun scripts/gpu-prebuild.sh)")
 fi
+if [ -n "${GPU_TEST_FILTER:-}" ]; then select=("$GPU_TEST_FILTER"); else select=(--skip emu); fi
 for t in .gpu/tests/*; do
   name=$(basename "$t")
   [ "$name" = gpu ] && continue
-  step "tests/$name.rs (filter: ${GPU_TEST_FILTER:-cuda})" timeout 300 "$t" "${GPU_TEST_FILTER:-cuda}" --test-threads=1
+  step "tests/$name.rs (${select[*]})" timeout 300 "$t" "${select[@]}" --test-threads=1
 done
 for case in narrow_n2_64x64 narrow_n1_64x96; do
   step "forward --device cuda on $case" .gpu/lesionseg forward --device cuda \

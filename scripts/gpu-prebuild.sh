@@ -6,7 +6,7 @@
 #
 #   scripts/gpu-prebuild.sh           # release profile (what we time and ship)
 #   scripts/gpu-prebuild.sh --dev     # dev profile (quicker to build; same checks)
-#   GPU_TESTS="gpu conv2d" scripts/gpu-prebuild.sh   # which tests/*.rs to include
+#   GPU_TESTS="gpu conv2d_kernels" scripts/gpu-prebuild.sh   # which tests/*.rs to include
 #
 # Then copy the repository with .gpu/ to the GPU machine (or hand .gpu to a remote
 # runner as an extra path) and run scripts/gpu-check.sh there.
@@ -19,7 +19,8 @@ if [ "${1:-}" = "--dev" ]; then
   profile=dev
   flags=()
 fi
-GPU_TESTS=${GPU_TESTS:-gpu conv2d deconv pool loss adam}
+# tests/gpu.rs and the kernel tests (tests/*_kernels.rs: cuda variants beside the emulator's).
+GPU_TESTS=${GPU_TESTS:-gpu $(cd tests && ls -- *_kernels.rs 2>/dev/null | sed 's/\.rs$//' | tr '\n' ' ')}
 
 rm -rf .gpu
 mkdir -p .gpu/tests
