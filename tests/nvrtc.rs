@@ -23,6 +23,13 @@ use lesionseg::Error;
 /// The architectures every kernel must build for without spilling.
 const ARCHS: &[&str] = &["sm_80", "sm_86", "sm_89", "sm_90"];
 
+/// Kernels allowed to spill, with the reason: planted bugs that exist to be caught.
+const MAY_SPILL: &[(&str, &str, &str)] = &[(
+    "testing",
+    "test_stack_overflow",
+    "a planted bug for the emulator's stack guard: recursion with a 1 KiB local array per frame",
+)];
+
 /// NVRTC and ptxas, or `None` after saying why (a failure when `CI` is set).
 fn tools() -> Option<(&'static nvrtc::Nvrtc, PathBuf)> {
     let nv = nvrtc::nvrtc();
@@ -161,7 +168,7 @@ fn kernels_ptxas_every_arch() {
             ));
         }
         for s in stats {
-            if s.spills() {
+            if s.spills() && !MAY_SPILL.iter().any(|(m, k, _)| *m == module && *k == s.name) {
                 problems.push(format!(
                     "{module}.cu ({arch}): {} spills ({} bytes stored, {} loaded, {} registers)",
                     s.name, s.spill_stores, s.spill_loads, s.registers
