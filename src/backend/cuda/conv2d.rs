@@ -1,21 +1,332 @@
-//! Launchers of kernels/conv2d.cu. (launcher not written yet: every entry returns an error)
+//! Launchers of `kernels/conv2d.cu`: the fp32 R×R (R = 1 or 3) "same" convolution as
+//! implicit GEMM, forward and backward (formulas and shapes: `backend::cpu::conv2d`,
+//! kernel design: the header of `kernels/conv2d.cu`).
+//!
+//! Every launch goes check (shapes, operand bounds, disjoint outputs, sizes that fit
+//! the kernels' `int` indices) → allocate (the weight gradient's split-K workspace)
+//! → arguments → one launch. The geometry is computed here once, so the emulator runs
+//! exactly the grid the GPU runs.
+//!
+//! Path choice: the kernels take a `vec` bit set saying which operands may be moved
+//! 16 bytes at a time (channel count, pitch and element offset all multiples of 4,
+//! device address 16-byte aligned); anything else takes the scalar path, which handles
+//! every shape.
+//!
+//! Backward, in this order:
+//! 1. with `relu`, `conv2d_relu_mask_f32` masks `dy` in place by `y > 0`: the
+//!    [`Backend`](crate::backend::Backend) contract says `dy` is masked in place, and
+//!    masking once is cheaper than masking inside the GEMMs, which read each element
+//!    of `dy` R·R·⌈C/64⌉ (dx) or ⌈R·R·C/64⌉ (dw) times and would read `y` as often;
+//! 2. `conv2d_bwd_filter_f32`: `dw` and `db`, split-K over pixel chunks into a
+//!    workspace, then `conv2d_bwd_filter_reduce_f32` sums the partials in split order
+//!    (no float atomics: the bits depend only on the shapes); with a single split
+//!    the kernel writes `dw` and `db` directly and no workspace is allocated;
+//! 3. `conv2d_bwd_data_f32`: `dx` written or added into, unless [`GradIn::Skip`].
 
-use super::{Executor, Kernels};
-use crate::backend::*;
+use super::{blocks, int, operand, Arg, Executor, Geometry, Kernel, Kernels};
+use crate::backend::cpu::view_len;
+use crate::backend::{At, Conv2dParams, GradIn};
 use crate::error::{Error, Result};
 
-fn missing(op: &str) -> Error {
-    Error::Cuda(format!("{op}: no kernel yet"))
+const MODULE: &str = "conv2d";
+const FWD: Kernel = Kernel { module: MODULE, name: "conv2d_fwd_f32" };
+const BWD_DATA: Kernel = Kernel { module: MODULE, name: "conv2d_bwd_data_f32" };
+const BWD_FILTER: Kernel = Kernel { module: MODULE, name: "conv2d_bwd_filter_f32" };
+const BWD_FILTER_REDUCE: Kernel = Kernel { module: MODULE, name: "conv2d_bwd_filter_reduce_f32" };
+const RELU_MASK: Kernel = Kernel { module: MODULE, name: "conv2d_relu_mask_f32" };
+
+/// Output tile edge of the GEMM kernels (pixels or filter rows × channels): `CONV_TILE`.
+const TILE: usize = 64;
+/// Reduction step of the GEMM kernels: `CONV_BK`; weight-gradient chunks are multiples.
+const K_TILE: usize = 16;
+/// Threads per block of every kernel in the file (their `KERNEL_BOUNDS`).
+const THREADS: u32 = 256;
+/// `vec` bits: 16-byte loads of the gathered operand, of the other operand, 16-byte stores.
+const VEC_A: i32 = 1;
+const VEC_B: i32 = 2;
+const VEC_OUT: i32 = 4;
+/// The weight gradient aims for about this many blocks (a few waves on a 132-SM GPU
+/// at 2–3 resident blocks per SM) by splitting the pixel reduction ...
+const WGRAD_TARGET_BLOCKS: usize = 512;
+/// ... but gives no split fewer pixels than this: each split costs one 64×64 partial
+/// tile written and read back, about what 128 pixels × 128 inputs cost to load.
+const WGRAD_MIN_SPLIT_PIXELS: usize = 128;
+/// Most blocks in grid y and z.
+const GRID_YZ_MAX: usize = 65535;
+
+/// One operand of a launch: name (for messages), place, extent, whether it is written.
+struct Operand<'a, E: Executor> {
+    name: &'static str,
+    at: At<'a, Kernels<E>>,
+    len: usize,
+    write: bool,
 }
 
-/// Launches `conv2d_forward`.
-#[allow(clippy::too_many_arguments, unused_variables)]
-pub fn forward<E: Executor>(k: &Kernels<E>, y: At<Kernels<E>>, x: At<Kernels<E>>, w: At<Kernels<E>>, b: At<Kernels<E>>, p: &Conv2dParams) -> Result<()> {
-    Err(missing("conv2d_forward"))
+/// The device addresses of `ops`, after checking each against its buffer and that no
+/// written operand overlaps another (the `Backend` contract: an error, never a race).
+fn addresses<E: Executor>(exec: &E, op: &str, ops: &[Operand<'_, E>]) -> Result<Vec<u64>> {
+    let mut addrs = Vec::with_capacity(ops.len());
+    for o in ops {
+        match operand(exec, op, o.name, o.at, o.len)? {
+            Arg::Ptr(a) => addrs.push(a),
+            other => return Err(Error::Cuda(format!("{op}: operand {} is not an address: {other:?}", o.name))),
+        }
+    }
+    for (i, a) in ops.iter().enumerate() {
+        for (j, b) in ops.iter().enumerate().skip(i + 1) {
+            let (sa, sb) = (addrs[i], addrs[j]);
+            let overlap = a.len > 0 && b.len > 0 && sa < sb + 4 * b.len as u64 && sb < sa + 4 * a.len as u64;
+            if overlap && (a.write || b.write) {
+                return Err(Error::shape(
+                    op,
+                    format!("operands {} and {} in disjoint memory", a.name, b.name),
+                    "overlapping operands",
+                ));
+            }
+        }
+    }
+    Ok(addrs)
 }
 
-/// Launches `conv2d_backward`.
-#[allow(clippy::too_many_arguments, unused_variables)]
-pub fn backward<E: Executor>(k: &Kernels<E>, dx: GradIn<Kernels<E>>, dw: At<Kernels<E>>, db: At<Kernels<E>>, dy: At<Kernels<E>>, y: At<Kernels<E>>, x: At<Kernels<E>>, w: At<Kernels<E>>, p: &Conv2dParams) -> Result<()> {
-    Err(missing("conv2d_backward"))
+/// `bit` when `cond`.
+fn flag(bit: i32, cond: bool) -> i32 {
+    if cond {
+        bit
+    } else {
+        0
+    }
+}
+
+/// Whether an operand at `addr` with `channels` channels `pitch` apart may be moved
+/// four elements at a time.
+fn vec4(addr: u64, channels: usize, pitch: usize) -> bool {
+    addr % 16 == 0 && channels % 4 == 0 && pitch % 4 == 0
+}
+
+/// Extents of the operands of `p`, after checking the parameters.
+struct Sizes {
+    pixels: usize,
+    x_len: usize,
+    y_len: usize,
+}
+
+/// Checks `p` and that every index the kernels form fits in an `int`.
+fn sizes(op: &str, p: &Conv2dParams) -> Result<Sizes> {
+    if p.r != 1 && p.r != 3 {
+        return Err(Error::shape(op, "filter size 1 or 3", p.r));
+    }
+    if p.x_pitch < p.c || p.y_pitch < p.k {
+        return Err(Error::shape(
+            op,
+            "pixel pitches of at least the channel counts",
+            format!("x_pitch {} for C {}, y_pitch {} for K {}", p.x_pitch, p.c, p.y_pitch, p.k),
+        ));
+    }
+    if p.c.max(p.k) > GRID_YZ_MAX * TILE {
+        return Err(Error::shape(op, format!("at most {} channels", GRID_YZ_MAX * TILE), p.c.max(p.k)));
+    }
+    let too_big = || Error::shape(op, "every operand index below 2^31", format!("{p:?}"));
+    let pixels = p.n.checked_mul(p.h).and_then(|v| v.checked_mul(p.w)).ok_or_else(too_big)?;
+    // The largest intermediate index: a pixel (up to a tile past the end) plus a tap's
+    // reach of one row and one pixel, times the pitch; and the pixel range of the last
+    // weight-gradient split (under two times the pixels).
+    let reach = |pitch: usize, ch: usize| pixels.checked_add(p.w + 1 + TILE)?.checked_mul(pitch)?.checked_add(ch);
+    let biggest = [
+        reach(p.x_pitch, p.c),
+        reach(p.y_pitch, p.k),
+        pixels.checked_mul(p.k.max(p.c)),
+        pixels.checked_mul(2).and_then(|v| v.checked_add(2 * TILE)),
+        p.r.checked_mul(p.r * p.c).and_then(|v| v.checked_mul(p.k)),
+    ];
+    if biggest.iter().any(|v| v.is_none_or(|v| v > i32::MAX as usize)) {
+        return Err(too_big());
+    }
+    Ok(Sizes { pixels, x_len: view_len(pixels, p.c, p.x_pitch), y_len: view_len(pixels, p.k, p.y_pitch) })
+}
+
+/// The `int` arguments every GEMM kernel takes after its pointers: N, H, W, C, K, R.
+fn dims(op: &str, p: &Conv2dParams) -> Result<[Arg; 6]> {
+    Ok([int(op, p.n)?, int(op, p.h)?, int(op, p.w)?, int(op, p.c)?, int(op, p.k)?, int(op, p.r)?])
+}
+
+fn geometry(grid: [u32; 3]) -> Geometry {
+    Geometry { grid, block: [THREADS, 1, 1], smem_bytes: 0 }
+}
+
+/// Launches `conv2d_fwd_f32`: `y = relu?(conv(x, w) + b)`, one 64-pixel × 64-channel
+/// tile per block.
+pub fn forward<E: Executor>(
+    k: &Kernels<E>,
+    y: At<Kernels<E>>,
+    x: At<Kernels<E>>,
+    w: At<Kernels<E>>,
+    b: At<Kernels<E>>,
+    p: &Conv2dParams,
+) -> Result<()> {
+    const OP: &str = "conv2d_forward";
+    let s = sizes(OP, p)?;
+    let ops = [
+        Operand { name: "y", at: y, len: s.y_len, write: true },
+        Operand { name: "x", at: x, len: s.x_len, write: false },
+        Operand { name: "w", at: w, len: p.weight_len(), write: false },
+        Operand { name: "b", at: b, len: p.k, write: false },
+    ];
+    let [ya, xa, wa, ba] = addresses(&k.exec, OP, &ops)?[..] else { unreachable!("four operands") };
+    if s.y_len == 0 {
+        return Ok(());
+    }
+
+    let vec = flag(VEC_A, vec4(xa, p.c, p.x_pitch))
+        | flag(VEC_B, vec4(wa, p.k, p.k))
+        | flag(VEC_OUT, vec4(ya, p.k, p.y_pitch));
+    let geom = geometry([blocks(s.pixels, TILE), blocks(p.k, TILE), 1]);
+    let mut args = vec![Arg::Ptr(ya), Arg::Ptr(xa), Arg::Ptr(wa), Arg::Ptr(ba)];
+    args.extend(dims(OP, p)?);
+    args.extend([int(OP, p.x_pitch)?, int(OP, p.y_pitch)?, Arg::I32(p.relu as i32), Arg::I32(vec)]);
+    k.exec.launch(FWD, &geom, &args)
+}
+
+/// Launches the backward kernels (see the module doc): `dy` masked in place when
+/// `p.relu`, `dw` and `db` overwritten, `dx` written, added into, or skipped.
+#[allow(clippy::too_many_arguments)]
+pub fn backward<E: Executor>(
+    k: &Kernels<E>,
+    dx: GradIn<Kernels<E>>,
+    dw: At<Kernels<E>>,
+    db: At<Kernels<E>>,
+    dy: At<Kernels<E>>,
+    y: At<Kernels<E>>,
+    x: At<Kernels<E>>,
+    w: At<Kernels<E>>,
+    p: &Conv2dParams,
+) -> Result<()> {
+    const OP: &str = "conv2d_backward";
+    let s = sizes(OP, p)?;
+    let (dx, add) = match dx {
+        GradIn::Skip => (None, false),
+        GradIn::Write(at) => (Some(at), false),
+        GradIn::Add(at) => (Some(at), true),
+    };
+    let mut ops = vec![
+        Operand { name: "dw", at: dw, len: p.weight_len(), write: true },
+        Operand { name: "db", at: db, len: p.k, write: true },
+        Operand { name: "dy", at: dy, len: s.y_len, write: true },
+        Operand { name: "y", at: y, len: s.y_len, write: false },
+        Operand { name: "x", at: x, len: s.x_len, write: false },
+        Operand { name: "w", at: w, len: p.weight_len(), write: false },
+    ];
+    if let Some(at) = dx {
+        ops.push(Operand { name: "dx", at, len: s.x_len, write: true });
+    }
+    let addrs = addresses(&k.exec, OP, &ops)?;
+    let [dwa, dba, dya, ya, xa, wa] = addrs[..6] else { unreachable!("six operands") };
+
+    if p.relu {
+        relu_mask(k, dya, ya, s.pixels, p)?;
+    }
+    weight_grad(k, dwa, dba, xa, dya, s.pixels, p)?;
+    match addrs.get(6) {
+        Some(&dxa) => data_grad(k, dxa, dya, wa, add, s.pixels, p),
+        None => Ok(()),
+    }
+}
+
+/// `conv2d_relu_mask_f32`: `dy = 0` where `y <= 0`, one thread per element.
+fn relu_mask<E: Executor>(k: &Kernels<E>, dya: u64, ya: u64, pixels: usize, p: &Conv2dParams) -> Result<()> {
+    const OP: &str = "conv2d_backward (relu mask)";
+    let elems = pixels * p.k;
+    if elems == 0 {
+        return Ok(());
+    }
+    let geom = geometry([blocks(elems, THREADS as usize), 1, 1]);
+    let args = [Arg::Ptr(dya), Arg::Ptr(ya), int(OP, pixels)?, int(OP, p.k)?, int(OP, p.y_pitch)?];
+    k.exec.launch(RELU_MASK, &geom, &args)
+}
+
+/// How the weight gradient's pixel reduction is split: `(splits, chunk)`, chunk a
+/// multiple of the reduction step and `splits · chunk ≥ pixels`. A function of the
+/// shapes only, so the summation order (and the bits) never depend on the GPU.
+fn wgrad_splits(pixels: usize, tiles: usize) -> (usize, usize) {
+    let want = WGRAD_TARGET_BLOCKS.div_ceil(tiles.max(1));
+    let most = (pixels / WGRAD_MIN_SPLIT_PIXELS).max(1);
+    let splits = want.min(most).clamp(1, GRID_YZ_MAX);
+    let chunk = pixels.div_ceil(splits).next_multiple_of(K_TILE).max(K_TILE);
+    (pixels.div_ceil(chunk).max(1), chunk)
+}
+
+/// `conv2d_bwd_filter_f32` (+ `conv2d_bwd_filter_reduce_f32` when split): `dw`, `db`.
+fn weight_grad<E: Executor>(
+    k: &Kernels<E>,
+    dwa: u64,
+    dba: u64,
+    xa: u64,
+    dya: u64,
+    pixels: usize,
+    p: &Conv2dParams,
+) -> Result<()> {
+    const OP: &str = "conv2d_backward (weight gradient)";
+    let rows = p.r * p.r * p.c;
+    let wlen = rows * p.k;
+    if p.k == 0 {
+        return Ok(());
+    }
+    let tiles = [blocks(rows, TILE), blocks(p.k, TILE)];
+    let (splits, chunk) = wgrad_splits(pixels, tiles[0] as usize * tiles[1] as usize);
+
+    // Allocate: partials [splits][rows][K] then db partials [splits][K].
+    let workspace = if splits > 1 {
+        let len = splits.checked_mul(wlen + p.k).filter(|&l| l <= i32::MAX as usize);
+        let len = len.ok_or_else(|| Error::shape(OP, "a split-K workspace below 2^31 elements", format!("{p:?}")))?;
+        Some(k.exec.alloc(len)?)
+    } else {
+        None
+    };
+    let (part, db_part) = match &workspace {
+        Some(ws) => {
+            let base = k.exec.addr(ws);
+            (base, base + 4 * (splits * wlen) as u64)
+        }
+        None => (dwa, dba),
+    };
+
+    let vec = flag(VEC_A, vec4(xa, p.c, p.x_pitch))
+        | flag(VEC_B, vec4(dya, p.k, p.y_pitch))
+        | flag(VEC_OUT, vec4(part, p.k, p.k));
+    let geom = geometry([tiles[0], tiles[1], splits as u32]);
+    let mut args = vec![Arg::Ptr(part), Arg::Ptr(db_part), Arg::Ptr(xa), Arg::Ptr(dya)];
+    args.extend(dims(OP, p)?);
+    args.extend([int(OP, p.x_pitch)?, int(OP, p.y_pitch)?, int(OP, chunk)?, Arg::I32(vec)]);
+    k.exec.launch(BWD_FILTER, &geom, &args)?;
+
+    if let Some(ws) = &workspace {
+        let geom = geometry([blocks(wlen + p.k, THREADS as usize), 1, 1]);
+        let args =
+            [Arg::Ptr(dwa), Arg::Ptr(dba), Arg::Ptr(k.exec.addr(ws)), int(OP, splits)?, int(OP, wlen)?, int(OP, p.k)?];
+        k.exec.launch(BWD_FILTER_REDUCE, &geom, &args)?;
+    }
+    Ok(())
+}
+
+/// `conv2d_bwd_data_f32`: `dx (+)= conv(dy, w')`, one 64-pixel × 64-channel tile per block.
+fn data_grad<E: Executor>(
+    k: &Kernels<E>,
+    dxa: u64,
+    dya: u64,
+    wa: u64,
+    add: bool,
+    pixels: usize,
+    p: &Conv2dParams,
+) -> Result<()> {
+    const OP: &str = "conv2d_backward (input gradient)";
+    if pixels == 0 || p.c == 0 {
+        return Ok(());
+    }
+    let vec = flag(VEC_A, vec4(dya, p.k, p.y_pitch))
+        | flag(VEC_B, vec4(wa, p.k, p.k))
+        | flag(VEC_OUT, vec4(dxa, p.c, p.x_pitch));
+    let geom = geometry([blocks(pixels, TILE), blocks(p.c, TILE), 1]);
+    let mut args = vec![Arg::Ptr(dxa), Arg::Ptr(dya), Arg::Ptr(wa)];
+    args.extend(dims(OP, p)?);
+    args.extend([int(OP, p.x_pitch)?, int(OP, p.y_pitch)?, Arg::I32(add as i32), Arg::I32(vec)]);
+    k.exec.launch(BWD_DATA, &geom, &args)
 }
