@@ -42,12 +42,146 @@ enum Command {
         #[arg(long, default_value = "auto")]
         device: Device,
     },
-    /// A short demonstration that needs no data and no network (the default command).
+    /// The whole job end to end with no data and no network (the default command):
+    /// synthesise data, train a narrow model for about two minutes, predict held-back
+    /// images, score them, write overlays and curves.
     Demo {
         /// auto, cpu, cuda or emu.
         #[arg(long, default_value = "auto")]
         device: Device,
+        /// Where everything goes.
+        #[arg(long, default_value = "lesionseg-demo")]
+        out: PathBuf,
+        /// Training time in seconds.
+        #[arg(long, default_value_t = 120)]
+        seconds: u64,
     },
+    /// Synthetic dermoscopy images with the five attribute masks, in the ISIC 2018
+    /// folder layout (so `train` reads them exactly as it reads the real download).
+    Synth {
+        /// Output folder (created).
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of images.
+        #[arg(long)]
+        count: usize,
+        /// Image side in pixels.
+        #[arg(long, default_value_t = 256)]
+        size: usize,
+        /// Seed (the same seed gives the same files).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Train the multi-task U-Net on ISIC 2018 Task 2 data (the paper's recipe:
+    /// Adam 1e-3, batch 8, ReduceLROnPlateau 0.8/5, flips, rotation, scale, shift,
+    /// brightness and saturation). Checkpoints, metrics.csv and curves.png go to OUT.
+    Train {
+        /// Folder with ISIC2018_Task1-2_*_Input and ISIC2018_Task2_*_GroundTruth* inside.
+        #[arg(long)]
+        data: PathBuf,
+        /// Run folder: last/best_loss/best_jaccard.safetensors, metrics.csv, curves.png, split.csv.
+        #[arg(long)]
+        out: PathBuf,
+        /// Epochs in total (a resumed run continues up to this number).
+        #[arg(long, default_value_t = 100)]
+        epochs: u32,
+        /// Images per step.
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        /// Training size (square, a multiple of 32; the paper: 512).
+        #[arg(long, default_value_t = 512)]
+        size: usize,
+        /// Learning rate.
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f64,
+        /// Channel width factor of a model trained from scratch (1 = the paper's, 32.2 M parameters).
+        #[arg(long, default_value_t = 1.0)]
+        width: f64,
+        /// torchvision VGG16 weights (safetensors) for the encoder; see weights/README.md.
+        #[arg(long)]
+        init: Option<PathBuf>,
+        /// Continue from OUT/last.safetensors (same step, learning rate and optimizer state).
+        #[arg(long)]
+        resume: bool,
+        /// `ID,Split` CSV (train/val); otherwise a seeded 80/20 split.
+        #[arg(long)]
+        split: Option<PathBuf>,
+        /// Leave out samples with a corrupt image or a missing or mis-sized mask (counted in the summary).
+        #[arg(long)]
+        skip_bad: bool,
+        /// Stop starting epochs after this many minutes.
+        #[arg(long)]
+        time_limit: Option<f64>,
+        /// Seed of initialisation, split, shuffling and augmentation.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// auto, cpu, cuda or emu.
+        #[arg(long, default_value = "auto")]
+        device: Device,
+    },
+    /// Predict the five attribute masks of every JPEG/PNG in a folder, at each
+    /// image's original size, as ISIC_<id>_attribute_<attribute>.png (0/255).
+    Predict {
+        /// Folder of images.
+        #[arg(long)]
+        images: PathBuf,
+        /// Weights or a training checkpoint (safetensors).
+        #[arg(long)]
+        weights: PathBuf,
+        /// Output folder for the masks.
+        #[arg(long)]
+        out: PathBuf,
+        /// Probability threshold (the paper: 0.3).
+        #[arg(long, default_value_t = 0.3)]
+        threshold: f64,
+        /// Network input size (default: the checkpoint's training size, else 512).
+        #[arg(long)]
+        size: Option<usize>,
+        /// Images per forward pass (images of equal size are batched).
+        #[arg(long, default_value_t = 4)]
+        batch_size: usize,
+        /// Also write each image with the attributes drawn in colour, with a legend.
+        #[arg(long)]
+        overlays: Option<PathBuf>,
+        /// auto, cpu, cuda or emu.
+        #[arg(long, default_value = "auto")]
+        device: Device,
+    },
+    /// Score predicted masks with the ISIC 2018 Task 2 scorer (per-attribute
+    /// Jaccard and Dice, the micro-averaged Jaccard of the leaderboard).
+    Eval {
+        /// Folder of predicted masks.
+        #[arg(long)]
+        pred: PathBuf,
+        /// Folder of ground-truth masks.
+        #[arg(long)]
+        truth: PathBuf,
+        /// Also write the scores as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Time a few training steps and inference passes and break them down per layer.
+    Profile {
+        /// auto, cpu, cuda or emu.
+        #[arg(long, default_value = "auto")]
+        device: Device,
+        /// Images per batch.
+        #[arg(long, default_value_t = 1)]
+        batch_size: usize,
+        /// Input size (square, a multiple of 32).
+        #[arg(long, default_value_t = 256)]
+        size: usize,
+        /// Channel width factor (1 = the paper's model).
+        #[arg(long, default_value_t = 1.0)]
+        width: f64,
+        /// Timed steps.
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+
     /// What this machine offers the CUDA backend: driver, GPUs, NVRTC, ptxas, the
     /// kernel cache, and registers / shared memory of every kernel.
     Info,
@@ -55,9 +189,54 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command.unwrap_or(Command::Demo { device: Device::Auto }) {
+    let default_demo = Command::Demo { device: Device::Auto, out: PathBuf::from("lesionseg-demo"), seconds: 120 };
+    let result = match cli.command.unwrap_or(default_demo) {
         Command::Forward { weights, input, output, device } => forward(device, &weights, &input, &output),
-        Command::Demo { device } => demo(device),
+        Command::Demo { device, out, seconds } => demo(device, out, seconds),
+        Command::Synth { out, count, size, seed } => synth(&out, count, size, seed),
+        Command::Train {
+            data,
+            out,
+            epochs,
+            batch_size,
+            size,
+            lr,
+            width,
+            init,
+            resume,
+            split,
+            skip_bad,
+            time_limit,
+            seed,
+            device,
+        } => {
+            let mut o = lesionseg::train::TrainOptions::new(data, out);
+            o.epochs = epochs;
+            o.batch_size = batch_size;
+            o.size = size;
+            o.lr = lr;
+            o.width = width;
+            o.init = init;
+            o.resume = resume;
+            o.split_csv = split;
+            o.skip_bad = skip_bad;
+            o.time_limit = time_limit.map(|m| std::time::Duration::from_secs_f64(m * 60.0));
+            o.seed = seed;
+            train(device, &o)
+        }
+        Command::Predict { images, weights, out, threshold, size, batch_size, overlays, device } => {
+            let mut o = lesionseg::predict::PredictOptions::new(images, weights, out);
+            o.threshold = threshold;
+            o.size = size;
+            o.batch_size = batch_size;
+            o.overlays = overlays;
+            predict(device, &o)
+        }
+        Command::Eval { pred, truth, json } => eval(&pred, &truth, json.as_deref()),
+        Command::Profile { device, batch_size, size, width, steps, json } => {
+            let o = lesionseg::profile::ProfileOptions { batch: batch_size, size, width, steps, ..Default::default() };
+            profile(device, &o, json)
+        }
         Command::Info => {
             print!("{}", lesionseg::info::report());
             Ok(())
@@ -93,7 +272,66 @@ fn forward(device: Device, weights: &Path, input: &Path, output: &Path) -> lesio
     Ok(())
 }
 
-fn demo(device: Device) -> lesionseg::Result<()> {
+fn demo(device: Device, out: PathBuf, seconds: u64) -> lesionseg::Result<()> {
     let opened = backend(device)?;
-    lesionseg::on_backend!(&opened, be => lesionseg::demo::run(be))
+    let o = lesionseg::demo::DemoOptions { out, train_time: std::time::Duration::from_secs(seconds), ..Default::default() };
+    lesionseg::on_backend!(&opened, be => lesionseg::demo::run(be, &o))
+}
+
+fn synth(out: &Path, count: usize, size: usize, seed: u64) -> lesionseg::Result<()> {
+    let summary = lesionseg::data::synth::synthesize(out, count, size, seed)?;
+    print!("{summary}");
+    Ok(())
+}
+
+fn train(device: Device, o: &lesionseg::train::TrainOptions) -> lesionseg::Result<()> {
+    let opened = backend(device)?;
+    let s = lesionseg::on_backend!(&opened, be => lesionseg::train::run(be, o))?;
+    use lesionseg::train::Stop;
+    let why = match s.stop {
+        Stop::Finished => "finished",
+        Stop::Interrupted => "interrupted (resume with --resume)",
+        Stop::Budget => "time limit reached (resume with --resume and more --epochs)",
+    };
+    println!(
+        "train {why}: {} epochs, {} steps, lr {:.3e}; {} training / {} validation images{}",
+        s.state.epoch,
+        s.state.step,
+        s.state.lr,
+        s.samples.0,
+        s.samples.1,
+        if s.skipped > 0 { format!(", {} skipped", s.skipped) } else { String::new() }
+    );
+    if let Some(v) = &s.last_val {
+        println!("{}", v.scores.table());
+    }
+    println!("checkpoints, metrics.csv and curves.png in {}", s.out.display());
+    Ok(())
+}
+
+fn predict(device: Device, o: &lesionseg::predict::PredictOptions) -> lesionseg::Result<()> {
+    let opened = backend(device)?;
+    let s = lesionseg::on_backend!(&opened, be => lesionseg::predict::run(be, o))?;
+    println!("predict: {} images → {} masks in {} ({:.1} s)", s.images, s.masks, o.out.display(), s.seconds);
+    if let Some(dir) = &o.overlays {
+        println!("overlays in {}", dir.display());
+    }
+    Ok(())
+}
+
+fn eval(pred: &Path, truth: &Path, json: Option<&Path>) -> lesionseg::Result<()> {
+    let report = lesionseg::eval::run(pred, truth, json)?;
+    println!("{}", lesionseg::eval::format_table(&report));
+    Ok(())
+}
+
+fn profile(device: Device, o: &lesionseg::profile::ProfileOptions, json: bool) -> lesionseg::Result<()> {
+    let opened = backend(device)?;
+    let r = lesionseg::on_backend!(&opened, be => lesionseg::profile::run(be, o))?;
+    if json {
+        println!("{}", lesionseg::profile::to_json(&r));
+    } else {
+        println!("{}", lesionseg::profile::format_table(&r));
+    }
+    Ok(())
 }

@@ -1,0 +1,129 @@
+//! Training checkpoints: the model's parameters under their PyTorch names (so a
+//! checkpoint is also a weight file for `predict`, `forward` and PyTorch), Adam's
+//! moment buffers as two flat tensors, and the rest of the training state in the
+//! safetensors header. Written to a temporary name and renamed.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::schedule::Plateau;
+use crate::error::{Error, Result};
+use crate::model::{ParamTable, UNetConfig};
+use crate::tensor::Tensor;
+use crate::weights;
+
+/// Names of the optimizer tensors (flat, internal layout, `table.len` values).
+pub const ADAM_M: &str = "adam.exp_avg";
+/// See [`ADAM_M`].
+pub const ADAM_V: &str = "adam.exp_avg_sq";
+
+/// Everything besides tensors that `--resume` needs to continue exactly.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TrainState {
+    /// Optimizer steps taken (Adam's t).
+    pub step: u64,
+    /// Epochs completed.
+    pub epoch: u32,
+    /// Batches completed in the current, unfinished epoch.
+    pub batch_in_epoch: u32,
+    /// Current learning rate.
+    pub lr: f64,
+    /// The plateau scheduler.
+    pub plateau: Plateau,
+    /// Best validation loss so far.
+    pub best_val_loss: f64,
+    /// Best validation micro Jaccard so far.
+    pub best_jaccard: f64,
+    /// Seed of the shuffles and augmentations.
+    pub seed: u64,
+    /// Training image size (square).
+    pub size: usize,
+}
+
+/// A loaded checkpoint.
+pub struct Checkpoint {
+    /// Widths read from the parameter shapes.
+    pub cfg: UNetConfig,
+    /// Parameters, internal layout.
+    pub params: Vec<f32>,
+    /// Adam's first moments, when the file has them.
+    pub adam_m: Option<Vec<f32>>,
+    /// Adam's second moments.
+    pub adam_v: Option<Vec<f32>>,
+    /// The training state, when the file is a training checkpoint.
+    pub state: Option<TrainState>,
+}
+
+/// Writes a checkpoint to `path` (atomically).
+pub fn save(path: &Path, table: &ParamTable, params: &[f32], m: &[f32], v: &[f32], s: &TrainState) -> Result<()> {
+    let flat = |name: &str, data: &[f32]| (name.to_string(), Tensor { shape: vec![data.len()], data: data.to_vec() });
+    let extra = [flat(ADAM_M, m), flat(ADAM_V, v)];
+    let meta: HashMap<String, String> = [
+        ("step", s.step.to_string()),
+        ("epoch", s.epoch.to_string()),
+        ("batch_in_epoch", s.batch_in_epoch.to_string()),
+        ("lr", format!("{:e}", s.lr)),
+        ("plateau_factor", s.plateau.factor.to_string()),
+        ("plateau_patience", s.plateau.patience.to_string()),
+        ("plateau_best", format!("{:e}", s.plateau.best)),
+        ("plateau_bad_epochs", s.plateau.bad_epochs.to_string()),
+        ("best_val_loss", format!("{:e}", s.best_val_loss)),
+        ("best_jaccard", format!("{:e}", s.best_jaccard)),
+        ("seed", s.seed.to_string()),
+        ("size", s.size.to_string()),
+        ("producer", format!("lesionseg {} train", env!("CARGO_PKG_VERSION"))),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    weights::save_params_with_metadata(path, table, params, &extra, meta)
+}
+
+/// Reads a checkpoint or a plain weight file (then without optimizer and state).
+pub fn load(path: &Path) -> Result<Checkpoint> {
+    let mut tensors = weights::read_tensors(path)?;
+    let adam_m = tensors.remove(ADAM_M).map(|t| t.data);
+    let adam_v = tensors.remove(ADAM_V).map(|t| t.data);
+    let cfg = UNetConfig::from_shapes(&weights::shapes(&tensors))
+        .map_err(|(tensor, reason)| Error::Weights { path: path.to_path_buf(), tensor: Some(tensor), reason })?;
+    let table = ParamTable::new(&cfg);
+    let params = weights::pack(&table, &tensors, path, weights::PackMode::Full)?;
+    for (name, buf) in [(ADAM_M, &adam_m), (ADAM_V, &adam_v)] {
+        if buf.as_ref().is_some_and(|b| b.len() != table.len) {
+            return Err(Error::Weights {
+                path: path.to_path_buf(),
+                tensor: Some(name.into()),
+                reason: format!("expected {} values (one per parameter)", table.len),
+            });
+        }
+    }
+    let meta = weights::read_metadata(path)?;
+    let state = if meta.contains_key("step") { Some(parse_state(path, &meta)?) } else { None };
+    Ok(Checkpoint { cfg, params, adam_m, adam_v, state })
+}
+
+fn parse_state(path: &Path, meta: &HashMap<String, String>) -> Result<TrainState> {
+    fn get<T: std::str::FromStr>(path: &Path, meta: &HashMap<String, String>, key: &str) -> Result<T> {
+        meta.get(key).and_then(|v| v.parse().ok()).ok_or_else(|| Error::Weights {
+            path: path.to_path_buf(),
+            tensor: None,
+            reason: format!("checkpoint metadata `{key}` is missing or malformed"),
+        })
+    }
+    Ok(TrainState {
+        step: get(path, meta, "step")?,
+        epoch: get(path, meta, "epoch")?,
+        batch_in_epoch: get(path, meta, "batch_in_epoch")?,
+        lr: get(path, meta, "lr")?,
+        plateau: Plateau {
+            factor: get(path, meta, "plateau_factor")?,
+            patience: get(path, meta, "plateau_patience")?,
+            best: get(path, meta, "plateau_best")?,
+            bad_epochs: get(path, meta, "plateau_bad_epochs")?,
+        },
+        best_val_loss: get(path, meta, "best_val_loss")?,
+        best_jaccard: get(path, meta, "best_jaccard")?,
+        seed: get(path, meta, "seed")?,
+        size: get(path, meta, "size")?,
+    })
+}
