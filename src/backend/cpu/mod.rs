@@ -10,6 +10,7 @@ pub mod adam;
 pub mod conv2d;
 pub mod deconv;
 mod im2col;
+pub mod layout;
 pub mod loss;
 pub mod pool;
 

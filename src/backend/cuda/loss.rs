@@ -1,15 +1,198 @@
-//! Launchers of kernels/loss.cu. (launcher not written yet: every entry returns an error)
+//! Launcher of `kernels/loss.cu`: the multi-task loss of [`LossParams`] and the
+//! gradients of the total with respect to the three logit tensors (formulas:
+//! `backend::cpu::loss`; kernel design: the header of `kernels/loss.cu`).
+//!
+//! check (shapes, operand bounds, disjoint outputs, `int` extents) → allocate one
+//! workspace → arguments → three launches (block partials, reduction + heads, mask
+//! gradient) → download loss1..loss3, which the kernels write as f64, and add the
+//! total here as the CPU does (`loss1 + 0.5·loss2 + 0.5·loss3`).
+//!
+//! Workspace layout, in f32 words (f64 values take two, 8-byte aligned since buffers
+//! are 256-byte aligned and every f64 field starts at an even word):
+//! ```text
+//! [0, 6)                  out: loss1, loss2, loss3 (f64)
+//! [8, 11)                 coef: 1/M, 1/(U−I+ε), 1/(I+ε) (f32, for pass 2)
+//! [16, 16+8B)             part[B][4] (f64): Σ BCE, Σ s·t, Σ s, Σ t per pass-1 block
+//! [16+8B, +B·K)           flags[B][K]: 1 where the block saw a target > 0.5
+//! [.., +2·N·K)            head BCEs (cls_mid, then cls_last)
+//! ```
+//! with B = N·chunks pass-1 blocks.
 
-use super::{Executor, Kernels};
-use crate::backend::*;
+use super::{blocks, int, operand, Arg, Executor, Geometry, Kernel, Kernels};
+use crate::backend::{At, LossParams, LossParts};
 use crate::error::{Error, Result};
 
-fn missing(op: &str) -> Error {
-    Error::Cuda(format!("{op}: no kernel yet"))
+const MODULE: &str = "loss";
+const PARTIALS: Kernel = Kernel { module: MODULE, name: "loss_partials_f32" };
+const REDUCE: Kernel = Kernel { module: MODULE, name: "loss_reduce_f32" };
+const GRAD: Kernel = Kernel { module: MODULE, name: "loss_grad_f32" };
+
+/// Threads per block of every loss kernel (`LOSS_THREADS`); also the most channels
+/// pass 1 can give one thread each.
+const THREADS: usize = 256;
+/// Elements per thread in pass 1 (ITEMS in the header of loss.cu).
+const ITEMS: usize = 16;
+/// Blocks of the grid-stride pass 2 at most: keeps `e + gridDim.x·blockDim.x` in int.
+const MAX_STRIDE_BLOCKS: usize = 1 << 16;
+/// The largest extent the kernels index with `int`, leaving room for a grid stride
+/// or a pass-1 chunk.
+pub(super) const MAX_EXTENT: usize = i32::MAX as usize - MAX_STRIDE_BLOCKS * THREADS;
+/// Workspace word of `coef` (after the three f64 losses).
+const COEF_OFF: usize = 8;
+/// Workspace words before the partials (out + coef, padded to keep `part` aligned).
+const HEADER_WORDS: usize = 16;
+
+/// One operand of a launch: name (for messages), place, extent, whether it is written.
+pub(super) struct Operand<'a, E: Executor> {
+    pub(super) name: &'static str,
+    pub(super) at: At<'a, Kernels<E>>,
+    pub(super) len: usize,
+    pub(super) write: bool,
 }
 
-/// Launches `loss`.
-#[allow(clippy::too_many_arguments, unused_variables)]
-pub fn loss<E: Executor>(k: &Kernels<E>, d_mask: At<Kernels<E>>, d_mid: At<Kernels<E>>, d_last: At<Kernels<E>>, mask_logits: At<Kernels<E>>, cls_mid: At<Kernels<E>>, cls_last: At<Kernels<E>>, target: At<Kernels<E>>, p: &LossParams) -> Result<LossParts> {
-    Err(missing("loss"))
+/// The device addresses of `ops`, after checking each against its buffer and that no
+/// written operand overlaps another (the `Backend` contract: an error, never a race).
+pub(super) fn addresses<E: Executor>(exec: &E, op: &str, ops: &[Operand<'_, E>]) -> Result<Vec<u64>> {
+    let mut addrs = Vec::with_capacity(ops.len());
+    for o in ops {
+        match operand(exec, op, o.name, o.at, o.len)? {
+            Arg::Ptr(a) => addrs.push(a),
+            other => return Err(Error::Cuda(format!("{op}: operand {} is not an address: {other:?}", o.name))),
+        }
+    }
+    for (i, a) in ops.iter().enumerate() {
+        for (j, b) in ops.iter().enumerate().skip(i + 1) {
+            let (sa, sb) = (addrs[i], addrs[j]);
+            let overlap = a.len > 0 && b.len > 0 && sa < sb + 4 * b.len as u64 && sb < sa + 4 * a.len as u64;
+            if overlap && (a.write || b.write) {
+                return Err(Error::shape(
+                    op,
+                    format!("operands {} and {} in disjoint memory", a.name, b.name),
+                    "overlapping operands",
+                ));
+            }
+        }
+    }
+    Ok(addrs)
+}
+
+/// `len`, or an error if the kernels cannot index that many elements with `int`.
+pub(super) fn fits(op: &str, what: &str, len: Option<usize>) -> Result<usize> {
+    match len {
+        Some(l) if l <= MAX_EXTENT => Ok(l),
+        _ => Err(Error::shape(op, format!("{what} of at most {MAX_EXTENT} elements"), "more")),
+    }
+}
+
+/// A 1-D grid-stride geometry over `total` items, 256 threads a block.
+pub(super) fn stride_geometry(total: usize) -> Geometry {
+    let grid = blocks(total, THREADS).min(MAX_STRIDE_BLOCKS as u32);
+    Geometry { grid: [grid, 1, 1], block: [THREADS as u32, 1, 1], smem_bytes: 0 }
+}
+
+/// The f64 stored little-endian in two f32 words.
+fn f64_from_words(lo: f32, hi: f32) -> f64 {
+    f64::from_bits(u64::from(lo.to_bits()) | (u64::from(hi.to_bits()) << 32))
+}
+
+/// Launches the three loss kernels and returns the loss; see the module doc.
+#[allow(clippy::too_many_arguments)]
+pub fn loss<E: Executor>(
+    k: &Kernels<E>,
+    d_mask: At<Kernels<E>>,
+    d_mid: At<Kernels<E>>,
+    d_last: At<Kernels<E>>,
+    mask_logits: At<Kernels<E>>,
+    cls_mid: At<Kernels<E>>,
+    cls_last: At<Kernels<E>>,
+    target: At<Kernels<E>>,
+    p: &LossParams,
+) -> Result<LossParts> {
+    const OP: &str = "loss";
+    // Check.
+    let hwk = fits(OP, "one sample's masks", p.h.checked_mul(p.w).and_then(|hw| hw.checked_mul(p.k)))?;
+    let masks = fits(OP, "the mask tensor", hwk.checked_mul(p.n))?;
+    let heads = fits(OP, "the head tensors", p.n.checked_mul(p.k))?;
+    let ops = [
+        Operand { name: "d_mask", at: d_mask, len: masks, write: true },
+        Operand { name: "d_mid", at: d_mid, len: heads, write: true },
+        Operand { name: "d_last", at: d_last, len: heads, write: true },
+        Operand { name: "mask_logits", at: mask_logits, len: masks, write: false },
+        Operand { name: "cls_mid", at: cls_mid, len: heads, write: false },
+        Operand { name: "cls_last", at: cls_last, len: heads, write: false },
+        Operand { name: "target", at: target, len: masks, write: false },
+    ];
+    let [dm, di, dl, xm, xi, xl, tg] = addresses(&k.exec, OP, &ops)?[..] else { unreachable!("seven operands") };
+    if heads == 0 {
+        // No samples or no attributes: every mean is 0/0, as on the CPU.
+        let nan = f64::NAN;
+        return Ok(LossParts { loss: nan, loss1: nan, loss2: nan, loss3: nan });
+    }
+    if p.k > THREADS {
+        return Err(Error::shape(OP, format!("at most {THREADS} attributes"), p.k));
+    }
+    if p.n > 65535 {
+        return Err(Error::shape(OP, "a batch of at most 65535", p.n));
+    }
+    let stride = THREADS - THREADS % p.k;
+    let chunk = stride * ITEMS;
+    let chunks = blocks(hwk, chunk) as usize;
+    let partial_blocks = chunks * p.n;
+
+    // Allocate.
+    let part_off = HEADER_WORDS;
+    let flags_off = part_off + 8 * partial_blocks;
+    let head_off = flags_off + partial_blocks * p.k;
+    let ws_len = fits(OP, "the workspace", Some(head_off + 2 * heads))?;
+    let ws = k.exec.alloc(ws_len)?;
+    let base = k.exec.addr(&ws);
+    let word = |off: usize| Arg::Ptr(base + 4 * off as u64);
+
+    // Pass 1: block partials.
+    let geom = Geometry { grid: [chunks as u32, p.n as u32, 1], block: [THREADS as u32, 1, 1], smem_bytes: 0 };
+    let args = [
+        word(part_off),
+        word(flags_off),
+        Arg::Ptr(xm),
+        Arg::Ptr(tg),
+        int(OP, hwk)?,
+        int(OP, p.k)?,
+        int(OP, stride)?,
+        int(OP, chunk)?,
+    ];
+    k.exec.launch(PARTIALS, &geom, &args)?;
+
+    // The batch sums, the heads, the losses.
+    let one_block = Geometry { grid: [1, 1, 1], block: [THREADS as u32, 1, 1], smem_bytes: 0 };
+    let args = [
+        word(0),
+        word(COEF_OFF),
+        word(head_off),
+        Arg::Ptr(di),
+        Arg::Ptr(dl),
+        word(part_off),
+        word(flags_off),
+        Arg::Ptr(xi),
+        Arg::Ptr(xl),
+        int(OP, chunks)?,
+        int(OP, p.n)?,
+        int(OP, p.k)?,
+        int(OP, masks)?,
+        // Rounded from f64 as the CPU rounds them.
+        Arg::F32((0.5 / heads as f64) as f32),
+        Arg::F32((1.0 / masks as f64) as f32),
+    ];
+    k.exec.launch(REDUCE, &one_block, &args)?;
+
+    // Pass 2: the mask gradient.
+    if masks > 0 {
+        let vec = [dm, xm, tg].iter().all(|a| a % 16 == 0);
+        let args = [Arg::Ptr(dm), Arg::Ptr(xm), Arg::Ptr(tg), word(COEF_OFF), int(OP, masks)?, Arg::I32(vec as i32)];
+        k.exec.launch(GRAD, &stride_geometry(if vec { masks / 4 + masks % 4 } else { masks }), &args)?;
+    }
+
+    let mut out = [0.0f32; 6];
+    k.exec.download(&ws, 0, &mut out)?;
+    let [loss1, loss2, loss3] = [0, 1, 2].map(|i| f64_from_words(out[2 * i], out[2 * i + 1]));
+    Ok(LossParts { loss: loss1 + 0.5 * loss2 + 0.5 * loss3, loss1, loss2, loss3 })
 }

@@ -11,6 +11,7 @@ pub mod adam;
 pub mod conv2d;
 pub mod deconv;
 pub mod driver;
+pub mod layout;
 pub mod loss;
 pub mod nvrtc;
 pub mod pool;
