@@ -1,0 +1,351 @@
+//! The `predict` command: masks in the challenge's submission format for a folder
+//! of images.
+//!
+//! For every `.jpg`, `.jpeg` or `.png` in the folder (sorted by name, any size): the
+//! image is resized to the network's input size (the training pipeline's
+//! [`crate::data::isic::load_image_resized`]), normalised with the ImageNet
+//! statistics, run through the network; the sigmoid probabilities are resized back
+//! to the original size bilinearly (half-pixel centres, as PyTorch's
+//! `interpolate(..., align_corners=False)`) and thresholded (`p > threshold` → 255,
+//! else 0). Resizing the probabilities, not the binary mask, keeps the outlines
+//! smooth at the original resolution.
+//!
+//! Output names: `<stem>_attribute_<attribute>.png` for an input `<stem>.<ext>`, so
+//! `ISIC_0012345.jpg` gives the challenge's `ISIC_0012345_attribute_streaks.png`;
+//! files not named `ISIC_<id>` keep their own stem. Two inputs with the same stem
+//! are an error. Files named like our outputs (`*_attribute_<attribute>.png`,
+//! `*_overlay.png`) are not inputs. Images of the same original size are batched
+//! together.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use image::{ExtendedColorType, RgbImage};
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::forward::download_nchw;
+use crate::metrics::{ATTRIBUTES, K};
+use crate::model::{UNet16, UNetConfig, Workspace};
+use crate::weights;
+
+/// Input size when neither the options nor the checkpoint give one (the paper's).
+pub const DEFAULT_SIZE: usize = 512;
+
+/// Prefixes of checkpoint tensors that are training state, not parameters.
+pub const NON_PARAMETER_PREFIXES: [&str; 2] = ["adam.", "train."];
+
+/// What to predict, from where, to where.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PredictOptions {
+    /// Folder of images.
+    pub images: PathBuf,
+    /// Weights or training checkpoint (safetensors).
+    pub weights: PathBuf,
+    /// Folder for the masks (created if missing).
+    pub out: PathBuf,
+    /// Probability above which a pixel is foreground (the paper: 0.3).
+    pub threshold: f64,
+    /// Network input side; `None`: the checkpoint's `size` metadata, else
+    /// [`DEFAULT_SIZE`].
+    pub size: Option<usize>,
+    /// Images per forward pass (at most; only images of one original size share a batch).
+    pub batch_size: usize,
+    /// Folder for the overlays, when wanted.
+    pub overlays: Option<PathBuf>,
+    /// Show a progress bar (on stderr, and only when it is a terminal).
+    pub progress: bool,
+}
+
+impl PredictOptions {
+    /// The defaults: threshold 0.3, size from the checkpoint, batches of 4, no
+    /// overlays, a progress bar.
+    pub fn new(images: impl Into<PathBuf>, weights: impl Into<PathBuf>, out: impl Into<PathBuf>) -> Self {
+        PredictOptions {
+            images: images.into(),
+            weights: weights.into(),
+            out: out.into(),
+            threshold: 0.3,
+            size: None,
+            batch_size: 4,
+            overlays: None,
+            progress: true,
+        }
+    }
+}
+
+/// What a `predict` run did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PredictSummary {
+    /// Images processed.
+    pub images: usize,
+    /// Mask files written (5 per image).
+    pub masks: usize,
+    /// Overlay files written.
+    pub overlays: usize,
+    /// Network input side used.
+    pub size: usize,
+    /// Where the size came from: "option", "checkpoint" or "default".
+    pub size_source: &'static str,
+    /// Forward passes run.
+    pub batches: usize,
+    /// Wall-clock seconds of the whole run.
+    pub seconds: f64,
+}
+
+/// One input image.
+struct Input {
+    path: PathBuf,
+    stem: String,
+    width: u32,
+    height: u32,
+}
+
+/// Runs `predict` on backend `be`.
+pub fn run<B: Backend>(be: &B, opts: &PredictOptions) -> Result<PredictSummary> {
+    let start = Instant::now();
+    if !(opts.threshold > 0.0 && opts.threshold < 1.0) {
+        return Err(Error::Config(format!("--threshold {} is outside (0, 1)", opts.threshold)));
+    }
+    if opts.batch_size == 0 {
+        return Err(Error::Config("--batch-size must be at least 1".into()));
+    }
+    let (model, meta) = load_checkpoint(be, &opts.weights)?;
+    let (size, size_source) = input_size(opts, &meta)?;
+    let inputs = list_inputs(&opts.images)?;
+    for dir in std::iter::once(&opts.out).chain(&opts.overlays) {
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+
+    // Batches of equal original size, in name order within each size.
+    let mut by_size: BTreeMap<(u32, u32), Vec<usize>> = BTreeMap::new();
+    for (i, input) in inputs.iter().enumerate() {
+        by_size.entry((input.width, input.height)).or_default().push(i);
+    }
+    let batches: Vec<Vec<usize>> =
+        by_size.values().flat_map(|ids| ids.chunks(opts.batch_size).map(<[usize]>::to_vec)).collect();
+
+    let bar = progress_bar(opts.progress, inputs.len());
+    let mut ws: Option<Workspace<B>> = None;
+    let mut overlays = 0;
+    for batch in &batches {
+        if ws.as_ref().is_none_or(|w| w.plan.n != batch.len()) {
+            ws = Some(model.workspace(be, batch.len(), size, size)?);
+        }
+        let ws = ws.as_ref().expect("workspace created above");
+        let probs = forward_batch(be, &model, ws, &inputs, batch, size)?;
+        let per_image = K * size * size;
+        overlays += batch
+            .par_iter()
+            .zip(probs.par_chunks(per_image))
+            .map(|(&i, p)| write_outputs(&inputs[i], p, size, opts))
+            .collect::<Result<Vec<usize>>>()?
+            .iter()
+            .sum::<usize>();
+        bar.inc(batch.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(PredictSummary {
+        images: inputs.len(),
+        masks: inputs.len() * K,
+        overlays,
+        size,
+        size_source,
+        batches: batches.len(),
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Loads a weight file or training checkpoint: training-state tensors (names
+/// starting with one of [`NON_PARAMETER_PREFIXES`]) are dropped, the rest must be
+/// exactly the model's parameters. Returns the model and the file's metadata.
+pub fn load_checkpoint<B: Backend>(be: &B, path: &Path) -> Result<(UNet16<B>, HashMap<String, String>)> {
+    if !path.is_file() {
+        return Err(Error::Weights { path: path.to_path_buf(), tensor: None, reason: "no such file".into() });
+    }
+    let mut tensors = weights::read_tensors(path)?;
+    tensors.retain(|name, _| !NON_PARAMETER_PREFIXES.iter().any(|p| name.starts_with(p)));
+    let cfg = UNetConfig::from_shapes(&weights::shapes(&tensors)).map_err(|(tensor, reason)| Error::Weights {
+        path: path.to_path_buf(),
+        tensor: Some(tensor),
+        reason,
+    })?;
+    let table = crate::model::ParamTable::new(&cfg);
+    let flat = weights::pack(&table, &tensors, path, weights::PackMode::Full)?;
+    let meta = weights::read_metadata(path)?;
+    Ok((UNet16::new(be, cfg, &flat)?, meta))
+}
+
+/// The input side: the option, else the checkpoint's `size`, else the default;
+/// a positive multiple of 32 in every case.
+fn input_size(opts: &PredictOptions, meta: &HashMap<String, String>) -> Result<(usize, &'static str)> {
+    let (size, source) = match (opts.size, meta.get("size")) {
+        (Some(s), _) => (s, "option"),
+        (None, Some(s)) => {
+            let parsed = s.trim().parse().map_err(|_| Error::Weights {
+                path: opts.weights.clone(),
+                tensor: None,
+                reason: format!("metadata `size` = {s:?} is not a number; pass --size"),
+            })?;
+            (parsed, "checkpoint")
+        }
+        (None, None) => (DEFAULT_SIZE, "default"),
+    };
+    if size == 0 || size % 32 != 0 {
+        return Err(Error::Config(format!(
+            "input size {size} (from the {source}) is not a positive multiple of 32 (the network pools five times)"
+        )));
+    }
+    Ok((size, source))
+}
+
+/// The images of `dir` with their original sizes (read from the headers), sorted by
+/// name; an empty folder, an unreadable image or two images with one stem are errors.
+fn list_inputs(dir: &Path) -> Result<Vec<Input>> {
+    let mut paths = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        // Our own outputs, should the output folder be the input folder.
+        let ours = crate::eval::parse_mask_name(&name).is_some() || name.ends_with("_overlay.png");
+        if path.is_file() && matches!(ext.as_str(), "jpg" | "jpeg" | "png") && !ours {
+            paths.push(path);
+        }
+    }
+    if paths.is_empty() {
+        return Err(Error::Data {
+            path: dir.to_path_buf(),
+            reason: "no .jpg, .jpeg or .png images in this folder".into(),
+        });
+    }
+    paths.sort();
+    let inputs: Vec<Input> = paths
+        .into_par_iter()
+        .map(|path| {
+            let (width, height) = image::ImageReader::open(&path)
+                .and_then(|r| r.with_guessed_format())
+                .map_err(|e| Error::io(&path, e))?
+                .into_dimensions()
+                .map_err(|e| Error::Data { path: path.clone(), reason: format!("cannot read the image: {e}") })?;
+            let stem = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+            Ok(Input { path, stem, width, height })
+        })
+        .collect::<Result<_>>()?;
+    let mut seen: HashMap<&str, &Path> = HashMap::new();
+    for input in &inputs {
+        if let Some(first) = seen.insert(&input.stem, &input.path) {
+            return Err(Error::Data {
+                path: input.path.clone(),
+                reason: format!("has the same name as {}: their masks would overwrite each other", first.display()),
+            });
+        }
+    }
+    Ok(inputs)
+}
+
+/// Decodes, resizes and normalises the batch's images, runs the network and
+/// returns the probabilities `[N,K,size,size]`.
+fn forward_batch<B: Backend>(
+    be: &B,
+    model: &UNet16<B>,
+    ws: &Workspace<B>,
+    inputs: &[Input],
+    batch: &[usize],
+    size: usize,
+) -> Result<Vec<f32>> {
+    let images: Vec<Vec<u8>> = batch
+        .par_iter()
+        .map(|&i| crate::data::isic::load_image_resized(&inputs[i].path, size).map(|(rgb, _, _)| rgb))
+        .collect::<Result<_>>()?;
+    let mut input = Vec::with_capacity(batch.len() * size * size * 3);
+    for rgb in &images {
+        input.extend(crate::data::batch::normalize_image(rgb));
+    }
+    let p = &ws.plan;
+    be.upload(&ws.acts, p.input.off, &input)?;
+    model.forward(be, ws)?;
+    let mut probs = download_nchw(be, &ws.acts, p.mask_logits)?.data;
+    probs.par_iter_mut().for_each(|x| *x = 1.0 / (1.0 + (-*x).exp()));
+    Ok(probs)
+}
+
+/// Writes one image's five masks (and overlay); returns the overlays written.
+fn write_outputs(input: &Input, probs: &[f32], size: usize, opts: &PredictOptions) -> Result<usize> {
+    let (w, h) = (input.width as usize, input.height as usize);
+    // Attributes in parallel too: a batch may hold a single large image.
+    let masks: Vec<Vec<u8>> = (0..K)
+        .into_par_iter()
+        .map(|k| {
+            let prob = resize_bilinear(&probs[k * size * size..(k + 1) * size * size], size, size, w, h);
+            let mask: Vec<u8> = prob.iter().map(|&p| if f64::from(p) > opts.threshold { 255 } else { 0 }).collect();
+            let path = opts.out.join(format!("{}_attribute_{}.png", input.stem, ATTRIBUTES[k]));
+            crate::plot::write_png(&path, &mask, input.width, input.height, ExtendedColorType::L8)?;
+            Ok(mask)
+        })
+        .collect::<Result<_>>()?;
+    let Some(dir) = &opts.overlays else { return Ok(0) };
+    let rgb = decode_rgb(&input.path)?;
+    if rgb.dimensions() != (input.width, input.height) {
+        return Err(Error::Data { path: input.path.clone(), reason: "changed size while being read".into() });
+    }
+    crate::overlay::write_overlay(&dir.join(format!("{}_overlay.png", input.stem)), &rgb, &masks)?;
+    Ok(1)
+}
+
+fn decode_rgb(path: &Path) -> Result<RgbImage> {
+    let reader = image::ImageReader::open(path).map_err(|e| Error::io(path, e))?;
+    let reader = reader.with_guessed_format().map_err(|e| Error::io(path, e))?;
+    let img = reader
+        .decode()
+        .map_err(|e| Error::Data { path: path.to_path_buf(), reason: format!("cannot decode image: {e}") })?;
+    Ok(img.into_rgb8())
+}
+
+/// Bilinear resize of a `src_w`×`src_h` plane to `dst_w`×`dst_h`, with half-pixel
+/// centres and edge clamping (PyTorch's `interpolate(mode="bilinear",
+/// align_corners=False)`, OpenCV's `INTER_LINEAR`).
+pub fn resize_bilinear(src: &[f32], src_w: usize, src_h: usize, dst_w: usize, dst_h: usize) -> Vec<f32> {
+    let taps = |dst: usize, src_n: usize| -> Vec<(usize, usize, f32)> {
+        let scale = src_n as f64 / dst as f64;
+        (0..dst)
+            .map(|o| {
+                let s = ((o as f64 + 0.5) * scale - 0.5).max(0.0);
+                let i0 = (s.floor() as usize).min(src_n - 1);
+                let i1 = (i0 + 1).min(src_n - 1);
+                (i0, i1, (s - i0 as f64).clamp(0.0, 1.0) as f32)
+            })
+            .collect()
+    };
+    if dst_w == 0 || dst_h == 0 || src_w == 0 || src_h == 0 {
+        return vec![0.0; dst_w * dst_h];
+    }
+    let (xs, ys) = (taps(dst_w, src_w), taps(dst_h, src_h));
+    let mut out = vec![0.0; dst_w * dst_h];
+    for (row, &(y0, y1, fy)) in out.chunks_exact_mut(dst_w).zip(&ys) {
+        let (r0, r1) = (&src[y0 * src_w..(y0 + 1) * src_w], &src[y1 * src_w..(y1 + 1) * src_w]);
+        for (o, &(x0, x1, fx)) in row.iter_mut().zip(&xs) {
+            let top = r0[x0] + (r0[x1] - r0[x0]) * fx;
+            let bottom = r1[x0] + (r1[x1] - r1[x0]) * fx;
+            *o = top + (bottom - top) * fy;
+        }
+    }
+    out
+}
+
+fn progress_bar(show: bool, images: usize) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(images as u64);
+    bar.set_style(
+        ProgressStyle::with_template("predict [{bar:30}] {pos}/{len} images ({elapsed}<{eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar
+}
