@@ -70,7 +70,7 @@ fn section_driver(out: &mut String) {
             }
         }
         Err(e) => {
-            let _ = writeln!(out, "devices: none ({e})");
+            let _ = writeln!(out, "devices: none ({})", plain(e));
         }
     }
 }
@@ -86,9 +86,17 @@ fn section_nvrtc(out: &mut String) -> bool {
             true
         }
         Err(e) => {
-            let _ = writeln!(out, "NVRTC: {e}");
+            let _ = writeln!(out, "NVRTC: {}", plain(e));
             false
         }
+    }
+}
+
+/// An error's message without the `CUDA: ` prefix (every line here is about CUDA).
+fn plain(e: crate::Error) -> String {
+    match e {
+        crate::Error::Cuda(m) => m,
+        other => other.to_string(),
     }
 }
 
@@ -112,11 +120,7 @@ fn section_kernels(out: &mut String, sources: &KernelSources, nvrtc_ok: bool, pt
     match Cuda::with_sources(0, *sources) {
         Ok(gpu) => kernels_on_gpu(out, sources, &gpu),
         Err(e) => {
-            let why = match e {
-                crate::Error::Cuda(m) => m,
-                other => other.to_string(),
-            };
-            let _ = writeln!(out, "kernels (no GPU: {why}), for {DEFAULT_ARCH}:");
+            let _ = writeln!(out, "kernels (no GPU: {}), for {DEFAULT_ARCH}:", plain(e));
             kernels_with_ptxas(out, sources, ptxas);
         }
     }

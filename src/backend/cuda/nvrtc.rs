@@ -89,7 +89,7 @@ fn load() -> std::result::Result<Nvrtc, String> {
 impl Nvrtc {
     fn new(lib: probe::NvrtcLib) -> std::result::Result<Self, String> {
         let path = lib.path.clone();
-        let bad = |e: libloading::Error| format!("{} is not a usable NVRTC: {e}", path.display());
+        let bad = |e: libloading::Error| format!("{} is not a usable NVRTC: {}", path.display(), probe::dl_error(&e));
         // SAFETY: the symbol types are NVRTC's documented C signatures (nvrtc.h);
         // the library stays loaded as long as the pointers (it is a field of Self).
         let fns = unsafe {

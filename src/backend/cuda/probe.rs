@@ -90,17 +90,21 @@ pub fn driver() -> Result<&'static DriverLib, String> {
 }
 
 fn load_driver() -> Result<DriverLib, String> {
-    let mut errors = Vec::new();
+    let mut broken = None;
     for name in ["libcuda.so.1", "libcuda.so"] {
         // SAFETY: loading the NVIDIA driver library runs its initialisers, which
         // have no preconditions on our side.
         match unsafe { Library::new(name) } {
             Ok(lib) => return check_driver(lib),
-            Err(e) => errors.push(format!("{name}: {e}")),
+            // Present but unloadable (wrong architecture, missing dependency) is
+            // worth saying; absent is the common case.
+            Err(e) if !dl_error(&e).contains("No such file") => {
+                broken.get_or_insert(format!("the CUDA driver {name} cannot be loaded: {}", dl_error(&e)));
+            }
+            Err(_) => {}
         }
     }
-    let first = errors.first().cloned().unwrap_or_default();
-    Err(format!("no CUDA driver ({} not found)", first.split(':').next().unwrap_or("libcuda.so.1")))
+    Err(broken.unwrap_or_else(|| "no CUDA driver (libcuda.so.1 not found)".to_string()))
 }
 
 fn check_driver(lib: Library) -> Result<DriverLib, String> {
@@ -119,13 +123,21 @@ fn check_driver(lib: Library) -> Result<DriverLib, String> {
     let rc = unsafe {
         let f = lib
             .get::<unsafe extern "C" fn(*mut i32) -> i32>(b"cuDriverGetVersion")
-            .map_err(|e| format!("cuDriverGetVersion: {e}"))?;
+            .map_err(|e| format!("cuDriverGetVersion: {}", dl_error(&e)))?;
         f(&mut version)
     };
     if rc != 0 {
         return Err(format!("cuDriverGetVersion failed (CUresult {rc})"));
     }
     Ok(DriverLib { _lib: lib, path: loaded_path("libcuda.so"), version })
+}
+
+/// A loader error with its cause (libloading's `Display` omits `dlerror()`'s text).
+pub fn dl_error(e: &libloading::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
 }
 
 /// "13.0" from a `cuDriverGetVersion`/`nvrtcVersion`-style number.
@@ -197,7 +209,7 @@ pub fn open_nvrtc_at(path: &Path) -> Result<NvrtcLib, String> {
     }
     let builtins = path.parent().filter(|d| !d.as_os_str().is_empty()).and_then(preload_builtins);
     // SAFETY: NVRTC's initialisers have no preconditions on our side.
-    let lib = unsafe { Library::new(path) }.map_err(|e| e.to_string())?;
+    let lib = unsafe { Library::new(path) }.map_err(|e| dl_error(&e))?;
     let path = if path.is_absolute() { path.to_path_buf() } else { loaded_path("libnvrtc.so").unwrap_or(path.into()) };
     Ok(NvrtcLib { lib, builtins, path })
 }
