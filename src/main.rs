@@ -91,9 +91,9 @@ enum Command {
         /// Training size (square, a multiple of 32; the paper: 512).
         #[arg(long, default_value_t = 512)]
         size: usize,
-        /// Learning rate.
-        #[arg(long, default_value_t = 1e-3)]
-        lr: f64,
+        /// Learning rate (default 1e-3; with --resume, replaces the checkpoint's).
+        #[arg(long)]
+        lr: Option<f64>,
         /// Channel width factor of a model trained from scratch (1 = the paper's, 32.2 M parameters).
         #[arg(long, default_value_t = 1.0)]
         width: f64,

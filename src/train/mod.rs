@@ -47,8 +47,9 @@ pub struct TrainOptions {
     pub batch_size: usize,
     /// Training image size (square, a multiple of 32).
     pub size: usize,
-    /// Initial learning rate.
-    pub lr: f64,
+    /// Learning rate: of a fresh run (default 1e-3), or, with `resume`, replacing
+    /// the checkpoint's (e.g. to continue more gently after a divergence).
+    pub lr: Option<f64>,
     /// Channel width factor of a model trained from scratch (1 = the paper's).
     pub width: f64,
     /// torchvision VGG16 safetensors for the encoder.
@@ -78,7 +79,7 @@ impl TrainOptions {
             epochs: 100,
             batch_size: 8,
             size: 512,
-            lr: 1e-3,
+            lr: None,
             width: 1.0,
             init: None,
             resume: false,
@@ -209,7 +210,7 @@ pub fn run<B: Backend>(be: &B, o: &TrainOptions) -> Result<TrainSummary> {
                 bar.abandon();
                 return Err(Error::Config(format!(
                     "training stopped: the loss became {} at step {} (epoch {}, batch {}); the last good \
-                     checkpoint is {} — resume from it with a lower --lr",
+                     checkpoint is {} — resume from it (--resume) with a lower --lr",
                     loss.loss,
                     run.state.step,
                     epoch + 1,
@@ -286,6 +287,7 @@ fn start<B: Backend>(be: &B, o: &TrainOptions) -> Result<Run<B>> {
         let (adam_m, adam_v) = (be.alloc(model.table.len)?, be.alloc(model.table.len)?);
         be.upload(&adam_m, 0, ck.adam_m.as_deref().unwrap_or(&vec![0.0; model.table.len]))?;
         be.upload(&adam_v, 0, ck.adam_v.as_deref().unwrap_or(&vec![0.0; model.table.len]))?;
+        let state = TrainState { lr: o.lr.unwrap_or(state.lr), ..state };
         return Ok(Run { model, adam_m, adam_v, state });
     }
     let cfg = UNetConfig::scaled(o.width)?;
@@ -301,7 +303,7 @@ fn start<B: Backend>(be: &B, o: &TrainOptions) -> Result<Run<B>> {
         step: 0,
         epoch: 0,
         batch_in_epoch: 0,
-        lr: o.lr,
+        lr: o.lr.unwrap_or(1e-3),
         plateau: Plateau::new(0.8, 5),
         best_val_loss: f64::INFINITY,
         best_jaccard: f64::NEG_INFINITY,
