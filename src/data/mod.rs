@@ -1,6 +1,10 @@
 //! Data: the ISIC 2018 Task 2 folder layout and file names shared by every reader
 //! and writer, and the synthetic generator (`synth`) that produces that layout.
 
+pub mod augment;
+pub mod batch;
+pub mod cache;
+pub mod isic;
 pub mod synth;
 
 /// The five lesion attributes, in the model's channel order.
