@@ -7,6 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use lesionseg::backend::cpu::Cpu;
+use lesionseg::backend::Backend;
 use lesionseg::tensor::Tensor;
 use lesionseg::weights;
 
@@ -27,11 +28,11 @@ fn max_abs(v: &[f32]) -> f64 {
 /// Runs `forward` on a golden case and checks every output against the fixture:
 /// outputs max|d| ≤ 1e-4·max|ref|, losses relative 1e-5, each gradient relative
 /// L2 ≤ 1e-4.
-fn check_golden(case: &str) {
+fn check_golden<B: Backend>(be: &B, case: &str) {
     let case_path = fixture(case);
-    let out_path = temp(&format!("out-{case}"));
-    let summary = lesionseg::forward::run(&Cpu, &fixture("narrow_weights.safetensors"), &case_path, &out_path)
-        .unwrap_or_else(|e| panic!("{case}: {e}"));
+    let out_path = temp(&format!("out-{}-{case}", be.name()));
+    let summary = lesionseg::forward::run(be, &fixture("narrow_weights.safetensors"), &case_path, &out_path)
+        .unwrap_or_else(|e| panic!("{case} on {}: {e}", be.name()));
     assert!(summary.loss.is_some(), "{case}: targets present, so losses expected");
     let got = weights::read_plain(&out_path).unwrap();
     let want = weights::read_plain(&case_path).unwrap();
@@ -56,17 +57,33 @@ fn check_golden(case: &str) {
     }
     // 26 parameters + the input gradient.
     assert_eq!(grads, 2 * 26 + 1, "{case}: every gradient compared");
-    eprintln!("{case}: {} tensors match PyTorch ({:.3} s)", want.len() - 2, summary.seconds);
+    eprintln!("{case} on {}: {} tensors match PyTorch ({:.3} s)", be.name(), want.len() - 2, summary.seconds);
 }
 
 #[test]
 fn narrow_model_matches_pytorch_batch2_64x64() {
-    check_golden("narrow_n2_64x64.safetensors");
+    check_golden(&Cpu, "narrow_n2_64x64.safetensors");
 }
 
 #[test]
 fn narrow_model_matches_pytorch_non_square_64x96() {
-    check_golden("narrow_n1_64x96.safetensors");
+    check_golden(&Cpu, "narrow_n1_64x96.safetensors");
+}
+
+/// The CUDA kernels, run by the host emulator, through the whole model.
+#[test]
+fn emulated_kernels_match_pytorch() {
+    let emu = lesionseg::backend::emu::backend();
+    check_golden(&emu, "narrow_n2_64x64.safetensors");
+    check_golden(&emu, "narrow_n1_64x96.safetensors");
+}
+
+/// The same on a real GPU when there is one (skipped with a printed reason otherwise).
+#[test]
+fn gpu_kernels_match_pytorch() {
+    let Some(gpu) = lesionseg::device::test_gpu("gpu_kernels_match_pytorch") else { return };
+    check_golden(&gpu, "narrow_n2_64x64.safetensors");
+    check_golden(&gpu, "narrow_n1_64x96.safetensors");
 }
 
 #[test]
