@@ -68,9 +68,7 @@ pub fn run<B: Backend>(be: &B, o: &DemoOptions) -> Result<()> {
     let trained = train::run(be, &t)?;
     println!(
         "   {} epochs, {} steps; best validation score {:.4}",
-        trained.state.epoch,
-        trained.state.step,
-        trained.state.best_jaccard
+        trained.state.epoch, trained.state.step, trained.state.best_jaccard
     );
 
     let weights = run_dir.join(train::BEST_JACCARD);

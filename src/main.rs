@@ -274,7 +274,8 @@ fn forward(device: Device, weights: &Path, input: &Path, output: &Path) -> lesio
 
 fn demo(device: Device, out: PathBuf, seconds: u64) -> lesionseg::Result<()> {
     let opened = backend(device)?;
-    let o = lesionseg::demo::DemoOptions { out, train_time: std::time::Duration::from_secs(seconds), ..Default::default() };
+    let o =
+        lesionseg::demo::DemoOptions { out, train_time: std::time::Duration::from_secs(seconds), ..Default::default() };
     lesionseg::on_backend!(&opened, be => lesionseg::demo::run(be, &o))
 }
 

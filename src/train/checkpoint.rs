@@ -84,8 +84,11 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     let mut tensors = weights::read_tensors(path)?;
     let adam_m = tensors.remove(ADAM_M).map(|t| t.data);
     let adam_v = tensors.remove(ADAM_V).map(|t| t.data);
-    let cfg = UNetConfig::from_shapes(&weights::shapes(&tensors))
-        .map_err(|(tensor, reason)| Error::Weights { path: path.to_path_buf(), tensor: Some(tensor), reason })?;
+    let cfg = UNetConfig::from_shapes(&weights::shapes(&tensors)).map_err(|(tensor, reason)| Error::Weights {
+        path: path.to_path_buf(),
+        tensor: Some(tensor),
+        reason,
+    })?;
     let table = ParamTable::new(&cfg);
     let params = weights::pack(&table, &tensors, path, weights::PackMode::Full)?;
     for (name, buf) in [(ADAM_M, &adam_m), (ADAM_V, &adam_v)] {

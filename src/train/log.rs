@@ -22,10 +22,20 @@ pub struct MetricsLog {
 }
 
 fn header() -> String {
-    let mut cols: Vec<String> =
-        ["epoch", "step", "lr", "train_loss", "val_loss", "val_loss1", "val_loss2", "val_loss3", "micro_jaccard", "mean_jaccard"]
-            .map(String::from)
-            .to_vec();
+    let mut cols: Vec<String> = [
+        "epoch",
+        "step",
+        "lr",
+        "train_loss",
+        "val_loss",
+        "val_loss1",
+        "val_loss2",
+        "val_loss3",
+        "micro_jaccard",
+        "mean_jaccard",
+    ]
+    .map(String::from)
+    .to_vec();
     for prefix in ["jaccard", "auc_mid", "auc_last"] {
         cols.extend(ATTRIBUTES.iter().map(|a| format!("{prefix}_{a}")));
     }

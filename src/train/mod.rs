@@ -314,7 +314,13 @@ fn start<B: Backend>(be: &B, o: &TrainOptions) -> Result<Run<B>> {
 }
 
 /// One optimizer step on a batch already normalised (NHWC input and targets).
-fn train_step<B: Backend>(be: &B, run: &mut Run<B>, ws: &Workspace<B>, input: &[f32], target: &[f32]) -> Result<LossParts> {
+fn train_step<B: Backend>(
+    be: &B,
+    run: &mut Run<B>,
+    ws: &Workspace<B>,
+    input: &[f32],
+    target: &[f32],
+) -> Result<LossParts> {
     be.upload(&ws.acts, ws.plan.input.off, input)?;
     be.upload(&ws.target, 0, target)?;
     run.model.forward(be, ws)?;
@@ -324,7 +330,14 @@ fn train_step<B: Backend>(be: &B, run: &mut Run<B>, ws: &Workspace<B>, input: &[
     }
     run.state.step += 1;
     let m = &run.model;
-    let p = AdamParams { len: m.table.len, lr: run.state.lr as f32, beta1: 0.9, beta2: 0.999, eps: 1e-8, step: run.state.step };
+    let p = AdamParams {
+        len: m.table.len,
+        lr: run.state.lr as f32,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        step: run.state.step,
+    };
     be.adam(At::new(&m.params, 0), At::new(&run.adam_m, 0), At::new(&run.adam_v, 0), At::new(&m.grads, 0), &p)?;
     Ok(loss)
 }

@@ -70,7 +70,8 @@ pub fn run<B: Backend>(
         loss.loss1 += weight * parts.loss1;
         loss.loss2 += weight * parts.loss2;
         loss.loss3 += weight * parts.loss3;
-        let (logits, mid, last) = (download(be, &ws.acts, m)?, download(be, &ws.acts, p.cls_mid)?, download(be, &ws.acts, p.cls_last)?);
+        let (logits, mid, last) =
+            (download(be, &ws.acts, m)?, download(be, &ws.acts, p.cls_mid)?, download(be, &ws.acts, p.cls_last)?);
         acc.add_batch(&logits, &mid, &last, &batch.target, chunk.len(), size, size)?;
     }
     Ok(ValMetrics { loss, scores: acc.finish()? })

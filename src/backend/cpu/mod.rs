@@ -19,8 +19,7 @@ use std::fmt::Debug;
 use std::ops::{Add, AddAssign, Div, Mul, Neg, Sub};
 
 use super::{
-    AdamParams, At, Backend, Conv2dParams, DeconvParams, GlobalPoolParams, GradIn, LossParams, LossParts,
-    MaxPoolParams,
+    AdamParams, At, Backend, Conv2dParams, DeconvParams, GlobalPoolParams, GradIn, LossParams, LossParts, MaxPoolParams,
 };
 use crate::error::{Error, Result};
 
@@ -371,10 +370,8 @@ impl Backend for Cpu {
 
     fn global_avg_forward(&self, y: At<Self>, x: At<Self>, p: &GlobalPoolParams) -> Result<()> {
         let op = "global_avg_forward";
-        let rs = [
-            region("y", y, p.n * p.c, true),
-            region("x", x, act_len(p.n * p.h * p.w, p.c, p.x_pitch, op)?, false),
-        ];
+        let rs =
+            [region("y", y, p.n * p.c, true), region("x", x, act_len(p.n * p.h * p.w, p.c, p.x_pitch, op)?, false)];
         check(op, &rs)?;
         // SAFETY: all regions checked together.
         unsafe { pool::global_avg_forward(write(&rs[0]), read(&rs[1]), p) };
@@ -383,10 +380,8 @@ impl Backend for Cpu {
 
     fn global_avg_backward(&self, dx: At<Self>, dy: At<Self>, p: &GlobalPoolParams) -> Result<()> {
         let op = "global_avg_backward";
-        let rs = [
-            region("dx", dx, act_len(p.n * p.h * p.w, p.c, p.x_pitch, op)?, true),
-            region("dy", dy, p.n * p.c, false),
-        ];
+        let rs =
+            [region("dx", dx, act_len(p.n * p.h * p.w, p.c, p.x_pitch, op)?, true), region("dy", dy, p.n * p.c, false)];
         check(op, &rs)?;
         // SAFETY: all regions checked together.
         unsafe { pool::global_avg_backward(write(&rs[0]), read(&rs[1]), p) };
@@ -395,10 +390,8 @@ impl Backend for Cpu {
 
     fn global_max_forward(&self, y: At<Self>, x: At<Self>, p: &GlobalPoolParams) -> Result<()> {
         let op = "global_max_forward";
-        let rs = [
-            region("y", y, p.n * p.c, true),
-            region("x", x, act_len(p.n * p.h * p.w, p.c, p.x_pitch, op)?, false),
-        ];
+        let rs =
+            [region("y", y, p.n * p.c, true), region("x", x, act_len(p.n * p.h * p.w, p.c, p.x_pitch, op)?, false)];
         check(op, &rs)?;
         // SAFETY: all regions checked together.
         unsafe { pool::global_max_forward(write(&rs[0]), read(&rs[1]), p) };
