@@ -1,21 +1,272 @@
-//! Launchers of kernels/deconv.cu. (launcher not written yet: every entry returns an error)
+//! Launchers of `kernels/deconv.cu`: the 4x4 / stride 2 / padding 1 transposed
+//! convolution, forward (four sub-pixel implicit GEMMs, bias and ReLU fused) and
+//! backward (ReLU mask, split-K weight gradient with a deterministic reduction,
+//! bias gradient, gather input gradient).
+//!
+//! Each launcher checks the shapes with the CPU backend's rules, every operand
+//! against its buffer and every extent against the kernels' `int` arithmetic, then
+//! allocates the workspaces it needs, computes each geometry once (the GPU and the
+//! emulator run the same one) and launches each kernel once. The number of split-K
+//! chunks depends only on the shape, so results are the same bits on every run.
 
-use super::{Executor, Kernels};
-use crate::backend::*;
+use super::pool::{act_len, fits, stride_geometry, vec4_ok};
+use super::{blocks, int, operand, Arg, Executor, Geometry, Kernel, Kernels};
+use crate::backend::{At, Backend, DeconvParams, GradIn};
 use crate::error::{Error, Result};
 
-fn missing(op: &str) -> Error {
-    Error::Cuda(format!("{op}: no kernel yet"))
+/// Output rows and columns of a GEMM block (`TILE` in deconv.cu).
+const TILE: usize = 64;
+/// Reduction depth of one pipeline stage (`SLICE`): split-K chunks are multiples of it.
+const SLICE: usize = 16;
+/// Threads per block (`THREADS`).
+const THREADS: u32 = 256;
+/// Flags of the GEMM kernels: operand A, operand B, the output may use float4.
+const VEC_A: i32 = 1;
+const VEC_B: i32 = 2;
+const VEC_OUT: i32 = 4;
+/// Blocks the weight gradient aims for (a few waves on a 132-SM GPU); below that
+/// its pixels are split into chunks.
+const FILTER_BLOCKS: usize = 512;
+/// The fewest pixels a weight-gradient chunk reduces.
+const MIN_CHUNK: usize = 256;
+/// The most floats of weight-gradient partials (256 MiB).
+const MAX_PARTIALS: usize = 1 << 26;
+/// Blocks the bias gradient aims for, and the fewest pixels of one of its chunks.
+const BIAS_BLOCKS: usize = 256;
+const MIN_BIAS_CHUNK: usize = 1024;
+
+fn kernel(name: &'static str) -> Kernel {
+    Kernel { module: "deconv", name }
 }
 
-/// Launches `deconv_forward`.
-#[allow(clippy::too_many_arguments, unused_variables)]
-pub fn forward<E: Executor>(k: &Kernels<E>, y: At<Kernels<E>>, x: At<Kernels<E>>, w: At<Kernels<E>>, b: At<Kernels<E>>, p: &DeconvParams) -> Result<()> {
-    Err(missing("deconv_forward"))
+fn flag(on: bool, bit: i32) -> i32 {
+    if on {
+        bit
+    } else {
+        0
+    }
 }
 
-/// Launches `deconv_backward`.
-#[allow(clippy::too_many_arguments, unused_variables)]
-pub fn backward<E: Executor>(k: &Kernels<E>, dx: GradIn<Kernels<E>>, dw: At<Kernels<E>>, db: At<Kernels<E>>, dy: At<Kernels<E>>, y: At<Kernels<E>>, x: At<Kernels<E>>, w: At<Kernels<E>>, p: &DeconvParams) -> Result<()> {
-    Err(missing("deconv_backward"))
+/// A GEMM grid, checked against the driver's limits on y and z.
+fn gemm_geometry(op: &str, x: usize, y: usize, z: usize) -> Result<Geometry> {
+    if y > 65535 || z > 65535 {
+        return Err(Error::shape(op, "grid y and z of at most 65535", format!("{y} x {z}")));
+    }
+    Ok(Geometry { grid: [x as u32, y as u32, z as u32], block: [THREADS, 1, 1], smem_bytes: 0 })
+}
+
+/// Launches `deconv_fwd_f32`: grid (⌈N·H·W/64⌉, ⌈K/64⌉, 4 parities).
+pub fn forward<E: Executor>(
+    k: &Kernels<E>,
+    y: At<Kernels<E>>,
+    x: At<Kernels<E>>,
+    w: At<Kernels<E>>,
+    b: At<Kernels<E>>,
+    p: &DeconvParams,
+) -> Result<()> {
+    let op = "deconv_forward";
+    let pixels = p.n * p.h * p.w;
+    let ya = operand(&k.exec, op, "y", y, act_len(op, p.n * p.out_h() * p.out_w(), p.k, p.y_pitch)?)?;
+    let xa = operand(&k.exec, op, "x", x, act_len(op, pixels, p.c, p.x_pitch)?)?;
+    let wa = operand(&k.exec, op, "w", w, fits(op, p.weight_len())?)?;
+    let ba = operand(&k.exec, op, "b", b, p.k)?;
+    if pixels == 0 || p.k == 0 {
+        return Ok(());
+    }
+    let flags = flag(vec4_ok(p.c, p.x_pitch, xa), VEC_A)
+        | flag(vec4_ok(p.k, p.k, wa), VEC_B)
+        | flag(vec4_ok(p.k, p.y_pitch, ya), VEC_OUT);
+    let geom = gemm_geometry(op, blocks(pixels, TILE) as usize, blocks(p.k, TILE) as usize, 4)?;
+    let args = [
+        ya,
+        xa,
+        wa,
+        ba,
+        int(op, p.n)?,
+        int(op, p.h)?,
+        int(op, p.w)?,
+        int(op, p.c)?,
+        int(op, p.k)?,
+        int(op, p.x_pitch)?,
+        int(op, p.y_pitch)?,
+        Arg::I32(p.relu as i32),
+        Arg::I32(flags),
+    ];
+    k.exec.launch(kernel("deconv_fwd_f32"), &geom, &args)
+}
+
+/// Launches the backward: `deconv_relu_mask_f32` (with `p.relu`), the weight
+/// gradient (`deconv_bwd_filter_f32`, then `deconv_sum_partials_f32` when split),
+/// the bias gradient (`deconv_bias_grad_f32`, then `deconv_sum_partials_f32` when
+/// split) and, unless skipped, `deconv_bwd_data_f32`.
+#[allow(clippy::too_many_arguments)]
+pub fn backward<E: Executor>(
+    k: &Kernels<E>,
+    dx: GradIn<Kernels<E>>,
+    dw: At<Kernels<E>>,
+    db: At<Kernels<E>>,
+    dy: At<Kernels<E>>,
+    y: At<Kernels<E>>,
+    x: At<Kernels<E>>,
+    w: At<Kernels<E>>,
+    p: &DeconvParams,
+) -> Result<()> {
+    let op = "deconv_backward";
+    let out_pixels = p.n * p.out_h() * p.out_w();
+    let xl = act_len(op, p.n * p.h * p.w, p.c, p.x_pitch)?;
+    let yl = act_len(op, out_pixels, p.k, p.y_pitch)?;
+    let wl = fits(op, p.weight_len())?;
+    let s = Operands {
+        dw: operand(&k.exec, op, "dw", dw, wl)?,
+        db: operand(&k.exec, op, "db", db, p.k)?,
+        dy: operand(&k.exec, op, "dy", dy, yl)?,
+        x: operand(&k.exec, op, "x", x, xl)?,
+        w: operand(&k.exec, op, "w", w, wl)?,
+    };
+    let ya = operand(&k.exec, op, "y", y, yl)?;
+    let dx = match dx {
+        GradIn::Skip => None,
+        GradIn::Write(at) => Some((operand(&k.exec, op, "dx", at, xl)?, false)),
+        GradIn::Add(at) => Some((operand(&k.exec, op, "dx", at, xl)?, true)),
+    };
+
+    if p.relu && yl > 0 {
+        let args = [s.dy, ya, int(op, out_pixels)?, int(op, p.k)?, int(op, p.y_pitch)?];
+        k.exec.launch(kernel("deconv_relu_mask_f32"), &stride_geometry(out_pixels * p.k), &args)?;
+    }
+    if out_pixels == 0 {
+        // No pixels: the parameter gradients are sums over nothing.
+        k.zero(dw.buf, dw.off, wl)?;
+        k.zero(db.buf, db.off, p.k)?;
+    } else {
+        weight_grad(k, &s, p)?;
+        bias_grad(k, &s, p)?;
+    }
+    match dx {
+        Some((dxa, add)) if xl > 0 => input_grad(k, dxa, add, &s, p),
+        _ => Ok(()),
+    }
+}
+
+/// The checked operands the backward's kernels share.
+struct Operands {
+    dw: Arg,
+    db: Arg,
+    dy: Arg,
+    x: Arg,
+    w: Arg,
+}
+
+/// Partials of `chunks` chunks of `len` floats: a workspace when there is more than
+/// one chunk (kept alive by the caller until its launches are queued), else the
+/// destination itself.
+fn partials<E: Executor>(
+    k: &Kernels<E>,
+    op: &str,
+    dst: Arg,
+    chunks: usize,
+    len: usize,
+) -> Result<(Option<E::Mem>, Arg)> {
+    if chunks == 1 {
+        return Ok((None, dst));
+    }
+    let ws = k.exec.alloc(fits(op, chunks * len)?)?;
+    let addr = Arg::Ptr(k.exec.addr(&ws));
+    Ok((Some(ws), addr))
+}
+
+/// `out = Σ_s part[s]` over `chunks` partials of `len` floats, in chunk order.
+fn sum_partials<E: Executor>(k: &Kernels<E>, op: &str, out: Arg, part: Arg, len: usize, chunks: usize) -> Result<()> {
+    let args = [out, part, int(op, len)?, int(op, chunks)?];
+    k.exec.launch(kernel("deconv_sum_partials_f32"), &stride_geometry(len), &args)
+}
+
+/// `dw[a][b] = im2col_ab(x)ᵀ · dy_ab`, split over chunks of input-grid pixels so that
+/// small layers still fill the GPU; the chunk count depends only on the shape.
+fn weight_grad<E: Executor>(k: &Kernels<E>, s: &Operands, p: &DeconvParams) -> Result<()> {
+    let op = "deconv_backward (weight gradient)";
+    let len = p.weight_len();
+    if len == 0 {
+        return Ok(());
+    }
+    let pixels = p.n * p.h * p.w;
+    let tiles = blocks(4 * p.c, TILE) as usize * blocks(p.k, TILE) as usize * 4;
+    let most = pixels.div_ceil(MIN_CHUNK).min(MAX_PARTIALS / len).min(65535 / 4).max(1);
+    let wanted = FILTER_BLOCKS.div_ceil(tiles).clamp(1, most);
+    let chunk_len = pixels.div_ceil(wanted).next_multiple_of(SLICE);
+    let chunks = pixels.div_ceil(chunk_len);
+
+    let (_ws, part) = partials(k, op, s.dw, chunks, len)?;
+    let flags = flag(vec4_ok(p.c, p.x_pitch, s.x), VEC_A)
+        | flag(vec4_ok(p.k, p.y_pitch, s.dy), VEC_B)
+        | flag(vec4_ok(p.k, p.k, part), VEC_OUT);
+    let geom = gemm_geometry(op, blocks(4 * p.c, TILE) as usize, blocks(p.k, TILE) as usize, 4 * chunks)?;
+    let args = [
+        part,
+        s.dy,
+        s.x,
+        int(op, p.n)?,
+        int(op, p.h)?,
+        int(op, p.w)?,
+        int(op, p.c)?,
+        int(op, p.k)?,
+        int(op, p.x_pitch)?,
+        int(op, p.y_pitch)?,
+        int(op, chunk_len)?,
+        Arg::I32(flags),
+    ];
+    k.exec.launch(kernel("deconv_bwd_filter_f32"), &geom, &args)?;
+    if chunks > 1 {
+        sum_partials(k, op, s.dw, part, len, chunks)?;
+    }
+    Ok(())
+}
+
+/// `db[k] = Σ dy[.., k]` over every output pixel, in chunks of pixels, then the
+/// chunks in order.
+fn bias_grad<E: Executor>(k: &Kernels<E>, s: &Operands, p: &DeconvParams) -> Result<()> {
+    let op = "deconv_backward (bias gradient)";
+    if p.k == 0 {
+        return Ok(());
+    }
+    let pixels = p.n * p.out_h() * p.out_w();
+    let groups = p.k.div_ceil(32);
+    let wanted = BIAS_BLOCKS.div_ceil(groups).clamp(1, pixels.div_ceil(MIN_BIAS_CHUNK).clamp(1, 65535));
+    let chunk_len = pixels.div_ceil(wanted);
+    let chunks = pixels.div_ceil(chunk_len);
+
+    let (_ws, part) = partials(k, op, s.db, chunks, p.k)?;
+    let geom = gemm_geometry(op, groups, chunks, 1)?;
+    let args = [part, s.dy, int(op, pixels)?, int(op, p.k)?, int(op, p.y_pitch)?, int(op, chunk_len)?];
+    k.exec.launch(kernel("deconv_bias_grad_f32"), &geom, &args)?;
+    if chunks > 1 {
+        sum_partials(k, op, s.db, part, p.k, chunks)?;
+    }
+    Ok(())
+}
+
+/// `dx` (written or added) as a gather GEMM over the 16 taps that read each input
+/// pixel: grid (⌈N·H·W/64⌉, ⌈C/64⌉).
+fn input_grad<E: Executor>(k: &Kernels<E>, dxa: Arg, add: bool, s: &Operands, p: &DeconvParams) -> Result<()> {
+    let op = "deconv_backward (input gradient)";
+    let pixels = p.n * p.h * p.w;
+    let flags = flag(vec4_ok(p.k, p.y_pitch, s.dy), VEC_A)
+        | flag(vec4_ok(p.k, p.k, s.w), VEC_B)
+        | flag(vec4_ok(p.c, p.x_pitch, dxa), VEC_OUT);
+    let geom = gemm_geometry(op, blocks(pixels, TILE) as usize, blocks(p.c, TILE) as usize, 1)?;
+    let args = [
+        dxa,
+        s.dy,
+        s.w,
+        int(op, p.n)?,
+        int(op, p.h)?,
+        int(op, p.w)?,
+        int(op, p.c)?,
+        int(op, p.k)?,
+        int(op, p.x_pitch)?,
+        int(op, p.y_pitch)?,
+        Arg::I32(add as i32),
+        Arg::I32(flags),
+    ];
+    k.exec.launch(kernel("deconv_bwd_data_f32"), &geom, &args)
 }

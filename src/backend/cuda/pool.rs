@@ -1,45 +1,243 @@
-//! Launchers of kernels/pool.cu. (launcher not written yet: every entry returns an error)
+//! Launchers of `kernels/pool.cu`: 2x2 max pooling and global average / max pooling,
+//! forward and backward.
+//!
+//! Each launcher checks the shapes with the CPU backend's rules (even H and W for 2x2
+//! pooling, pitch ≥ channels), every operand against its buffer, and that every
+//! extent fits the kernels' `int` arithmetic; then computes one geometry, used as is
+//! by the GPU and by the emulator, and launches once. 16-byte accesses are enabled
+//! only when every address, pitch and the channel count are multiples of 4 floats.
 
-use super::{Executor, Kernels};
-use crate::backend::*;
+use super::{blocks, int, operand, Arg, Executor, Geometry, Kernel, Kernels};
+use crate::backend::cpu::view_len;
+use crate::backend::{At, GlobalPoolParams, MaxPoolParams};
 use crate::error::{Error, Result};
 
-fn missing(op: &str) -> Error {
-    Error::Cuda(format!("{op}: no kernel yet"))
+/// Threads per block of every pooling kernel (`THREADS` in pool.cu).
+const THREADS: u32 = 256;
+/// Blocks of a grid-stride launch at most: keeps `e + gridDim.x·blockDim.x` in the
+/// kernels below 2^31 for every extent [`act_len`] accepts.
+const MAX_STRIDE_BLOCKS: usize = 1 << 16;
+/// The largest extent the kernels index with `int`, leaving room for a grid stride.
+const MAX_EXTENT: usize = i32::MAX as usize - (MAX_STRIDE_BLOCKS * THREADS as usize);
+
+fn kernel(name: &'static str) -> Kernel {
+    Kernel { module: "pool", name }
 }
 
-/// Launches `maxpool_forward`.
-#[allow(clippy::too_many_arguments, unused_variables)]
-pub fn maxpool_forward<E: Executor>(k: &Kernels<E>, y: At<Kernels<E>>, x: At<Kernels<E>>, p: &MaxPoolParams) -> Result<()> {
-    Err(missing("maxpool_forward"))
+/// Elements spanned by an activation view of `pixels` pixels of `c` channels `pitch`
+/// apart: an error if the pitch is below the channel count or the extent exceeds
+/// what the kernels can index.
+pub(super) fn act_len(op: &str, pixels: usize, c: usize, pitch: usize) -> Result<usize> {
+    if pitch < c {
+        return Err(Error::shape(op, format!("pixel pitch >= {c} channels"), format!("pitch {pitch}")));
+    }
+    fits(op, view_len(pixels, c, pitch))
 }
 
-/// Launches `maxpool_backward`.
-#[allow(clippy::too_many_arguments, unused_variables)]
-pub fn maxpool_backward<E: Executor>(k: &Kernels<E>, dx: At<Kernels<E>>, dy: At<Kernels<E>>, x: At<Kernels<E>>, p: &MaxPoolParams) -> Result<()> {
-    Err(missing("maxpool_backward"))
+/// `len`, or an error if the kernels cannot index that many elements with `int`.
+pub(super) fn fits(op: &str, len: usize) -> Result<usize> {
+    if len > MAX_EXTENT {
+        return Err(Error::shape(op, format!("operands of at most {MAX_EXTENT} elements"), len));
+    }
+    Ok(len)
 }
 
-/// Launches `global_avg_forward`.
-#[allow(clippy::too_many_arguments, unused_variables)]
-pub fn global_avg_forward<E: Executor>(k: &Kernels<E>, y: At<Kernels<E>>, x: At<Kernels<E>>, p: &GlobalPoolParams) -> Result<()> {
-    Err(missing("global_avg_forward"))
+/// Whether a view with `c` channels `pitch` apart at `addr` allows 16-byte accesses.
+pub(super) fn vec4_ok(c: usize, pitch: usize, addr: Arg) -> bool {
+    c % 4 == 0 && pitch % 4 == 0 && matches!(addr, Arg::Ptr(a) if a % 16 == 0)
 }
 
-/// Launches `global_avg_backward`.
-#[allow(clippy::too_many_arguments, unused_variables)]
-pub fn global_avg_backward<E: Executor>(k: &Kernels<E>, dx: At<Kernels<E>>, dy: At<Kernels<E>>, p: &GlobalPoolParams) -> Result<()> {
-    Err(missing("global_avg_backward"))
+/// A 1-D grid-stride geometry over `total` items.
+pub(super) fn stride_geometry(total: usize) -> Geometry {
+    let grid = blocks(total, THREADS as usize).min(MAX_STRIDE_BLOCKS as u32);
+    Geometry { grid: [grid, 1, 1], block: [THREADS, 1, 1], smem_bytes: 0 }
 }
 
-/// Launches `global_max_forward`.
-#[allow(clippy::too_many_arguments, unused_variables)]
-pub fn global_max_forward<E: Executor>(k: &Kernels<E>, y: At<Kernels<E>>, x: At<Kernels<E>>, p: &GlobalPoolParams) -> Result<()> {
-    Err(missing("global_max_forward"))
+fn even_hw(op: &str, h: usize, w: usize) -> Result<()> {
+    if h % 2 != 0 || w % 2 != 0 {
+        return Err(Error::shape(op, "even H and W", format!("{h}x{w}")));
+    }
+    Ok(())
 }
 
-/// Launches `global_max_backward`.
-#[allow(clippy::too_many_arguments, unused_variables)]
-pub fn global_max_backward<E: Executor>(k: &Kernels<E>, dx: At<Kernels<E>>, dy: At<Kernels<E>>, x: At<Kernels<E>>, p: &GlobalPoolParams) -> Result<()> {
-    Err(missing("global_max_backward"))
+/// Launches `maxpool_fwd_f32`: one thread per output element (4 channels with `vec`).
+pub fn maxpool_forward<E: Executor>(
+    k: &Kernels<E>,
+    y: At<Kernels<E>>,
+    x: At<Kernels<E>>,
+    p: &MaxPoolParams,
+) -> Result<()> {
+    let op = "maxpool_forward";
+    even_hw(op, p.h, p.w)?;
+    let out_pix = p.n * p.out_h() * p.out_w();
+    let ya = operand(&k.exec, op, "y", y, act_len(op, out_pix, p.c, p.y_pitch)?)?;
+    let xa = operand(&k.exec, op, "x", x, act_len(op, p.n * p.h * p.w, p.c, p.x_pitch)?)?;
+    if out_pix == 0 || p.c == 0 {
+        return Ok(());
+    }
+    let vec = vec4_ok(p.c, p.x_pitch, xa) && vec4_ok(p.c, p.y_pitch, ya);
+    let geom = stride_geometry(out_pix * if vec { p.c / 4 } else { p.c });
+    let args = [
+        ya,
+        xa,
+        int(op, p.n)?,
+        int(op, p.h)?,
+        int(op, p.w)?,
+        int(op, p.c)?,
+        int(op, p.x_pitch)?,
+        int(op, p.y_pitch)?,
+        Arg::I32(vec as i32),
+    ];
+    k.exec.launch(kernel("maxpool_fwd_f32"), &geom, &args)
+}
+
+/// Launches `maxpool_bwd_f32`: adds `dy` into `dx` at each window's argmax.
+pub fn maxpool_backward<E: Executor>(
+    k: &Kernels<E>,
+    dx: At<Kernels<E>>,
+    dy: At<Kernels<E>>,
+    x: At<Kernels<E>>,
+    p: &MaxPoolParams,
+) -> Result<()> {
+    let op = "maxpool_backward";
+    even_hw(op, p.h, p.w)?;
+    let out_pix = p.n * p.out_h() * p.out_w();
+    let xl = act_len(op, p.n * p.h * p.w, p.c, p.x_pitch)?;
+    let dxa = operand(&k.exec, op, "dx", dx, xl)?;
+    let dya = operand(&k.exec, op, "dy", dy, act_len(op, out_pix, p.c, p.y_pitch)?)?;
+    let xa = operand(&k.exec, op, "x", x, xl)?;
+    if out_pix == 0 || p.c == 0 {
+        return Ok(());
+    }
+    // dx is updated one element at a time; only x and dy are read 4 channels at once.
+    let vec = vec4_ok(p.c, p.x_pitch, xa) && vec4_ok(p.c, p.y_pitch, dya);
+    let geom = stride_geometry(out_pix * if vec { p.c / 4 } else { p.c });
+    let args = [
+        dxa,
+        dya,
+        xa,
+        int(op, p.n)?,
+        int(op, p.h)?,
+        int(op, p.w)?,
+        int(op, p.c)?,
+        int(op, p.x_pitch)?,
+        int(op, p.y_pitch)?,
+        Arg::I32(vec as i32),
+    ];
+    k.exec.launch(kernel("maxpool_bwd_f32"), &geom, &args)
+}
+
+/// Channels per block of a global pooling kernel: the power of two ≥ C, at most 32
+/// (a warp's worth of consecutive channels); the block's other threads split the pixels.
+fn channel_group(c: usize) -> usize {
+    c.next_power_of_two().min(32)
+}
+
+/// The grid of a global reduction: (channel groups, samples).
+fn global_geometry(op: &str, p: &GlobalPoolParams) -> Result<Geometry> {
+    if p.n > 65535 {
+        return Err(Error::shape(op, "a batch of at most 65535", p.n));
+    }
+    let grid = [blocks(p.c, channel_group(p.c)), p.n as u32, 1];
+    Ok(Geometry { grid, block: [THREADS, 1, 1], smem_bytes: 0 })
+}
+
+/// The operands of a global pooling op over `x`-shaped input and `[N, C]` output,
+/// checked: (x extent, `[N, C]` extent).
+fn global_lens(op: &str, p: &GlobalPoolParams) -> Result<(usize, usize)> {
+    Ok((act_len(op, p.n * p.h * p.w, p.c, p.x_pitch)?, fits(op, p.n * p.c)?))
+}
+
+/// The pixel count H·W as the divisor of the mean (as the CPU reference rounds it).
+fn pixel_count(hw: usize) -> Arg {
+    Arg::F32(hw as f64 as f32)
+}
+
+/// Launches `global_avg_fwd_f32`: one block per (channel group, sample).
+pub fn global_avg_forward<E: Executor>(
+    k: &Kernels<E>,
+    y: At<Kernels<E>>,
+    x: At<Kernels<E>>,
+    p: &GlobalPoolParams,
+) -> Result<()> {
+    let op = "global_avg_forward";
+    let (xl, yl) = global_lens(op, p)?;
+    let ya = operand(&k.exec, op, "y", y, yl)?;
+    let xa = operand(&k.exec, op, "x", x, xl)?;
+    if yl == 0 {
+        return Ok(());
+    }
+    let hw = p.h * p.w;
+    let args =
+        [ya, xa, int(op, hw)?, int(op, p.c)?, int(op, p.x_pitch)?, int(op, channel_group(p.c))?, pixel_count(hw)];
+    k.exec.launch(kernel("global_avg_fwd_f32"), &global_geometry(op, p)?, &args)
+}
+
+/// Launches `global_avg_bwd_f32`: one thread per `dx` element (4 channels with `vec`).
+pub fn global_avg_backward<E: Executor>(
+    k: &Kernels<E>,
+    dx: At<Kernels<E>>,
+    dy: At<Kernels<E>>,
+    p: &GlobalPoolParams,
+) -> Result<()> {
+    let op = "global_avg_backward";
+    let (xl, yl) = global_lens(op, p)?;
+    let dxa = operand(&k.exec, op, "dx", dx, xl)?;
+    let dya = operand(&k.exec, op, "dy", dy, yl)?;
+    let hw = p.h * p.w;
+    if xl == 0 {
+        return Ok(());
+    }
+    let vec = vec4_ok(p.c, p.x_pitch, dxa) && vec4_ok(p.c, p.c, dya);
+    let geom = stride_geometry(p.n * hw * if vec { p.c / 4 } else { p.c });
+    let args = [
+        dxa,
+        dya,
+        int(op, p.n)?,
+        int(op, hw)?,
+        int(op, p.c)?,
+        int(op, p.x_pitch)?,
+        pixel_count(hw),
+        Arg::I32(vec as i32),
+    ];
+    k.exec.launch(kernel("global_avg_bwd_f32"), &geom, &args)
+}
+
+/// Launches `global_max_fwd_f32`: one block per (channel group, sample).
+pub fn global_max_forward<E: Executor>(
+    k: &Kernels<E>,
+    y: At<Kernels<E>>,
+    x: At<Kernels<E>>,
+    p: &GlobalPoolParams,
+) -> Result<()> {
+    let op = "global_max_forward";
+    let (xl, yl) = global_lens(op, p)?;
+    let ya = operand(&k.exec, op, "y", y, yl)?;
+    let xa = operand(&k.exec, op, "x", x, xl)?;
+    if yl == 0 {
+        return Ok(());
+    }
+    let args = [ya, xa, int(op, p.h * p.w)?, int(op, p.c)?, int(op, p.x_pitch)?, int(op, channel_group(p.c))?];
+    k.exec.launch(kernel("global_max_fwd_f32"), &global_geometry(op, p)?, &args)
+}
+
+/// Launches `global_max_bwd_f32`: adds `dy` into `dx` at each (n, c)'s argmax.
+pub fn global_max_backward<E: Executor>(
+    k: &Kernels<E>,
+    dx: At<Kernels<E>>,
+    dy: At<Kernels<E>>,
+    x: At<Kernels<E>>,
+    p: &GlobalPoolParams,
+) -> Result<()> {
+    let op = "global_max_backward";
+    let (xl, yl) = global_lens(op, p)?;
+    let dxa = operand(&k.exec, op, "dx", dx, xl)?;
+    let dya = operand(&k.exec, op, "dy", dy, yl)?;
+    let xa = operand(&k.exec, op, "x", x, xl)?;
+    // No pixels: there is no argmax to add at (and nothing to add into).
+    if xl == 0 {
+        return Ok(());
+    }
+    let args = [dxa, dya, xa, int(op, p.h * p.w)?, int(op, p.c)?, int(op, p.x_pitch)?, int(op, channel_group(p.c))?];
+    k.exec.launch(kernel("global_max_bwd_f32"), &global_geometry(op, p)?, &args)
 }
