@@ -16,11 +16,16 @@
 //       channels with `vec`), grid-stride over N·(H/2)·(W/2)·C; block 256. The 2x2
 //       windows do not overlap, so the backward's adds into dx never collide.
 //   global_avg_fwd_f32 / global_max_fwd_f32 / global_max_bwd_f32   one block per
-//       (channel group, sample): grid (⌈C/G⌉, N), block 256 = G channels x 256/G
-//       pixel rows (G = a power of two ≤ 32 chosen from C, so a small C still keeps
-//       the block busy); each thread scans pixels row, row + 256/G, … in order, then
-//       a fixed shared-memory tree (2 KiB) merges the rows. The backward adds dy at
-//       the recomputed argmax from the one thread that owns (n, c).
+//       (channel group, pixel chunk, sample): grid (⌈C/G⌉, chunks, N), block 256 = G
+//       channels x 256/G pixel rows (G = a power of two ≤ 32 chosen from C, so a small
+//       C still keeps the block busy); each thread scans pixels row, row + 256/G, … of
+//       its chunk in order, then a fixed shared-memory tree (1-2 KiB) merges the rows.
+//       With one chunk the block writes the result (the backward adds dy at the
+//       argmax from the one thread that owns (n, c)). Large maps (the last head pools
+//       the full-resolution mask logits, C = 5) are split into chunks so the whole GPU
+//       works: each chunk's sum or (max, argmax) candidate goes to a workspace and
+//       global_avg_finish_f32 / global_max_finish_f32 (one thread per (n, c)) merge
+//       them in chunk order. The chunk count depends only on the shape.
 //   global_avg_bwd_f32   one thread per dx element (or 4 channels with `vec`).
 // Assumptions (checked by the launcher): extents fit in int; `vec` only when every
 // address, pitch and C are multiples of 4 floats; H and W even for 2x2 pooling.
@@ -113,26 +118,54 @@ KERNEL(maxpool_bwd_f32)(float* __restrict__ dx, const float* __restrict__ dy, co
 }
 EMU_EXPORT(maxpool_bwd_f32)
 
-// y[n·C + c] = (Σ over pixels of x[n, :, :, c]) / count. `group` = G channels per block.
-KERNEL(global_avg_fwd_f32)(float* __restrict__ y, const float* __restrict__ x, int hw, int c, int x_pitch, int group,
-                           float count) {
-    SHARED(float, part, [THREADS]);
+// The pixels [p0, p1) of sample blockIdx.z that this block reduces: chunk blockIdx.y
+// of `chunk_len` pixels (the whole sample when the grid has one chunk).
+DEVICE void chunk_pixels(int hw, int chunk_len, int& p0, int& p1) {
+    p0 = blockIdx.y * chunk_len;
+    p1 = min(hw, p0 + chunk_len);
+}
+
+// Sum over the block's pixels of channel blockIdx.x·G + lane: y[n·C + c] = sum / count
+// with one chunk; otherwise the chunk's sum goes to part[(n·chunks + chunk)·C + c] for
+// global_avg_finish_f32. `group` = G channels per block.
+KERNEL(global_avg_fwd_f32)(float* __restrict__ y, float* __restrict__ part, const float* __restrict__ x, int hw,
+                           int c, int x_pitch, int group, int chunk_len, float count) {
+    SHARED(float, sums, [THREADS]);
     const int t = threadIdx.x, lane = t & (group - 1), row = t / group, rows = THREADS / group;
-    const int n = blockIdx.y, ch = blockIdx.x * group + lane;
+    const int n = blockIdx.z, ch = blockIdx.x * group + lane;
+    int p0, p1;
+    chunk_pixels(hw, chunk_len, p0, p1);
     float s = 0.0f;
     if (ch < c) {
         const float* xs = x + n * hw * x_pitch + ch;
-        for (int px = row; px < hw; px += rows) s += xs[px * x_pitch];
+        for (int px = p0 + row; px < p1; px += rows) s += xs[px * x_pitch];
     }
-    part[t] = s;
+    sums[t] = s;
     // Fixed tree over the rows: row r adds row r + half, halving each round.
     for (int half = rows >> 1; half > 0; half >>= 1) {
         __syncthreads();
-        if (row < half) part[t] += part[t + half * group];
+        if (row < half) sums[t] += sums[t + half * group];
     }
-    if (row == 0 && ch < c) y[n * c + ch] = part[t] / count;
+    if (row != 0 || ch >= c) return;
+    if (gridDim.y == 1)
+        y[n * c + ch] = sums[t] / count;
+    else
+        part[(n * gridDim.y + blockIdx.y) * c + ch] = sums[t];
 }
 EMU_EXPORT(global_avg_fwd_f32)
+
+// y[n·C + c] = (Σ over chunks, in chunk order, of part) / count; one thread per (n, c).
+KERNEL(global_avg_finish_f32)(float* __restrict__ y, const float* __restrict__ part, int nc, int c, int chunks,
+                              float count) {
+    for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < nc; e += gridDim.x * blockDim.x) {
+        const int n = e / c, ch = e - n * c;
+        const float* p = part + n * chunks * c + ch;
+        float s = p[0];
+        for (int k = 1; k < chunks; ++k) s += p[k * c];
+        y[e] = s / count;
+    }
+}
+EMU_EXPORT(global_avg_finish_f32)
 
 // dx[n,h,w,c] = dy[n·C + c] / count over every pixel (overwrites; gaps untouched).
 KERNEL(global_avg_bwd_f32)(float* __restrict__ dx, const float* __restrict__ dy, int n, int hw, int c, int x_pitch,
@@ -150,21 +183,23 @@ KERNEL(global_avg_bwd_f32)(float* __restrict__ dx, const float* __restrict__ dy,
 }
 EMU_EXPORT(global_avg_bwd_f32)
 
-// The max and argmax (pixel index in the sample) of channel `ch` of sample blockIdx.y,
-// returned to the row-0 thread of each channel lane; `vals`/`idxs`: THREADS entries
-// of shared memory. Every thread of the block must call it.
-DEVICE void global_argmax(const float* x, int hw, int c, int x_pitch, int group, float* vals, int* idxs, float& best,
-                          int& arg) {
+// The max and argmax (pixel index in the sample) of channel blockIdx.x·G + lane over
+// the block's pixels, returned to the row-0 thread of each lane; `vals`/`idxs`:
+// THREADS entries of shared memory. Every thread of the block must call it.
+DEVICE void block_argmax(const float* x, int hw, int c, int x_pitch, int group, int chunk_len, float* vals,
+                         int* idxs, float& best, int& arg) {
     const int t = threadIdx.x, lane = t & (group - 1), row = t / group, rows = THREADS / group;
     const int ch = blockIdx.x * group + lane;
+    int p0, p1;
+    chunk_pixels(hw, chunk_len, p0, p1);
     // A thread's first pixel starts its scan at −∞: the same as the sequential
     // scan restricted to the thread's pixels. A thread without pixels offers a
     // candidate that loses to every real one.
     best = -__int_as_float(0x7f800000);
-    arg = row < hw ? row : NO_INDEX;
+    arg = p0 + row < p1 ? p0 + row : NO_INDEX;
     if (ch < c) {
-        const float* xs = x + blockIdx.y * hw * x_pitch + ch;
-        for (int px = row; px < hw; px += rows) {
+        const float* xs = x + blockIdx.z * hw * x_pitch + ch;
+        for (int px = p0 + row; px < p1; px += rows) {
             const float v = xs[px * x_pitch];
             if (takes(v, best)) best = v, arg = px;
         }
@@ -180,29 +215,62 @@ DEVICE void global_argmax(const float* x, int hw, int c, int x_pitch, int group,
     best = vals[t], arg = idxs[t];
 }
 
-// y[n·C + c] = max over pixels of x[n, :, :, c].
-KERNEL(global_max_fwd_f32)(float* __restrict__ y, const float* __restrict__ x, int hw, int c, int x_pitch,
-                           int group) {
+// Global max over the block's pixels: y[n·C + c] = max with one chunk; otherwise the
+// chunk's candidate (value, index bits) goes to part[((n·chunks + chunk)·C + c)·2 + 0/1]
+// for global_max_finish_f32.
+KERNEL(global_max_fwd_f32)(float* __restrict__ y, float* __restrict__ part, const float* __restrict__ x, int hw,
+                           int c, int x_pitch, int group, int chunk_len) {
     SHARED(float, vals, [THREADS]);
     SHARED(int, idxs, [THREADS]);
     float best;
     int arg;
-    global_argmax(x, hw, c, x_pitch, group, vals, idxs, best, arg);
-    const int ch = blockIdx.x * group + (threadIdx.x & (group - 1));
-    if (threadIdx.x < (unsigned)group && ch < c) y[blockIdx.y * c + ch] = best;
+    block_argmax(x, hw, c, x_pitch, group, chunk_len, vals, idxs, best, arg);
+    const int n = blockIdx.z, ch = blockIdx.x * group + (threadIdx.x & (group - 1));
+    if (threadIdx.x >= (unsigned)group || ch >= c) return;
+    if (gridDim.y == 1) {
+        y[n * c + ch] = best;
+    } else {
+        float* cand = part + ((n * gridDim.y + blockIdx.y) * c + ch) * 2;
+        cand[0] = best, cand[1] = __int_as_float(arg);
+    }
 }
 EMU_EXPORT(global_max_fwd_f32)
 
-// dx[n, argmax, c] += dy[n·C + c]; one thread per (n, c), so no two threads touch
-// the same element.
+// With one chunk: dx[n, argmax, c] += dy[n·C + c]; one thread per (n, c), so no two
+// threads touch the same element. (With several, the launcher runs global_max_fwd_f32
+// for the candidates and global_max_finish_f32 adds.)
 KERNEL(global_max_bwd_f32)(float* __restrict__ dx, const float* __restrict__ dy, const float* __restrict__ x, int hw,
                            int c, int x_pitch, int group) {
     SHARED(float, vals, [THREADS]);
     SHARED(int, idxs, [THREADS]);
     float best;
     int arg;
-    global_argmax(x, hw, c, x_pitch, group, vals, idxs, best, arg);
-    const int n = blockIdx.y, ch = blockIdx.x * group + (threadIdx.x & (group - 1));
+    block_argmax(x, hw, c, x_pitch, group, hw, vals, idxs, best, arg);
+    const int n = blockIdx.z, ch = blockIdx.x * group + (threadIdx.x & (group - 1));
     if (threadIdx.x < (unsigned)group && ch < c) dx[(n * hw + arg) * x_pitch + ch] += dy[n * c + ch];
 }
 EMU_EXPORT(global_max_bwd_f32)
+
+// Merges the chunks' candidates of each (n, c) with `beats` (a total order, so the
+// result is exact whatever the order) and then, forward, writes y[n·C + c] = max or,
+// backward, adds dy[n·C + c] into dx at the argmax. One thread per (n, c).
+KERNEL(global_max_finish_f32)(float* __restrict__ y, float* __restrict__ dx, const float* __restrict__ dy,
+                              const float* __restrict__ part, int nc, int hw, int c, int x_pitch, int chunks,
+                              int backward) {
+    for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < nc; e += gridDim.x * blockDim.x) {
+        const int n = e / c, ch = e - n * c;
+        const float* cand = part + (n * chunks * c + ch) * 2;
+        float best = cand[0];
+        int arg = __float_as_int(cand[1]);
+        for (int k = 1; k < chunks; ++k) {
+            const float v = cand[k * c * 2];
+            const int i = __float_as_int(cand[k * c * 2 + 1]);
+            if (beats(v, i, best, arg)) best = v, arg = i;
+        }
+        if (backward)
+            dx[(n * hw + arg) * x_pitch + ch] += dy[e];
+        else
+            y[e] = best;
+    }
+}
+EMU_EXPORT(global_max_finish_f32)

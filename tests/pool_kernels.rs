@@ -250,6 +250,9 @@ fn global_cases(rng: &mut impl Rng) -> Vec<GlobalCase> {
         // The heads: K = 5 attribute maps (mask logits), and a 256-channel input.
         global_case(rng, 2, 64, 48, 5, false, Values::Uniform),
         global_case(rng, 1, 12, 12, 256, true, Values::Ties),
+        // Over 1024 pixels: split into chunks, merged by the finish kernels.
+        global_case(rng, 1, 40, 41, 33, false, Values::Ties),
+        global_case(rng, 2, 37, 30, 3, true, Values::Specials),
     ];
     for i in 0..8 {
         let (n, h, w) = (rng.gen_range(1..=3), rng.gen_range(1..=9), rng.gen_range(1..=9));
@@ -385,6 +388,7 @@ fn kernels_are_race_free_and_deterministic() {
     let gc = [
         global_case(&mut rng, 2, 9, 7, 5, false, Values::Specials),
         global_case(&mut rng, 1, 6, 6, 36, true, Values::Uniform),
+        global_case(&mut rng, 2, 33, 35, 6, false, Values::Specials),
     ];
     let report = race_check(|be| {
         let mut out = Vec::new();

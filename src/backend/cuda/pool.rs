@@ -133,13 +133,41 @@ fn channel_group(c: usize) -> usize {
     c.next_power_of_two().min(32)
 }
 
-/// The grid of a global reduction: (channel groups, samples).
-fn global_geometry(op: &str, p: &GlobalPoolParams) -> Result<Geometry> {
+/// Blocks a global reduction aims for (a few per SM of a large GPU) before it stops
+/// splitting the pixels of a sample into chunks.
+const GLOBAL_BLOCKS: usize = 512;
+/// The fewest pixels of one chunk (so a split is worth its workspace round trip).
+const MIN_CHUNK_PIXELS: usize = 1024;
+
+/// How a global reduction splits: `chunks` chunks of `chunk_len` pixels per sample,
+/// grid (channel groups, chunks, N). Depends only on the shape, so every run (and the
+/// emulator) reduces in the same order.
+struct Split {
+    chunks: usize,
+    chunk_len: usize,
+    geom: Geometry,
+}
+
+fn split(op: &str, p: &GlobalPoolParams) -> Result<Split> {
     if p.n > 65535 {
         return Err(Error::shape(op, "a batch of at most 65535", p.n));
     }
-    let grid = [blocks(p.c, channel_group(p.c)), p.n as u32, 1];
-    Ok(Geometry { grid, block: [THREADS, 1, 1], smem_bytes: 0 })
+    let hw = p.h * p.w;
+    let groups = p.c.div_ceil(channel_group(p.c));
+    let most = hw.div_ceil(MIN_CHUNK_PIXELS).clamp(1, 65535);
+    let wanted = GLOBAL_BLOCKS.div_ceil(groups * p.n).clamp(1, most);
+    let chunk_len = hw.div_ceil(wanted).max(1);
+    let chunks = hw.div_ceil(chunk_len).max(1);
+    let geom = Geometry { grid: [groups as u32, chunks as u32, p.n as u32], block: [THREADS, 1, 1], smem_bytes: 0 };
+    Ok(Split { chunks, chunk_len, geom })
+}
+
+/// A zeroed workspace of `len` floats and its address (kept alive by the caller until
+/// the launches that use it are queued).
+fn workspace<E: Executor>(k: &Kernels<E>, op: &str, len: usize) -> Result<(E::Mem, Arg)> {
+    let ws = k.exec.alloc(fits(op, len)?)?;
+    let addr = Arg::Ptr(k.exec.addr(&ws));
+    Ok((ws, addr))
 }
 
 /// The operands of a global pooling op over `x`-shaped input and `[N, C]` output,
@@ -153,7 +181,8 @@ fn pixel_count(hw: usize) -> Arg {
     Arg::F32(hw as f64 as f32)
 }
 
-/// Launches `global_avg_fwd_f32`: one block per (channel group, sample).
+/// Launches `global_avg_fwd_f32` (one block per channel group, pixel chunk and
+/// sample), then, when the pixels are split, `global_avg_finish_f32`.
 pub fn global_avg_forward<E: Executor>(
     k: &Kernels<E>,
     y: At<Kernels<E>>,
@@ -167,10 +196,26 @@ pub fn global_avg_forward<E: Executor>(
     if yl == 0 {
         return Ok(());
     }
-    let hw = p.h * p.w;
-    let args =
-        [ya, xa, int(op, hw)?, int(op, p.c)?, int(op, p.x_pitch)?, int(op, channel_group(p.c))?, pixel_count(hw)];
-    k.exec.launch(kernel("global_avg_fwd_f32"), &global_geometry(op, p)?, &args)
+    let (hw, s) = (p.h * p.w, split(op, p)?);
+    let ws = if s.chunks > 1 { Some(workspace(k, op, p.n * s.chunks * p.c)?) } else { None };
+    let part = ws.as_ref().map_or(Arg::Ptr(0), |w| w.1);
+    let args = [
+        ya,
+        part,
+        xa,
+        int(op, hw)?,
+        int(op, p.c)?,
+        int(op, p.x_pitch)?,
+        int(op, channel_group(p.c))?,
+        int(op, s.chunk_len)?,
+        pixel_count(hw),
+    ];
+    k.exec.launch(kernel("global_avg_fwd_f32"), &s.geom, &args)?;
+    if s.chunks > 1 {
+        let args = [ya, part, int(op, yl)?, int(op, p.c)?, int(op, s.chunks)?, pixel_count(hw)];
+        k.exec.launch(kernel("global_avg_finish_f32"), &stride_geometry(yl), &args)?;
+    }
+    Ok(())
 }
 
 /// Launches `global_avg_bwd_f32`: one thread per `dx` element (4 channels with `vec`).
@@ -203,7 +248,60 @@ pub fn global_avg_backward<E: Executor>(
     k.exec.launch(kernel("global_avg_bwd_f32"), &geom, &args)
 }
 
-/// Launches `global_max_fwd_f32`: one block per (channel group, sample).
+/// The per-chunk (max, argmax) candidates of a split global max: `global_max_fwd_f32`
+/// into a workspace of `[N][chunks][C][2]` floats, returned with its address.
+fn max_candidates<E: Executor>(
+    k: &Kernels<E>,
+    op: &str,
+    xa: Arg,
+    p: &GlobalPoolParams,
+    s: &Split,
+) -> Result<(E::Mem, Arg)> {
+    let (ws, part) = workspace(k, op, 2 * p.n * s.chunks * p.c)?;
+    let args = [
+        Arg::Ptr(0),
+        part,
+        xa,
+        int(op, p.h * p.w)?,
+        int(op, p.c)?,
+        int(op, p.x_pitch)?,
+        int(op, channel_group(p.c))?,
+        int(op, s.chunk_len)?,
+    ];
+    k.exec.launch(kernel("global_max_fwd_f32"), &s.geom, &args)?;
+    Ok((ws, part))
+}
+
+/// `global_max_finish_f32`: merges the candidates, then writes `y` (forward) or adds
+/// `dy` into `dx` (backward); `out` is `[y, dx, dy]`, the unused ones null.
+fn max_finish<E: Executor>(
+    k: &Kernels<E>,
+    op: &str,
+    out: [Arg; 3],
+    backward: bool,
+    part: Arg,
+    p: &GlobalPoolParams,
+    s: &Split,
+) -> Result<()> {
+    let [y, dx, dy] = out;
+    let nc = p.n * p.c;
+    let args = [
+        y,
+        dx,
+        dy,
+        part,
+        int(op, nc)?,
+        int(op, p.h * p.w)?,
+        int(op, p.c)?,
+        int(op, p.x_pitch)?,
+        int(op, s.chunks)?,
+        Arg::I32(backward as i32),
+    ];
+    k.exec.launch(kernel("global_max_finish_f32"), &stride_geometry(nc), &args)
+}
+
+/// Launches `global_max_fwd_f32` (one block per channel group, pixel chunk and
+/// sample), then, when the pixels are split, `global_max_finish_f32`.
 pub fn global_max_forward<E: Executor>(
     k: &Kernels<E>,
     y: At<Kernels<E>>,
@@ -217,11 +315,27 @@ pub fn global_max_forward<E: Executor>(
     if yl == 0 {
         return Ok(());
     }
-    let args = [ya, xa, int(op, p.h * p.w)?, int(op, p.c)?, int(op, p.x_pitch)?, int(op, channel_group(p.c))?];
-    k.exec.launch(kernel("global_max_fwd_f32"), &global_geometry(op, p)?, &args)
+    let s = split(op, p)?;
+    if s.chunks > 1 {
+        let (_ws, part) = max_candidates(k, op, xa, p, &s)?;
+        return max_finish(k, op, [ya, Arg::Ptr(0), Arg::Ptr(0)], false, part, p, &s);
+    }
+    let args = [
+        ya,
+        Arg::Ptr(0),
+        xa,
+        int(op, p.h * p.w)?,
+        int(op, p.c)?,
+        int(op, p.x_pitch)?,
+        int(op, channel_group(p.c))?,
+        int(op, s.chunk_len)?,
+    ];
+    k.exec.launch(kernel("global_max_fwd_f32"), &s.geom, &args)
 }
 
-/// Launches `global_max_bwd_f32`: adds `dy` into `dx` at each (n, c)'s argmax.
+/// Adds `dy` into `dx` at each (n, c)'s argmax: `global_max_bwd_f32`, or, when the
+/// pixels are split, the candidates of `global_max_fwd_f32` merged by
+/// `global_max_finish_f32`.
 pub fn global_max_backward<E: Executor>(
     k: &Kernels<E>,
     dx: At<Kernels<E>>,
@@ -238,6 +352,11 @@ pub fn global_max_backward<E: Executor>(
     if xl == 0 {
         return Ok(());
     }
+    let s = split(op, p)?;
+    if s.chunks > 1 {
+        let (_ws, part) = max_candidates(k, op, xa, p, &s)?;
+        return max_finish(k, op, [Arg::Ptr(0), dxa, dya], true, part, p, &s);
+    }
     let args = [dxa, dya, xa, int(op, p.h * p.w)?, int(op, p.c)?, int(op, p.x_pitch)?, int(op, channel_group(p.c))?];
-    k.exec.launch(kernel("global_max_bwd_f32"), &global_geometry(op, p)?, &args)
+    k.exec.launch(kernel("global_max_bwd_f32"), &s.geom, &args)
 }
