@@ -341,8 +341,8 @@ fn kernels_are_race_free_and_deterministic() {
     }
 }
 
-/// Shape errors come back as errors, never as launches: an operand past its buffer
-/// and a pitch below the channel count.
+/// Shape errors come back as errors, never as launches: an operand past its buffer,
+/// a pitch below the channel count, an output overlapping an input.
 #[test]
 fn bad_operands_are_errors() {
     let be = emu::backend();
@@ -355,4 +355,9 @@ fn bad_operands_are_errors() {
     assert!(past.is_err());
     let narrow = DeconvParams { x_pitch: 2, ..p };
     assert!(be.deconv_forward(At::new(&y, 0), At::new(&x, 0), At::new(&w, 0), At::new(&b, 0), &narrow).is_err());
+    // An output over an input of the same buffer.
+    let both = be.alloc(4 * 4 * 4 + 2 * 2 * 3).unwrap();
+    let overlap = be.deconv_forward(At::new(&both, 0), At::new(&both, 60), At::new(&w, 0), At::new(&b, 0), &p);
+    assert!(overlap.is_err(), "{overlap:?}");
+    assert!(be.deconv_forward(At::new(&both, 0), At::new(&both, 64), At::new(&w, 0), At::new(&b, 0), &p).is_ok());
 }

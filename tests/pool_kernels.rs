@@ -405,7 +405,8 @@ fn kernels_are_race_free_and_deterministic() {
     report.check(0.0).expect("identical bytes under every schedule");
 }
 
-/// Shape errors: odd H or W for 2x2 pooling, an operand past its buffer.
+/// Shape errors: odd H or W for 2x2 pooling, an operand past its buffer, an output
+/// overlapping an input.
 #[test]
 fn bad_operands_are_errors() {
     let be = emu::backend();
@@ -417,4 +418,8 @@ fn bad_operands_are_errors() {
     let g = GlobalPoolParams { n: 1, h: 4, w: 4, c: 2, x_pitch: 2 };
     assert!(be.global_max_forward(At::new(&y, 0), At::new(&x, 0), &g).is_ok());
     assert!(be.global_max_forward(At::new(&y, 7), At::new(&x, 0), &g).is_err());
+    // Outputs over inputs of the same buffer.
+    assert!(be.maxpool_forward(At::new(&x, 12), At::new(&x, 0), &MaxPoolParams { h: 2, ..p }).is_err());
+    assert!(be.maxpool_forward(At::new(&x, 16), At::new(&x, 0), &MaxPoolParams { h: 2, ..p }).is_ok());
+    assert!(be.global_avg_forward(At::new(&x, 15), At::new(&x, 0), &GlobalPoolParams { h: 2, ..g }).is_err());
 }

@@ -9,7 +9,7 @@
 //! emulator run the same one) and launches each kernel once. The number of split-K
 //! chunks depends only on the shape, so results are the same bits on every run.
 
-use super::pool::{act_len, fits, stride_geometry, vec4_ok};
+use super::pool::{act_len, disjoint, fits, stride_geometry, vec4_ok};
 use super::{blocks, int, operand, Arg, Executor, Geometry, Kernel, Kernels};
 use crate::backend::{At, Backend, DeconvParams, GradIn};
 use crate::error::{Error, Result};
@@ -66,10 +66,13 @@ pub fn forward<E: Executor>(
 ) -> Result<()> {
     let op = "deconv_forward";
     let pixels = p.n * p.h * p.w;
-    let ya = operand(&k.exec, op, "y", y, act_len(op, p.n * p.out_h() * p.out_w(), p.k, p.y_pitch)?)?;
-    let xa = operand(&k.exec, op, "x", x, act_len(op, pixels, p.c, p.x_pitch)?)?;
-    let wa = operand(&k.exec, op, "w", w, fits(op, p.weight_len())?)?;
+    let (yl, xl) = (act_len(op, p.n * p.out_h() * p.out_w(), p.k, p.y_pitch)?, act_len(op, pixels, p.c, p.x_pitch)?);
+    let wl = fits(op, p.weight_len())?;
+    let ya = operand(&k.exec, op, "y", y, yl)?;
+    let xa = operand(&k.exec, op, "x", x, xl)?;
+    let wa = operand(&k.exec, op, "w", w, wl)?;
     let ba = operand(&k.exec, op, "b", b, p.k)?;
+    disjoint(op, &[("y", ya, yl, true), ("x", xa, xl, false), ("w", wa, wl, false), ("b", ba, p.k, false)])?;
     if pixels == 0 || p.k == 0 {
         return Ok(());
     }
@@ -129,6 +132,18 @@ pub fn backward<E: Executor>(
         GradIn::Write(at) => Some((operand(&k.exec, op, "dx", at, xl)?, false)),
         GradIn::Add(at) => Some((operand(&k.exec, op, "dx", at, xl)?, true)),
     };
+    let mut ops = vec![
+        ("dw", s.dw, wl, true),
+        ("db", s.db, p.k, true),
+        ("dy", s.dy, yl, true),
+        ("y", ya, yl, false),
+        ("x", s.x, xl, false),
+        ("w", s.w, wl, false),
+    ];
+    if let Some((dxa, _)) = dx {
+        ops.push(("dx", dxa, xl, true));
+    }
+    disjoint(op, &ops)?;
 
     if p.relu && yl > 0 {
         let args = [s.dy, ya, int(op, out_pixels)?, int(op, p.k)?, int(op, p.y_pitch)?];

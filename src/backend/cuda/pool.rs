@@ -42,6 +42,27 @@ pub(super) fn fits(op: &str, len: usize) -> Result<usize> {
     Ok(len)
 }
 
+/// An error if an operand that the op writes overlaps another of its operands (the
+/// `Backend` contract: an error, never a race). `ops`: (name, address from
+/// [`operand`], extent in elements, written).
+pub(super) fn disjoint(op: &str, ops: &[(&str, Arg, usize, bool)]) -> Result<()> {
+    let start = |a: Arg| if let Arg::Ptr(p) = a { p } else { 0 };
+    for (i, &(na, a, la, wa)) in ops.iter().enumerate() {
+        for &(nb, b, lb, wb) in &ops[i + 1..] {
+            let (sa, sb) = (start(a), start(b));
+            let overlap = la > 0 && lb > 0 && sa < sb + 4 * lb as u64 && sb < sa + 4 * la as u64;
+            if overlap && (wa || wb) {
+                return Err(Error::shape(
+                    op,
+                    format!("operands {na} and {nb} in disjoint memory"),
+                    "overlapping operands",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Whether a view with `c` channels `pitch` apart at `addr` allows 16-byte accesses.
 pub(super) fn vec4_ok(c: usize, pitch: usize, addr: Arg) -> bool {
     c % 4 == 0 && pitch % 4 == 0 && matches!(addr, Arg::Ptr(a) if a % 16 == 0)
@@ -71,7 +92,9 @@ pub fn maxpool_forward<E: Executor>(
     even_hw(op, p.h, p.w)?;
     let out_pix = p.n * p.out_h() * p.out_w();
     let ya = operand(&k.exec, op, "y", y, act_len(op, out_pix, p.c, p.y_pitch)?)?;
-    let xa = operand(&k.exec, op, "x", x, act_len(op, p.n * p.h * p.w, p.c, p.x_pitch)?)?;
+    let xl = act_len(op, p.n * p.h * p.w, p.c, p.x_pitch)?;
+    let xa = operand(&k.exec, op, "x", x, xl)?;
+    disjoint(op, &[("y", ya, act_len(op, out_pix, p.c, p.y_pitch)?, true), ("x", xa, xl, false)])?;
     if out_pix == 0 || p.c == 0 {
         return Ok(());
     }
@@ -104,8 +127,10 @@ pub fn maxpool_backward<E: Executor>(
     let out_pix = p.n * p.out_h() * p.out_w();
     let xl = act_len(op, p.n * p.h * p.w, p.c, p.x_pitch)?;
     let dxa = operand(&k.exec, op, "dx", dx, xl)?;
-    let dya = operand(&k.exec, op, "dy", dy, act_len(op, out_pix, p.c, p.y_pitch)?)?;
+    let yl = act_len(op, out_pix, p.c, p.y_pitch)?;
+    let dya = operand(&k.exec, op, "dy", dy, yl)?;
     let xa = operand(&k.exec, op, "x", x, xl)?;
+    disjoint(op, &[("dx", dxa, xl, true), ("dy", dya, yl, false), ("x", xa, xl, false)])?;
     if out_pix == 0 || p.c == 0 {
         return Ok(());
     }
@@ -193,6 +218,7 @@ pub fn global_avg_forward<E: Executor>(
     let (xl, yl) = global_lens(op, p)?;
     let ya = operand(&k.exec, op, "y", y, yl)?;
     let xa = operand(&k.exec, op, "x", x, xl)?;
+    disjoint(op, &[("y", ya, yl, true), ("x", xa, xl, false)])?;
     if yl == 0 {
         return Ok(());
     }
@@ -229,6 +255,7 @@ pub fn global_avg_backward<E: Executor>(
     let (xl, yl) = global_lens(op, p)?;
     let dxa = operand(&k.exec, op, "dx", dx, xl)?;
     let dya = operand(&k.exec, op, "dy", dy, yl)?;
+    disjoint(op, &[("dx", dxa, xl, true), ("dy", dya, yl, false)])?;
     let hw = p.h * p.w;
     if xl == 0 {
         return Ok(());
@@ -312,6 +339,7 @@ pub fn global_max_forward<E: Executor>(
     let (xl, yl) = global_lens(op, p)?;
     let ya = operand(&k.exec, op, "y", y, yl)?;
     let xa = operand(&k.exec, op, "x", x, xl)?;
+    disjoint(op, &[("y", ya, yl, true), ("x", xa, xl, false)])?;
     if yl == 0 {
         return Ok(());
     }
@@ -348,6 +376,7 @@ pub fn global_max_backward<E: Executor>(
     let dxa = operand(&k.exec, op, "dx", dx, xl)?;
     let dya = operand(&k.exec, op, "dy", dy, yl)?;
     let xa = operand(&k.exec, op, "x", x, xl)?;
+    disjoint(op, &[("dx", dxa, xl, true), ("dy", dya, yl, false), ("x", xa, xl, false)])?;
     // No pixels: there is no argmax to add at (and nothing to add into).
     if xl == 0 {
         return Ok(());
