@@ -20,8 +20,7 @@ pub mod ptxas;
 pub mod sources;
 
 use super::{
-    AdamParams, At, Backend, Conv2dParams, DeconvParams, GlobalPoolParams, GradIn, LossParams, LossParts,
-    MaxPoolParams,
+    AdamParams, At, Backend, Conv2dParams, DeconvParams, GlobalPoolParams, GradIn, LossParams, LossParts, MaxPoolParams,
 };
 use crate::error::{Error, Result};
 
@@ -85,13 +84,7 @@ pub struct Kernels<E: Executor> {
 }
 
 /// An operand checked against its buffer: its device address.
-pub(crate) fn operand<E: Executor>(
-    exec: &E,
-    op: &str,
-    name: &str,
-    at: At<'_, Kernels<E>>,
-    len: usize,
-) -> Result<Arg> {
+pub(crate) fn operand<E: Executor>(exec: &E, op: &str, name: &str, at: At<'_, Kernels<E>>, len: usize) -> Result<Arg> {
     let size = exec.len(at.buf);
     if at.off.checked_add(len).is_none_or(|end| end > size) {
         return Err(Error::shape(
