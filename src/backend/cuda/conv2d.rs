@@ -23,7 +23,7 @@
 //!    the kernel writes `dw` and `db` directly and no workspace is allocated;
 //! 3. `conv2d_bwd_data_f32`: `dx` written or added into, unless [`GradIn::Skip`].
 
-use super::{blocks, int, operand, Arg, Executor, Geometry, Kernel, Kernels};
+use super::{addresses, blocks, int, Arg, Executor, Geometry, Kernel, Kernels, Operand};
 use crate::backend::cpu::view_len;
 use crate::backend::{At, Conv2dParams, GradIn};
 use crate::error::{Error, Result};
@@ -53,40 +53,6 @@ const WGRAD_TARGET_BLOCKS: usize = 512;
 const WGRAD_MIN_SPLIT_PIXELS: usize = 128;
 /// Most blocks in grid y and z.
 const GRID_YZ_MAX: usize = 65535;
-
-/// One operand of a launch: name (for messages), place, extent, whether it is written.
-struct Operand<'a, E: Executor> {
-    name: &'static str,
-    at: At<'a, Kernels<E>>,
-    len: usize,
-    write: bool,
-}
-
-/// The device addresses of `ops`, after checking each against its buffer and that no
-/// written operand overlaps another (the `Backend` contract: an error, never a race).
-fn addresses<E: Executor>(exec: &E, op: &str, ops: &[Operand<'_, E>]) -> Result<Vec<u64>> {
-    let mut addrs = Vec::with_capacity(ops.len());
-    for o in ops {
-        match operand(exec, op, o.name, o.at, o.len)? {
-            Arg::Ptr(a) => addrs.push(a),
-            other => return Err(Error::Cuda(format!("{op}: operand {} is not an address: {other:?}", o.name))),
-        }
-    }
-    for (i, a) in ops.iter().enumerate() {
-        for (j, b) in ops.iter().enumerate().skip(i + 1) {
-            let (sa, sb) = (addrs[i], addrs[j]);
-            let overlap = a.len > 0 && b.len > 0 && sa < sb + 4 * b.len as u64 && sb < sa + 4 * a.len as u64;
-            if overlap && (a.write || b.write) {
-                return Err(Error::shape(
-                    op,
-                    format!("operands {} and {} in disjoint memory", a.name, b.name),
-                    "overlapping operands",
-                ));
-            }
-        }
-    }
-    Ok(addrs)
-}
 
 /// `bit` when `cond`.
 fn flag(bit: i32, cond: bool) -> i32 {

@@ -9,8 +9,8 @@
 //! emulator run the same one) and launches each kernel once. The number of split-K
 //! chunks depends only on the shape, so results are the same bits on every run.
 
-use super::pool::{act_len, disjoint, fits, stride_geometry, vec4_ok};
-use super::{blocks, int, operand, Arg, Executor, Geometry, Kernel, Kernels};
+use super::pool::{act_len, fits, stride_geometry, vec4_ok};
+use super::{addresses, blocks, int, Arg, Executor, Geometry, Kernel, Kernels, Operand};
 use crate::backend::{At, Backend, DeconvParams, GradIn};
 use crate::error::{Error, Result};
 
@@ -68,11 +68,13 @@ pub fn forward<E: Executor>(
     let pixels = p.n * p.h * p.w;
     let (yl, xl) = (act_len(op, p.n * p.out_h() * p.out_w(), p.k, p.y_pitch)?, act_len(op, pixels, p.c, p.x_pitch)?);
     let wl = fits(op, p.weight_len())?;
-    let ya = operand(&k.exec, op, "y", y, yl)?;
-    let xa = operand(&k.exec, op, "x", x, xl)?;
-    let wa = operand(&k.exec, op, "w", w, wl)?;
-    let ba = operand(&k.exec, op, "b", b, p.k)?;
-    disjoint(op, &[("y", ya, yl, true), ("x", xa, xl, false), ("w", wa, wl, false), ("b", ba, p.k, false)])?;
+    let ops = [
+        Operand { name: "y", at: y, len: yl, write: true },
+        Operand { name: "x", at: x, len: xl, write: false },
+        Operand { name: "w", at: w, len: wl, write: false },
+        Operand { name: "b", at: b, len: p.k, write: false },
+    ];
+    let [ya, xa, wa, ba] = addresses(&k.exec, op, &ops)?[..] else { unreachable!("four operands") };
     if pixels == 0 || p.k == 0 {
         return Ok(());
     }
@@ -81,10 +83,10 @@ pub fn forward<E: Executor>(
         | flag(vec4_ok(p.k, p.y_pitch, ya), VEC_OUT);
     let geom = gemm_geometry(op, blocks(pixels, TILE) as usize, blocks(p.k, TILE) as usize, 4)?;
     let args = [
-        ya,
-        xa,
-        wa,
-        ba,
+        Arg::Ptr(ya),
+        Arg::Ptr(xa),
+        Arg::Ptr(wa),
+        Arg::Ptr(ba),
         int(op, p.n)?,
         int(op, p.h)?,
         int(op, p.w)?,
@@ -119,34 +121,28 @@ pub fn backward<E: Executor>(
     let xl = act_len(op, p.n * p.h * p.w, p.c, p.x_pitch)?;
     let yl = act_len(op, out_pixels, p.k, p.y_pitch)?;
     let wl = fits(op, p.weight_len())?;
-    let s = Operands {
-        dw: operand(&k.exec, op, "dw", dw, wl)?,
-        db: operand(&k.exec, op, "db", db, p.k)?,
-        dy: operand(&k.exec, op, "dy", dy, yl)?,
-        x: operand(&k.exec, op, "x", x, xl)?,
-        w: operand(&k.exec, op, "w", w, wl)?,
-    };
-    let ya = operand(&k.exec, op, "y", y, yl)?;
-    let dx = match dx {
-        GradIn::Skip => None,
-        GradIn::Write(at) => Some((operand(&k.exec, op, "dx", at, xl)?, false)),
-        GradIn::Add(at) => Some((operand(&k.exec, op, "dx", at, xl)?, true)),
+    let (dx, add) = match dx {
+        GradIn::Skip => (None, false),
+        GradIn::Write(at) => (Some(at), false),
+        GradIn::Add(at) => (Some(at), true),
     };
     let mut ops = vec![
-        ("dw", s.dw, wl, true),
-        ("db", s.db, p.k, true),
-        ("dy", s.dy, yl, true),
-        ("y", ya, yl, false),
-        ("x", s.x, xl, false),
-        ("w", s.w, wl, false),
+        Operand { name: "dw", at: dw, len: wl, write: true },
+        Operand { name: "db", at: db, len: p.k, write: true },
+        Operand { name: "dy", at: dy, len: yl, write: true },
+        Operand { name: "y", at: y, len: yl, write: false },
+        Operand { name: "x", at: x, len: xl, write: false },
+        Operand { name: "w", at: w, len: wl, write: false },
     ];
-    if let Some((dxa, _)) = dx {
-        ops.push(("dx", dxa, xl, true));
+    if let Some(at) = dx {
+        ops.push(Operand { name: "dx", at, len: xl, write: true });
     }
-    disjoint(op, &ops)?;
+    let addrs = addresses(&k.exec, op, &ops)?;
+    let [dwa, dba, dya, ya, xa, wa] = addrs[..6] else { unreachable!("six operands") };
+    let s = Operands { dw: dwa, db: dba, dy: dya, x: xa, w: wa };
 
     if p.relu && yl > 0 {
-        let args = [s.dy, ya, int(op, out_pixels)?, int(op, p.k)?, int(op, p.y_pitch)?];
+        let args = [Arg::Ptr(s.dy), Arg::Ptr(ya), int(op, out_pixels)?, int(op, p.k)?, int(op, p.y_pitch)?];
         k.exec.launch(kernel("deconv_relu_mask_f32"), &stride_geometry(out_pixels * p.k), &args)?;
     }
     if out_pixels == 0 {
@@ -157,19 +153,19 @@ pub fn backward<E: Executor>(
         weight_grad(k, &s, p)?;
         bias_grad(k, &s, p)?;
     }
-    match dx {
-        Some((dxa, add)) if xl > 0 => input_grad(k, dxa, add, &s, p),
+    match addrs.get(6) {
+        Some(&dxa) if xl > 0 => input_grad(k, dxa, add, &s, p),
         _ => Ok(()),
     }
 }
 
-/// The checked operands the backward's kernels share.
+/// The addresses of the checked operands the backward's kernels share.
 struct Operands {
-    dw: Arg,
-    db: Arg,
-    dy: Arg,
-    x: Arg,
-    w: Arg,
+    dw: u64,
+    db: u64,
+    dy: u64,
+    x: u64,
+    w: u64,
 }
 
 /// Partials of `chunks` chunks of `len` floats: a workspace when there is more than
@@ -178,21 +174,21 @@ struct Operands {
 fn partials<E: Executor>(
     k: &Kernels<E>,
     op: &str,
-    dst: Arg,
+    dst: u64,
     chunks: usize,
     len: usize,
-) -> Result<(Option<E::Mem>, Arg)> {
+) -> Result<(Option<E::Mem>, u64)> {
     if chunks == 1 {
         return Ok((None, dst));
     }
     let ws = k.exec.alloc(fits(op, chunks * len)?)?;
-    let addr = Arg::Ptr(k.exec.addr(&ws));
+    let addr = k.exec.addr(&ws);
     Ok((Some(ws), addr))
 }
 
 /// `out = Σ_s part[s]` over `chunks` partials of `len` floats, in chunk order.
-fn sum_partials<E: Executor>(k: &Kernels<E>, op: &str, out: Arg, part: Arg, len: usize, chunks: usize) -> Result<()> {
-    let args = [out, part, int(op, len)?, int(op, chunks)?];
+fn sum_partials<E: Executor>(k: &Kernels<E>, op: &str, out: u64, part: u64, len: usize, chunks: usize) -> Result<()> {
+    let args = [Arg::Ptr(out), Arg::Ptr(part), int(op, len)?, int(op, chunks)?];
     k.exec.launch(kernel("deconv_sum_partials_f32"), &stride_geometry(len), &args)
 }
 
@@ -217,9 +213,9 @@ fn weight_grad<E: Executor>(k: &Kernels<E>, s: &Operands, p: &DeconvParams) -> R
         | flag(vec4_ok(p.k, p.k, part), VEC_OUT);
     let geom = gemm_geometry(op, blocks(4 * p.c, TILE) as usize, blocks(p.k, TILE) as usize, 4 * chunks)?;
     let args = [
-        part,
-        s.dy,
-        s.x,
+        Arg::Ptr(part),
+        Arg::Ptr(s.dy),
+        Arg::Ptr(s.x),
         int(op, p.n)?,
         int(op, p.h)?,
         int(op, p.w)?,
@@ -252,7 +248,8 @@ fn bias_grad<E: Executor>(k: &Kernels<E>, s: &Operands, p: &DeconvParams) -> Res
 
     let (_ws, part) = partials(k, op, s.db, chunks, p.k)?;
     let geom = gemm_geometry(op, groups, chunks, 1)?;
-    let args = [part, s.dy, int(op, pixels)?, int(op, p.k)?, int(op, p.y_pitch)?, int(op, chunk_len)?];
+    let args =
+        [Arg::Ptr(part), Arg::Ptr(s.dy), int(op, pixels)?, int(op, p.k)?, int(op, p.y_pitch)?, int(op, chunk_len)?];
     k.exec.launch(kernel("deconv_bias_grad_f32"), &geom, &args)?;
     if chunks > 1 {
         sum_partials(k, op, s.db, part, p.k, chunks)?;
@@ -262,7 +259,7 @@ fn bias_grad<E: Executor>(k: &Kernels<E>, s: &Operands, p: &DeconvParams) -> Res
 
 /// `dx` (written or added) as a gather GEMM over the 16 taps that read each input
 /// pixel: grid (⌈N·H·W/64⌉, ⌈C/64⌉).
-fn input_grad<E: Executor>(k: &Kernels<E>, dxa: Arg, add: bool, s: &Operands, p: &DeconvParams) -> Result<()> {
+fn input_grad<E: Executor>(k: &Kernels<E>, dxa: u64, add: bool, s: &Operands, p: &DeconvParams) -> Result<()> {
     let op = "deconv_backward (input gradient)";
     let pixels = p.n * p.h * p.w;
     let flags = flag(vec4_ok(p.k, p.y_pitch, s.dy), VEC_A)
@@ -270,9 +267,9 @@ fn input_grad<E: Executor>(k: &Kernels<E>, dxa: Arg, add: bool, s: &Operands, p:
         | flag(vec4_ok(p.c, p.x_pitch, dxa), VEC_OUT);
     let geom = gemm_geometry(op, blocks(pixels, TILE) as usize, blocks(p.c, TILE) as usize, 1)?;
     let args = [
-        dxa,
-        s.dy,
-        s.w,
+        Arg::Ptr(dxa),
+        Arg::Ptr(s.dy),
+        Arg::Ptr(s.w),
         int(op, p.n)?,
         int(op, p.h)?,
         int(op, p.w)?,

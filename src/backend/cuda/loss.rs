@@ -18,7 +18,7 @@
 //! ```
 //! with B = N·chunks pass-1 blocks.
 
-use super::{blocks, int, operand, Arg, Executor, Geometry, Kernel, Kernels};
+use super::{addresses, blocks, int, Arg, Executor, Geometry, Kernel, Kernels, Operand};
 use crate::backend::{At, LossParams, LossParts};
 use crate::error::{Error, Result};
 
@@ -41,40 +41,6 @@ pub(super) const MAX_EXTENT: usize = i32::MAX as usize - MAX_STRIDE_BLOCKS * THR
 const COEF_OFF: usize = 8;
 /// Workspace words before the partials (out + coef, padded to keep `part` aligned).
 const HEADER_WORDS: usize = 16;
-
-/// One operand of a launch: name (for messages), place, extent, whether it is written.
-pub(super) struct Operand<'a, E: Executor> {
-    pub(super) name: &'static str,
-    pub(super) at: At<'a, Kernels<E>>,
-    pub(super) len: usize,
-    pub(super) write: bool,
-}
-
-/// The device addresses of `ops`, after checking each against its buffer and that no
-/// written operand overlaps another (the `Backend` contract: an error, never a race).
-pub(super) fn addresses<E: Executor>(exec: &E, op: &str, ops: &[Operand<'_, E>]) -> Result<Vec<u64>> {
-    let mut addrs = Vec::with_capacity(ops.len());
-    for o in ops {
-        match operand(exec, op, o.name, o.at, o.len)? {
-            Arg::Ptr(a) => addrs.push(a),
-            other => return Err(Error::Cuda(format!("{op}: operand {} is not an address: {other:?}", o.name))),
-        }
-    }
-    for (i, a) in ops.iter().enumerate() {
-        for (j, b) in ops.iter().enumerate().skip(i + 1) {
-            let (sa, sb) = (addrs[i], addrs[j]);
-            let overlap = a.len > 0 && b.len > 0 && sa < sb + 4 * b.len as u64 && sb < sa + 4 * a.len as u64;
-            if overlap && (a.write || b.write) {
-                return Err(Error::shape(
-                    op,
-                    format!("operands {} and {} in disjoint memory", a.name, b.name),
-                    "overlapping operands",
-                ));
-            }
-        }
-    }
-    Ok(addrs)
-}
 
 /// `len`, or an error if the kernels cannot index that many elements with `int`.
 pub(super) fn fits(op: &str, what: &str, len: Option<usize>) -> Result<usize> {

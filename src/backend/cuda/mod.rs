@@ -83,17 +83,46 @@ pub struct Kernels<E: Executor> {
     pub exec: E,
 }
 
+/// One operand of a launch: name (for messages), place, extent, whether it is written.
+pub(crate) struct Operand<'a, E: Executor> {
+    pub(crate) name: &'static str,
+    pub(crate) at: At<'a, Kernels<E>>,
+    pub(crate) len: usize,
+    pub(crate) write: bool,
+}
+
 /// An operand checked against its buffer: its device address.
-pub(crate) fn operand<E: Executor>(exec: &E, op: &str, name: &str, at: At<'_, Kernels<E>>, len: usize) -> Result<Arg> {
-    let size = exec.len(at.buf);
-    if at.off.checked_add(len).is_none_or(|end| end > size) {
+fn operand<E: Executor>(exec: &E, op: &str, o: &Operand<'_, E>) -> Result<u64> {
+    let (size, off, len) = (exec.len(o.at.buf), o.at.off, o.len);
+    if off.checked_add(len).is_none_or(|end| end > size) {
         return Err(Error::shape(
-            format!("{op} operand {name}"),
-            format!("{len} elements at offset {} inside a buffer of {size}", at.off),
+            format!("{op} operand {}", o.name),
+            format!("{len} elements at offset {off} inside a buffer of {size}"),
             "an operand past the end of its buffer",
         ));
     }
-    Ok(Arg::Ptr(exec.addr(at.buf) + 4 * at.off as u64))
+    Ok(exec.addr(o.at.buf) + 4 * off as u64)
+}
+
+/// The device addresses of `ops`, in order, after checking each against its buffer
+/// and that no written operand overlaps another (the `Backend` contract: an error,
+/// never a race).
+pub(crate) fn addresses<E: Executor>(exec: &E, op: &str, ops: &[Operand<'_, E>]) -> Result<Vec<u64>> {
+    let addrs = ops.iter().map(|o| operand(exec, op, o)).collect::<Result<Vec<u64>>>()?;
+    for (i, a) in ops.iter().enumerate() {
+        for (j, b) in ops.iter().enumerate().skip(i + 1) {
+            let (sa, sb) = (addrs[i], addrs[j]);
+            let overlap = a.len > 0 && b.len > 0 && sa < sb + 4 * b.len as u64 && sb < sa + 4 * a.len as u64;
+            if overlap && (a.write || b.write) {
+                return Err(Error::shape(
+                    op,
+                    format!("operands {} and {} in disjoint memory", a.name, b.name),
+                    "overlapping operands",
+                ));
+            }
+        }
+    }
+    Ok(addrs)
 }
 
 /// `v` as an `int` kernel argument, or a shape error if it does not fit.

@@ -7,7 +7,7 @@
 //! by the GPU and by the emulator, and launches once. 16-byte accesses are enabled
 //! only when every address, pitch and the channel count are multiples of 4 floats.
 
-use super::{blocks, int, operand, Arg, Executor, Geometry, Kernel, Kernels};
+use super::{addresses, blocks, int, Arg, Executor, Geometry, Kernel, Kernels, Operand};
 use crate::backend::cpu::view_len;
 use crate::backend::{At, GlobalPoolParams, MaxPoolParams};
 use crate::error::{Error, Result};
@@ -42,30 +42,9 @@ pub(super) fn fits(op: &str, len: usize) -> Result<usize> {
     Ok(len)
 }
 
-/// An error if an operand that the op writes overlaps another of its operands (the
-/// `Backend` contract: an error, never a race). `ops`: (name, address from
-/// [`operand`], extent in elements, written).
-pub(super) fn disjoint(op: &str, ops: &[(&str, Arg, usize, bool)]) -> Result<()> {
-    let start = |a: Arg| if let Arg::Ptr(p) = a { p } else { 0 };
-    for (i, &(na, a, la, wa)) in ops.iter().enumerate() {
-        for &(nb, b, lb, wb) in &ops[i + 1..] {
-            let (sa, sb) = (start(a), start(b));
-            let overlap = la > 0 && lb > 0 && sa < sb + 4 * lb as u64 && sb < sa + 4 * la as u64;
-            if overlap && (wa || wb) {
-                return Err(Error::shape(
-                    op,
-                    format!("operands {na} and {nb} in disjoint memory"),
-                    "overlapping operands",
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Whether a view with `c` channels `pitch` apart at `addr` allows 16-byte accesses.
-pub(super) fn vec4_ok(c: usize, pitch: usize, addr: Arg) -> bool {
-    c % 4 == 0 && pitch % 4 == 0 && matches!(addr, Arg::Ptr(a) if a % 16 == 0)
+pub(super) fn vec4_ok(c: usize, pitch: usize, addr: u64) -> bool {
+    c.is_multiple_of(4) && pitch.is_multiple_of(4) && addr.is_multiple_of(16)
 }
 
 /// A 1-D grid-stride geometry over `total` items.
@@ -91,18 +70,18 @@ pub fn maxpool_forward<E: Executor>(
     let op = "maxpool_forward";
     even_hw(op, p.h, p.w)?;
     let out_pix = p.n * p.out_h() * p.out_w();
-    let ya = operand(&k.exec, op, "y", y, act_len(op, out_pix, p.c, p.y_pitch)?)?;
+    let yl = act_len(op, out_pix, p.c, p.y_pitch)?;
     let xl = act_len(op, p.n * p.h * p.w, p.c, p.x_pitch)?;
-    let xa = operand(&k.exec, op, "x", x, xl)?;
-    disjoint(op, &[("y", ya, act_len(op, out_pix, p.c, p.y_pitch)?, true), ("x", xa, xl, false)])?;
+    let ops = [Operand { name: "y", at: y, len: yl, write: true }, Operand { name: "x", at: x, len: xl, write: false }];
+    let [ya, xa] = addresses(&k.exec, op, &ops)?[..] else { unreachable!("two operands") };
     if out_pix == 0 || p.c == 0 {
         return Ok(());
     }
     let vec = vec4_ok(p.c, p.x_pitch, xa) && vec4_ok(p.c, p.y_pitch, ya);
     let geom = stride_geometry(out_pix * if vec { p.c / 4 } else { p.c });
     let args = [
-        ya,
-        xa,
+        Arg::Ptr(ya),
+        Arg::Ptr(xa),
         int(op, p.n)?,
         int(op, p.h)?,
         int(op, p.w)?,
@@ -126,11 +105,13 @@ pub fn maxpool_backward<E: Executor>(
     even_hw(op, p.h, p.w)?;
     let out_pix = p.n * p.out_h() * p.out_w();
     let xl = act_len(op, p.n * p.h * p.w, p.c, p.x_pitch)?;
-    let dxa = operand(&k.exec, op, "dx", dx, xl)?;
     let yl = act_len(op, out_pix, p.c, p.y_pitch)?;
-    let dya = operand(&k.exec, op, "dy", dy, yl)?;
-    let xa = operand(&k.exec, op, "x", x, xl)?;
-    disjoint(op, &[("dx", dxa, xl, true), ("dy", dya, yl, false), ("x", xa, xl, false)])?;
+    let ops = [
+        Operand { name: "dx", at: dx, len: xl, write: true },
+        Operand { name: "dy", at: dy, len: yl, write: false },
+        Operand { name: "x", at: x, len: xl, write: false },
+    ];
+    let [dxa, dya, xa] = addresses(&k.exec, op, &ops)?[..] else { unreachable!("three operands") };
     if out_pix == 0 || p.c == 0 {
         return Ok(());
     }
@@ -138,9 +119,9 @@ pub fn maxpool_backward<E: Executor>(
     let vec = vec4_ok(p.c, p.x_pitch, xa) && vec4_ok(p.c, p.y_pitch, dya);
     let geom = stride_geometry(out_pix * if vec { p.c / 4 } else { p.c });
     let args = [
-        dxa,
-        dya,
-        xa,
+        Arg::Ptr(dxa),
+        Arg::Ptr(dya),
+        Arg::Ptr(xa),
         int(op, p.n)?,
         int(op, p.h)?,
         int(op, p.w)?,
@@ -216,9 +197,8 @@ pub fn global_avg_forward<E: Executor>(
 ) -> Result<()> {
     let op = "global_avg_forward";
     let (xl, yl) = global_lens(op, p)?;
-    let ya = operand(&k.exec, op, "y", y, yl)?;
-    let xa = operand(&k.exec, op, "x", x, xl)?;
-    disjoint(op, &[("y", ya, yl, true), ("x", xa, xl, false)])?;
+    let ops = [Operand { name: "y", at: y, len: yl, write: true }, Operand { name: "x", at: x, len: xl, write: false }];
+    let [ya, xa] = addresses(&k.exec, op, &ops)?[..] else { unreachable!("two operands") };
     if yl == 0 {
         return Ok(());
     }
@@ -226,9 +206,9 @@ pub fn global_avg_forward<E: Executor>(
     let ws = if s.chunks > 1 { Some(workspace(k, op, p.n * s.chunks * p.c)?) } else { None };
     let part = ws.as_ref().map_or(Arg::Ptr(0), |w| w.1);
     let args = [
-        ya,
+        Arg::Ptr(ya),
         part,
-        xa,
+        Arg::Ptr(xa),
         int(op, hw)?,
         int(op, p.c)?,
         int(op, p.x_pitch)?,
@@ -238,7 +218,7 @@ pub fn global_avg_forward<E: Executor>(
     ];
     k.exec.launch(kernel("global_avg_fwd_f32"), &s.geom, &args)?;
     if s.chunks > 1 {
-        let args = [ya, part, int(op, yl)?, int(op, p.c)?, int(op, s.chunks)?, pixel_count(hw)];
+        let args = [Arg::Ptr(ya), part, int(op, yl)?, int(op, p.c)?, int(op, s.chunks)?, pixel_count(hw)];
         k.exec.launch(kernel("global_avg_finish_f32"), &stride_geometry(yl), &args)?;
     }
     Ok(())
@@ -253,9 +233,9 @@ pub fn global_avg_backward<E: Executor>(
 ) -> Result<()> {
     let op = "global_avg_backward";
     let (xl, yl) = global_lens(op, p)?;
-    let dxa = operand(&k.exec, op, "dx", dx, xl)?;
-    let dya = operand(&k.exec, op, "dy", dy, yl)?;
-    disjoint(op, &[("dx", dxa, xl, true), ("dy", dya, yl, false)])?;
+    let ops =
+        [Operand { name: "dx", at: dx, len: xl, write: true }, Operand { name: "dy", at: dy, len: yl, write: false }];
+    let [dxa, dya] = addresses(&k.exec, op, &ops)?[..] else { unreachable!("two operands") };
     let hw = p.h * p.w;
     if xl == 0 {
         return Ok(());
@@ -263,8 +243,8 @@ pub fn global_avg_backward<E: Executor>(
     let vec = vec4_ok(p.c, p.x_pitch, dxa) && vec4_ok(p.c, p.c, dya);
     let geom = stride_geometry(p.n * hw * if vec { p.c / 4 } else { p.c });
     let args = [
-        dxa,
-        dya,
+        Arg::Ptr(dxa),
+        Arg::Ptr(dya),
         int(op, p.n)?,
         int(op, hw)?,
         int(op, p.c)?,
@@ -337,21 +317,20 @@ pub fn global_max_forward<E: Executor>(
 ) -> Result<()> {
     let op = "global_max_forward";
     let (xl, yl) = global_lens(op, p)?;
-    let ya = operand(&k.exec, op, "y", y, yl)?;
-    let xa = operand(&k.exec, op, "x", x, xl)?;
-    disjoint(op, &[("y", ya, yl, true), ("x", xa, xl, false)])?;
+    let ops = [Operand { name: "y", at: y, len: yl, write: true }, Operand { name: "x", at: x, len: xl, write: false }];
+    let [ya, xa] = addresses(&k.exec, op, &ops)?[..] else { unreachable!("two operands") };
     if yl == 0 {
         return Ok(());
     }
     let s = split(op, p)?;
     if s.chunks > 1 {
-        let (_ws, part) = max_candidates(k, op, xa, p, &s)?;
-        return max_finish(k, op, [ya, Arg::Ptr(0), Arg::Ptr(0)], false, part, p, &s);
+        let (_ws, part) = max_candidates(k, op, Arg::Ptr(xa), p, &s)?;
+        return max_finish(k, op, [Arg::Ptr(ya), Arg::Ptr(0), Arg::Ptr(0)], false, part, p, &s);
     }
     let args = [
-        ya,
+        Arg::Ptr(ya),
         Arg::Ptr(0),
-        xa,
+        Arg::Ptr(xa),
         int(op, p.h * p.w)?,
         int(op, p.c)?,
         int(op, p.x_pitch)?,
@@ -373,19 +352,29 @@ pub fn global_max_backward<E: Executor>(
 ) -> Result<()> {
     let op = "global_max_backward";
     let (xl, yl) = global_lens(op, p)?;
-    let dxa = operand(&k.exec, op, "dx", dx, xl)?;
-    let dya = operand(&k.exec, op, "dy", dy, yl)?;
-    let xa = operand(&k.exec, op, "x", x, xl)?;
-    disjoint(op, &[("dx", dxa, xl, true), ("dy", dya, yl, false), ("x", xa, xl, false)])?;
+    let ops = [
+        Operand { name: "dx", at: dx, len: xl, write: true },
+        Operand { name: "dy", at: dy, len: yl, write: false },
+        Operand { name: "x", at: x, len: xl, write: false },
+    ];
+    let [dxa, dya, xa] = addresses(&k.exec, op, &ops)?[..] else { unreachable!("three operands") };
     // No pixels: there is no argmax to add at (and nothing to add into).
     if xl == 0 {
         return Ok(());
     }
     let s = split(op, p)?;
     if s.chunks > 1 {
-        let (_ws, part) = max_candidates(k, op, xa, p, &s)?;
-        return max_finish(k, op, [Arg::Ptr(0), dxa, dya], true, part, p, &s);
+        let (_ws, part) = max_candidates(k, op, Arg::Ptr(xa), p, &s)?;
+        return max_finish(k, op, [Arg::Ptr(0), Arg::Ptr(dxa), Arg::Ptr(dya)], true, part, p, &s);
     }
-    let args = [dxa, dya, xa, int(op, p.h * p.w)?, int(op, p.c)?, int(op, p.x_pitch)?, int(op, channel_group(p.c))?];
+    let args = [
+        Arg::Ptr(dxa),
+        Arg::Ptr(dya),
+        Arg::Ptr(xa),
+        int(op, p.h * p.w)?,
+        int(op, p.c)?,
+        int(op, p.x_pitch)?,
+        int(op, channel_group(p.c))?,
+    ];
     k.exec.launch(kernel("global_max_bwd_f32"), &s.geom, &args)
 }
