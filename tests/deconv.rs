@@ -10,70 +10,11 @@
 
 mod common;
 
-use common::tol;
+use common::{some_pitch, tol, View};
 use lesionseg::backend::cpu::deconv::{deconv_backward, deconv_forward};
 use lesionseg::backend::cpu::{view_len, Cpu};
 use lesionseg::backend::{At, Backend, DeconvParams, GradIn};
 use rand::Rng;
-
-/// What the elements of a buffer outside its view hold.
-const SENTINEL: f32 = 4242.0;
-
-/// A pitched NHWC view at offset `off` of a buffer that holds [`SENTINEL`] elsewhere.
-struct View {
-    buf: Vec<f32>,
-    off: usize,
-    pixels: usize,
-    c: usize,
-    pitch: usize,
-}
-
-impl View {
-    fn new(pixels: usize, c: usize, pitch: usize, off: usize, mut value: impl FnMut(usize) -> f32) -> Self {
-        let mut buf = vec![SENTINEL; off + pixels * pitch + 3];
-        for p in 0..pixels {
-            for ch in 0..c {
-                buf[off + p * pitch + ch] = value(p * c + ch);
-            }
-        }
-        View { buf, off, pixels, c, pitch }
-    }
-    fn dense(dense: &[f32], c: usize, pitch: usize, off: usize) -> Self {
-        Self::new(dense.len() / c.max(1), c, pitch, off, |i| dense[i])
-    }
-    fn len(&self) -> usize {
-        view_len(self.pixels, self.c, self.pitch)
-    }
-    fn get(&self) -> &[f32] {
-        &self.buf[self.off..self.off + self.len()]
-    }
-    fn get_mut(&mut self) -> &mut [f32] {
-        let (off, len) = (self.off, self.len());
-        &mut self.buf[off..off + len]
-    }
-    /// The view's channels, densely packed `[pixels, c]`.
-    fn values(&self) -> Vec<f32> {
-        (0..self.pixels * self.c).map(|i| self.buf[self.off + (i / self.c) * self.pitch + i % self.c]).collect()
-    }
-    /// Panics if any element outside the view's channels changed.
-    fn assert_gaps(&self, what: &str) {
-        let mut inside = vec![false; self.buf.len()];
-        for p in 0..self.pixels {
-            inside[self.off + p * self.pitch..][..self.c].fill(true);
-        }
-        let bad = self.buf.iter().zip(&inside).position(|(&v, &i)| !i && v.to_bits() != SENTINEL.to_bits());
-        assert!(bad.is_none(), "{what}: element {bad:?} outside the view was touched");
-    }
-}
-
-/// A pitch for `c` channels: sometimes exactly `c`, sometimes a wider tensor.
-fn some_pitch(rng: &mut impl Rng, c: usize) -> usize {
-    if rng.gen_bool(0.5) {
-        c
-    } else {
-        c + rng.gen_range(1..6)
-    }
-}
 
 /// Calls `f(n, iy, ix, oy, ox, ky, kx)` for every input pixel and filter tap of
 /// PyTorch's transposed convolution (stride 2, padding 1: `o = 2i - 1 + kernel`)

@@ -1,7 +1,9 @@
 //! Helpers shared by the integration tests: fresh random inputs, poisoned outputs,
-//! and comparisons that name the op, the shape and the first bad element.
+//! pitched views inside sentinel-filled buffers, and comparisons that name the op,
+//! the shape and the first bad element.
 #![allow(dead_code)]
 
+use lesionseg::backend::cpu::view_len;
 use rand::{Rng, SeedableRng};
 
 /// Tolerances, in one table (relative L2 error ‖a−b‖/‖b‖ unless noted).
@@ -37,6 +39,71 @@ pub fn uniform64(rng: &mut impl Rng, len: usize) -> Vec<f64> {
 /// A NaN-filled buffer: any element an op fails to write makes the comparison fail.
 pub fn poisoned(len: usize) -> Vec<f32> {
     vec![f32::NAN; len]
+}
+
+/// What the elements of a buffer outside its view hold.
+pub const SENTINEL: f32 = 4242.0;
+
+/// A pitched NHWC view at offset `off` of a buffer that holds [`SENTINEL`] elsewhere.
+pub struct View {
+    pub buf: Vec<f32>,
+    pub off: usize,
+    pub pixels: usize,
+    pub c: usize,
+    pub pitch: usize,
+}
+
+impl View {
+    /// `pixels` pixels of `c` channels `pitch` apart at `off`, channel element `i`
+    /// (dense order) set to `value(i)`, with a few sentinel elements after the view.
+    pub fn new(pixels: usize, c: usize, pitch: usize, off: usize, mut value: impl FnMut(usize) -> f32) -> Self {
+        let mut buf = vec![SENTINEL; off + pixels * pitch + 3];
+        for p in 0..pixels {
+            for ch in 0..c {
+                buf[off + p * pitch + ch] = value(p * c + ch);
+            }
+        }
+        View { buf, off, pixels, c, pitch }
+    }
+    /// A view holding `dense` (`[pixels, c]`).
+    pub fn dense(dense: &[f32], c: usize, pitch: usize, off: usize) -> Self {
+        Self::new(dense.len() / c.max(1), c, pitch, off, |i| dense[i])
+    }
+    /// Elements the view spans (from its first channel to its last).
+    pub fn len(&self) -> usize {
+        view_len(self.pixels, self.c, self.pitch)
+    }
+    /// The span of the view inside its buffer.
+    pub fn get(&self) -> &[f32] {
+        &self.buf[self.off..self.off + self.len()]
+    }
+    /// The span of the view inside its buffer, mutably.
+    pub fn get_mut(&mut self) -> &mut [f32] {
+        let (off, len) = (self.off, self.len());
+        &mut self.buf[off..off + len]
+    }
+    /// The view's channels, densely packed `[pixels, c]`.
+    pub fn values(&self) -> Vec<f32> {
+        (0..self.pixels * self.c).map(|i| self.buf[self.off + (i / self.c) * self.pitch + i % self.c]).collect()
+    }
+    /// Panics if any element outside the view's channels changed.
+    pub fn assert_gaps(&self, what: &str) {
+        let mut inside = vec![false; self.buf.len()];
+        for p in 0..self.pixels {
+            inside[self.off + p * self.pitch..][..self.c].fill(true);
+        }
+        let bad = self.buf.iter().zip(&inside).position(|(&v, &i)| !i && v.to_bits() != SENTINEL.to_bits());
+        assert!(bad.is_none(), "{what}: element {bad:?} outside the view was touched");
+    }
+}
+
+/// A pitch for `c` channels: sometimes exactly `c`, sometimes a wider tensor.
+pub fn some_pitch(rng: &mut impl Rng, c: usize) -> usize {
+    if rng.gen_bool(0.5) {
+        c
+    } else {
+        c + rng.gen_range(1..6)
+    }
 }
 
 /// ‖a−b‖/‖b‖ in f64; infinite if either holds a NaN or the lengths differ.
