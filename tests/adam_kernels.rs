@@ -12,6 +12,7 @@
 
 mod common;
 
+use common::kernels::{download, place};
 use common::{describe, rel_l2};
 use lesionseg::backend::cpu::Cpu;
 use lesionseg::backend::emu::{self, race_check};
@@ -23,6 +24,8 @@ use rand::Rng;
 const ADAM_TOL: f64 = 1e-6;
 /// Steps per run.
 const STEPS: u64 = 5;
+/// NaN elements after each operand's view in its buffer.
+const TAIL: usize = 3;
 
 /// One run: length, element offset of each of param, m, v, grad, hyper-parameters.
 struct Case {
@@ -51,24 +54,15 @@ fn cases(rng: &mut impl Rng) -> Vec<Case> {
     v
 }
 
-/// A buffer with `data` at `off` and NaN around it.
-fn place<B: Backend>(be: &B, data: &[f32], off: usize) -> B::Buf {
-    let mut all = vec![f32::NAN; off + data.len() + 3];
-    all[off..off + data.len()].copy_from_slice(data);
-    let buf = be.alloc(all.len()).expect("alloc");
-    be.upload(&buf, 0, &all).expect("upload");
-    buf
-}
-
 /// (param, m, v) after every step, and nothing outside the views touched.
 fn run<B: Backend>(be: &B, c: &Case) -> Vec<[Vec<f32>; 3]> {
     let n = c.len;
     let o = c.offs;
     let (param, m, v, grad) = (
-        place(be, &c.param, o[0]),
-        place(be, &vec![0.0; n], o[1]),
-        place(be, &vec![0.0; n], o[2]),
-        place(be, &vec![0.0; n], o[3]),
+        place(be, &c.param, o[0], TAIL),
+        place(be, &vec![0.0; n], o[1], TAIL),
+        place(be, &vec![0.0; n], o[2], TAIL),
+        place(be, &vec![0.0; n], o[3], TAIL),
     );
     let (lr, beta1, beta2, eps) = c.hp;
     let mut out = Vec::new();
@@ -78,8 +72,7 @@ fn run<B: Backend>(be: &B, c: &Case) -> Vec<[Vec<f32>; 3]> {
         be.adam(At::new(&param, o[0]), At::new(&m, o[1]), At::new(&v, o[2]), At::new(&grad, o[3]), &p)
             .unwrap_or_else(|e| panic!("{} adam {p:?}: {e}", be.name()));
         let views = [(&param, o[0]), (&m, o[1]), (&v, o[2])].map(|(buf, off)| {
-            let mut all = vec![0.0; off + n + 3];
-            be.download(buf, 0, &mut all).expect("download");
+            let all = download(be, buf, off + n + TAIL);
             assert!(
                 all[..off].iter().chain(&all[off + n..]).all(|x| x.is_nan()),
                 "{} adam len {n}: write outside the view",

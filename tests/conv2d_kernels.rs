@@ -15,15 +15,12 @@
 
 mod common;
 
-use common::{assert_close, rng, tol};
+use common::{assert_close, rng, tol, SENTINEL};
 use lesionseg::backend::cpu::{view_len, Cpu};
 use lesionseg::backend::emu::{self, race_check};
 use lesionseg::backend::{At, Backend, Conv2dParams, GradIn};
 use lesionseg::Result;
 use rand::Rng;
-
-/// What buffer elements outside the operands hold.
-const SENTINEL: f32 = 4242.0;
 
 /// What happens to `dx`.
 #[derive(Clone, Copy, Debug, PartialEq)]

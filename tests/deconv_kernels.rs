@@ -14,55 +14,15 @@
 
 mod common;
 
+use common::kernels::{download, gpu, upload, Layout};
 use common::{assert_close, rng, tol};
-use lesionseg::backend::cpu::{view_len, Cpu};
-use lesionseg::backend::cuda::driver::Cuda;
-use lesionseg::backend::cuda::Kernels;
+use lesionseg::backend::cpu::Cpu;
 use lesionseg::backend::emu::{self, race_check};
 use lesionseg::backend::{At, Backend, DeconvParams, GradIn};
 use rand::Rng;
 
-/// What the elements of a buffer outside its view hold.
-const SENTINEL: f32 = 4242.0;
 /// The channel counts the sweep draws from.
 const CHANNELS: [usize; 7] = [1, 3, 5, 7, 13, 33, 64];
-
-/// A view of `pixels` pixels of `c` channels `pitch` apart at element `off` of its
-/// buffer (a dense vector is one pixel of `c` elements).
-#[derive(Clone, Copy, Debug)]
-struct Layout {
-    pixels: usize,
-    c: usize,
-    pitch: usize,
-    off: usize,
-}
-
-impl Layout {
-    /// The whole buffer: `value(i)` at the i-th channel element, [`SENTINEL`] elsewhere
-    /// (including a few elements past the view).
-    fn fill(&self, mut value: impl FnMut(usize) -> f32) -> Vec<f32> {
-        let mut buf = vec![SENTINEL; self.off + view_len(self.pixels, self.c, self.pitch) + 3];
-        for p in 0..self.pixels {
-            for ch in 0..self.c {
-                buf[self.off + p * self.pitch + ch] = value(p * self.c + ch);
-            }
-        }
-        buf
-    }
-    /// The view's channel elements, densely packed.
-    fn channels(&self, buf: &[f32]) -> Vec<f32> {
-        (0..self.pixels * self.c).map(|i| buf[self.off + (i / self.c) * self.pitch + i % self.c]).collect()
-    }
-    /// Panics if an element outside the view's channels is not the sentinel.
-    fn assert_gaps(&self, buf: &[f32], what: &str) {
-        let mut inside = vec![false; buf.len()];
-        for p in 0..self.pixels {
-            inside[self.off + p * self.pitch..][..self.c].fill(true);
-        }
-        let bad = buf.iter().zip(&inside).position(|(&v, &i)| !i && v.to_bits() != SENTINEL.to_bits());
-        assert!(bad.is_none(), "{what}: element {bad:?} outside the view was touched");
-    }
-}
 
 /// One deconvolution case: shape, operand layouts and their initial contents.
 struct Case {
@@ -141,18 +101,6 @@ fn cases(rng: &mut impl Rng) -> Vec<Case> {
     v
 }
 
-fn upload<B: Backend>(be: &B, data: &[f32]) -> B::Buf {
-    let buf = be.alloc(data.len()).expect("alloc");
-    be.upload(&buf, 0, data).expect("upload");
-    buf
-}
-
-fn download<B: Backend>(be: &B, buf: &B::Buf, len: usize) -> Vec<f32> {
-    let mut out = vec![0.0; len];
-    be.download(buf, 0, &mut out).expect("download");
-    out
-}
-
 /// The forward on `be`: the whole y buffer after the op.
 fn forward_on<B: Backend>(be: &B, c: &Case) -> Vec<f32> {
     let y0 = c.y.fill(|_| f32::NAN);
@@ -209,20 +157,6 @@ fn backward_on<B: Backend>(be: &B, c: &Case, y_buf: &[f32], mode: DxMode) -> Gra
         dw: download(be, &dw, dw0.len()),
         db: download(be, &db, db0.len()),
         dy: download(be, &dy, c.dy_buf.len()),
-    }
-}
-
-/// The GPU backend, or `None` after printing why there is none.
-fn gpu() -> Option<Kernels<Cuda>> {
-    match Cuda::new(0) {
-        Ok(mut exec) => {
-            exec.set_sync(true);
-            Some(Kernels { exec })
-        }
-        Err(e) => {
-            eprintln!("SKIPPED cuda half: {e}");
-            None
-        }
     }
 }
 

@@ -9,6 +9,7 @@
 
 mod common;
 
+use common::kernels::{download, upload};
 use lesionseg::backend::cpu::layout::{self as cpu_layout, ImageParams, LayoutParams};
 use lesionseg::backend::cuda::layout;
 use lesionseg::backend::cuda::{Executor, Kernels};
@@ -20,18 +21,6 @@ use rand::Rng;
 
 /// What the elements of an output buffer outside its view hold.
 const SENTINEL: f32 = 4242.5;
-
-fn upload<B: Backend>(be: &B, data: &[f32]) -> B::Buf {
-    let buf = be.alloc(data.len()).expect("alloc");
-    be.upload(&buf, 0, data).expect("upload");
-    buf
-}
-
-fn download<B: Backend>(be: &B, buf: &B::Buf, len: usize) -> Vec<f32> {
-    let mut out = vec![0.0; len];
-    be.download(buf, 0, &mut out).expect("download");
-    out
-}
 
 /// A whole output buffer: NaN in the view (`pixels` × `c` at `pitch` from `off`),
 /// the sentinel elsewhere.

@@ -12,6 +12,7 @@
 
 mod common;
 
+use common::kernels::{download, place};
 use common::{describe, rel_l2, tol};
 use lesionseg::backend::cpu::Cpu;
 use lesionseg::backend::emu::{self, race_check};
@@ -21,6 +22,8 @@ use rand::Rng;
 
 /// Loss components: relative error bound against the CPU reference.
 const COMPONENT_TOL: f64 = 1e-6;
+/// NaN elements after each operand's view in its buffer.
+const TAIL: usize = 5;
 
 /// Inputs of one loss evaluation, dense: mask logits and targets `[N,H,W,K]`,
 /// head logits `[N,K]`; and the element offset of each of the seven operands.
@@ -107,21 +110,6 @@ fn cases(rng: &mut impl Rng) -> Vec<Case> {
     v
 }
 
-/// A buffer with `data` at `off` and NaN around it.
-fn place<B: Backend>(be: &B, data: &[f32], off: usize) -> B::Buf {
-    let mut all = vec![f32::NAN; off + data.len() + 5];
-    all[off..off + data.len()].copy_from_slice(data);
-    let buf = be.alloc(all.len()).expect("alloc");
-    be.upload(&buf, 0, &all).expect("upload");
-    buf
-}
-
-fn fetch<B: Backend>(be: &B, buf: &B::Buf, len: usize) -> Vec<f32> {
-    let mut out = vec![0.0; len];
-    be.download(buf, 0, &mut out).expect("download");
-    out
-}
-
 /// What one loss evaluation produced.
 struct Outcome {
     parts: LossParts,
@@ -149,11 +137,15 @@ impl Outcome {
 fn run<B: Backend>(be: &B, c: &Case) -> Outcome {
     let (masks, heads) = (c.mask.len(), c.mid.len());
     let o = c.offs;
-    let d_mask = place(be, &vec![f32::NAN; masks], o[0]);
-    let d_mid = place(be, &vec![f32::NAN; heads], o[1]);
-    let d_last = place(be, &vec![f32::NAN; heads], o[2]);
-    let (mask, mid, last, target) =
-        (place(be, &c.mask, o[3]), place(be, &c.mid, o[4]), place(be, &c.last, o[5]), place(be, &c.target, o[6]));
+    let d_mask = place(be, &vec![f32::NAN; masks], o[0], TAIL);
+    let d_mid = place(be, &vec![f32::NAN; heads], o[1], TAIL);
+    let d_last = place(be, &vec![f32::NAN; heads], o[2], TAIL);
+    let (mask, mid, last, target) = (
+        place(be, &c.mask, o[3], TAIL),
+        place(be, &c.mid, o[4], TAIL),
+        place(be, &c.last, o[5], TAIL),
+        place(be, &c.target, o[6], TAIL),
+    );
     let parts = be
         .loss(
             At::new(&d_mask, o[0]),
@@ -170,7 +162,7 @@ fn run<B: Backend>(be: &B, c: &Case) -> Outcome {
     for (buf, len, off, name) in
         [(&d_mask, masks, o[0], "d_mask"), (&d_mid, heads, o[1], "d_mid"), (&d_last, heads, o[2], "d_last")]
     {
-        let all = fetch(be, buf, off + len + 5);
+        let all = download(be, buf, off + len + TAIL);
         let outside = all[..off].iter().chain(&all[off + len..]).position(|v| !v.is_nan());
         assert!(outside.is_none(), "{} loss {:?}: {name} written outside its view", be.name(), c.p);
         views.push(all[off..off + len].to_vec());

@@ -14,66 +14,15 @@
 
 mod common;
 
+use common::kernels::{download, gpu, upload, Layout};
 use common::{rng, tol};
-use lesionseg::backend::cpu::{view_len, Cpu};
-use lesionseg::backend::cuda::driver::Cuda;
-use lesionseg::backend::cuda::Kernels;
+use lesionseg::backend::cpu::Cpu;
 use lesionseg::backend::emu::{self, race_check};
 use lesionseg::backend::{At, Backend, GlobalPoolParams, MaxPoolParams};
 use rand::Rng;
 
-/// What the elements of a buffer outside its view hold.
-const SENTINEL: f32 = 4242.5;
 /// The channel counts the sweep draws from.
 const CHANNELS: [usize; 7] = [1, 3, 5, 7, 13, 33, 64];
-
-/// A view of `pixels` pixels of `c` channels `pitch` apart at element `off`.
-#[derive(Clone, Copy, Debug)]
-struct Layout {
-    pixels: usize,
-    c: usize,
-    pitch: usize,
-    off: usize,
-}
-
-impl Layout {
-    /// Pitch and offset multiples of 4 with `aligned` (the 16-byte paths when C
-    /// allows), otherwise dense or wider at any offset.
-    fn random(rng: &mut impl Rng, pixels: usize, c: usize, aligned: bool) -> Self {
-        let (pitch, off) = if aligned {
-            (c.next_multiple_of(4) + 4 * rng.gen_range(0..2), 4 * rng.gen_range(0..3))
-        } else if rng.gen_bool(0.5) {
-            (c, rng.gen_range(0..3))
-        } else {
-            (c + rng.gen_range(1..6), rng.gen_range(0..9))
-        };
-        Layout { pixels, c, pitch, off }
-    }
-    fn dense(len: usize, off: usize) -> Self {
-        Layout { pixels: 1, c: len, pitch: len, off }
-    }
-    /// The whole buffer: `value()` at each channel element, [`SENTINEL`] elsewhere.
-    fn fill(&self, mut value: impl FnMut() -> f32) -> Vec<f32> {
-        let mut buf = vec![SENTINEL; self.off + view_len(self.pixels, self.c, self.pitch) + 3];
-        for p in 0..self.pixels {
-            for ch in 0..self.c {
-                buf[self.off + p * self.pitch + ch] = value();
-            }
-        }
-        buf
-    }
-    fn channels(&self, buf: &[f32]) -> Vec<f32> {
-        (0..self.pixels * self.c).map(|i| buf[self.off + (i / self.c) * self.pitch + i % self.c]).collect()
-    }
-    fn assert_gaps(&self, buf: &[f32], what: &str) {
-        let mut inside = vec![false; buf.len()];
-        for p in 0..self.pixels {
-            inside[self.off + p * self.pitch..][..self.c].fill(true);
-        }
-        let bad = buf.iter().zip(&inside).position(|(&v, &i)| !i && v.to_bits() != SENTINEL.to_bits());
-        assert!(bad.is_none(), "{what}: element {bad:?} outside the view was touched");
-    }
-}
 
 /// What a max op's input is drawn from.
 #[derive(Clone, Copy, Debug)]
@@ -96,32 +45,6 @@ fn draw(rng: &mut impl Rng, v: Values) -> f32 {
             _ => rng.gen_range(-2..=2) as f32,
         },
         Values::Uniform => rng.gen_range(-1.0f32..1.0),
-    }
-}
-
-fn upload<B: Backend>(be: &B, data: &[f32]) -> B::Buf {
-    let buf = be.alloc(data.len()).expect("alloc");
-    be.upload(&buf, 0, data).expect("upload");
-    buf
-}
-
-fn download<B: Backend>(be: &B, buf: &B::Buf, len: usize) -> Vec<f32> {
-    let mut out = vec![0.0; len];
-    be.download(buf, 0, &mut out).expect("download");
-    out
-}
-
-/// The GPU backend, or `None` after printing why there is none.
-fn gpu() -> Option<Kernels<Cuda>> {
-    match Cuda::new(0) {
-        Ok(mut exec) => {
-            exec.set_sync(true);
-            Some(Kernels { exec })
-        }
-        Err(e) => {
-            eprintln!("SKIPPED cuda half: {e}");
-            None
-        }
     }
 }
 
@@ -157,9 +80,9 @@ fn max_case(rng: &mut impl Rng, n: usize, h: usize, w: usize, c: usize, aligned:
     let x = Layout::random(rng, n * h * w, c, aligned);
     let y = Layout::random(rng, n * (h / 2) * (w / 2), c, aligned);
     let p = MaxPoolParams { n, h, w, c, x_pitch: x.pitch, y_pitch: y.pitch };
-    let x_buf = x.fill(|| draw(rng, values));
-    let dy_buf = y.fill(|| rng.gen_range(-1.0f32..1.0));
-    let dx_init = x.fill(|| rng.gen_range(-1.0f32..1.0));
+    let x_buf = x.fill(|_| draw(rng, values));
+    let dy_buf = y.fill(|_| rng.gen_range(-1.0f32..1.0));
+    let dx_init = x.fill(|_| rng.gen_range(-1.0f32..1.0));
     MaxCase { p, x, y, x_buf, dy_buf, dx_init }
 }
 
@@ -185,7 +108,7 @@ fn max_cases(rng: &mut impl Rng) -> Vec<MaxCase> {
 
 /// (y, dx) whole buffers after the forward and the backward on `be`.
 fn maxpool_on<B: Backend>(be: &B, c: &MaxCase) -> (Vec<f32>, Vec<f32>) {
-    let y0 = c.y.fill(|| f32::NAN);
+    let y0 = c.y.fill(|_| f32::NAN);
     let (y, x, dy, dx) = (upload(be, &y0), upload(be, &c.x_buf), upload(be, &c.dy_buf), upload(be, &c.dx_init));
     let name = be.name();
     be.maxpool_forward(At::new(&y, c.y.off), At::new(&x, c.x.off), &c.p)
@@ -232,9 +155,9 @@ fn global_case(
     let x = Layout::random(rng, n * h * w, c, aligned);
     let y = Layout::dense(n * c, if aligned { 4 } else { rng.gen_range(0..5) });
     let p = GlobalPoolParams { n, h, w, c, x_pitch: x.pitch };
-    let x_buf = x.fill(|| draw(rng, values));
-    let dy_buf = y.fill(|| rng.gen_range(-1.0f32..1.0));
-    let dx_init = x.fill(|| rng.gen_range(-1.0f32..1.0));
+    let x_buf = x.fill(|_| draw(rng, values));
+    let dy_buf = y.fill(|_| rng.gen_range(-1.0f32..1.0));
+    let dx_init = x.fill(|_| rng.gen_range(-1.0f32..1.0));
     GlobalCase { p, x, y, x_buf, dy_buf, dx_init }
 }
 
@@ -267,9 +190,9 @@ fn global_cases(rng: &mut impl Rng) -> Vec<GlobalCase> {
 fn global_on<B: Backend>(be: &B, c: &GlobalCase) -> [Vec<f32>; 4] {
     let name = be.name();
     let (x, dy) = (upload(be, &c.x_buf), upload(be, &c.dy_buf));
-    let y0 = c.y.fill(|| f32::NAN);
+    let y0 = c.y.fill(|_| f32::NAN);
     let (avg_y, max_y) = (upload(be, &y0), upload(be, &y0));
-    let (avg_dx, max_dx) = (upload(be, &c.x.fill(|| f32::NAN)), upload(be, &c.dx_init));
+    let (avg_dx, max_dx) = (upload(be, &c.x.fill(|_| f32::NAN)), upload(be, &c.dx_init));
     let (xa, ya, dya) = (At::new(&x, c.x.off), c.y.off, At::new(&dy, c.y.off));
     be.global_avg_forward(At::new(&avg_y, ya), xa, &c.p)
         .unwrap_or_else(|e| panic!("{name} global_avg_forward {:?}: {e}", c.p));

@@ -3,6 +3,8 @@
 //! the shape and the first bad element.
 #![allow(dead_code)]
 
+pub mod kernels;
+
 use lesionseg::backend::cpu::view_len;
 use rand::{Rng, SeedableRng};
 
