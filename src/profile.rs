@@ -1,0 +1,361 @@
+//! The library side of `lesionseg profile`: time training steps and inference of
+//! UNet16 on random data (random weights of the chosen width), then break a step
+//! down layer by layer.
+//!
+//! What is measured, in order:
+//! 1. on the CPU, the machine's practical peak: a large f32 GEMM with the `gemm`
+//!    crate on all rayon threads (the percentage column is relative to it);
+//! 2. `warmup` untimed training steps (first-touch page faults, caches, GPU JIT);
+//! 3. `steps` timed training steps (forward, loss, backward, Adam) and `steps`
+//!    timed inference passes, with no hook attached: the headline numbers;
+//! 4. with `layers`, `steps` more training steps with a [`LayerHook`] that fences
+//!    the backend before and after every layer, so each layer's wall time is its
+//!    own even on an asynchronous GPU; per-layer figures are medians over them.
+//!
+//! The same table and JSON are printed by `bench/pytorch_reference.py` for PyTorch,
+//! so the two engines can be compared line by line.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng};
+
+use crate::backend::{AdamParams, At, Backend, LossParts};
+use crate::error::Result;
+use crate::model::init::default_init;
+use crate::model::unet::{Layer, LayerHook, NoHook, Pass};
+use crate::model::{UNet16, UNetConfig, Workspace};
+
+mod report;
+pub use report::{format_table, gflops, median, to_json, LayerRow, Memory, ProfileReport};
+
+/// What to profile.
+#[derive(Clone, Debug)]
+pub struct ProfileOptions {
+    /// Images per batch.
+    pub batch: usize,
+    /// Input height and width (a multiple of 32).
+    pub size: usize,
+    /// Channel width factor (1 = the paper's model).
+    pub width: f64,
+    /// Untimed training steps first.
+    pub warmup: usize,
+    /// Timed training steps and inference passes (and hooked steps for the layers).
+    pub steps: usize,
+    /// Break the step down per layer (costs `steps` more steps).
+    pub layers: bool,
+    /// Seed of the weights and the data.
+    pub seed: u64,
+    /// Peak GFLOP/s for the percentage column; `None` measures it on the CPU (when
+    /// there is a layer table to use it).
+    pub peak_gflops: Option<f64>,
+}
+
+impl Default for ProfileOptions {
+    fn default() -> Self {
+        ProfileOptions {
+            batch: 1,
+            size: 256,
+            width: 1.0,
+            warmup: 1,
+            steps: 3,
+            layers: true,
+            seed: 2018,
+            peak_gflops: None,
+        }
+    }
+}
+
+/// A model, its workspace and Adam state on fixed random data: the unit the
+/// profiler and the end-to-end benchmarks time.
+pub struct Trainer<B: Backend> {
+    /// The model (random weights).
+    pub model: UNet16<B>,
+    /// Buffers for the batch, input and targets uploaded.
+    pub ws: Workspace<B>,
+    adam_m: B::Buf,
+    adam_v: B::Buf,
+    step: u64,
+}
+
+impl<B: Backend> Trainer<B> {
+    /// A model of `width` with default-initialised weights and a random batch of
+    /// `batch` images of `size`×`size` (inputs uniform in ±2, rectangular masks).
+    pub fn new(be: &B, batch: usize, size: usize, width: f64, seed: u64) -> Result<Self> {
+        let cfg = UNetConfig::scaled(width)?;
+        let table = crate::model::ParamTable::new(&cfg);
+        let model = UNet16::new(be, cfg, &default_init(&table, seed))?;
+        let ws = model.workspace(be, batch, size, size)?;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
+        let input: Vec<f32> = (0..ws.plan.input.len()).map(|_| rng.gen_range(-2.0..2.0)).collect();
+        be.upload(&ws.acts, ws.plan.input.off, &input)?;
+        be.upload(&ws.target, 0, &random_masks(&mut rng, batch, size, cfg.classes))?;
+        let (adam_m, adam_v) = (be.alloc(table.len)?, be.alloc(table.len)?);
+        Ok(Trainer { model, ws, adam_m, adam_v, step: 0 })
+    }
+
+    /// One training step: forward, loss, backward and an Adam step (lr 1e-3).
+    pub fn train_step(&mut self, be: &B, hook: &mut dyn LayerHook) -> Result<LossParts> {
+        self.model.forward_profiled(be, &self.ws, hook)?;
+        let loss = self.model.backward_profiled(be, &self.ws, false, hook)?;
+        self.step += 1;
+        let m = &self.model;
+        let p = AdamParams { len: m.table.len, lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, step: self.step };
+        hook.begin(Layer::Adam, Pass::Backward, 0);
+        be.adam(At::new(&m.params, 0), At::new(&self.adam_m, 0), At::new(&self.adam_v, 0), At::new(&m.grads, 0), &p)?;
+        hook.end(Layer::Adam, Pass::Backward);
+        Ok(loss)
+    }
+
+    /// One inference pass (the forward pass alone).
+    pub fn infer(&self, be: &B, hook: &mut dyn LayerHook) -> Result<()> {
+        self.model.forward_profiled(be, &self.ws, hook)
+    }
+
+    /// Waits for the backend's queued work (a one-element download, which every
+    /// backend completes in order).
+    pub fn fence(&self, be: &B) -> Result<()> {
+        be.download(&self.model.params, 0, &mut [0.0])
+    }
+
+    /// The planned buffers' sizes.
+    pub fn memory(&self) -> Memory {
+        let f = std::mem::size_of::<f32>() as u64;
+        let (arena, params) = (self.ws.plan.len as u64 * f, self.model.table.len as u64 * f);
+        let p = &self.ws.plan;
+        Memory {
+            activations: arena,
+            activation_grads: arena,
+            targets: (p.n * p.h * p.w * self.model.cfg.classes) as u64 * f,
+            parameters: params,
+            gradients: params,
+            optimizer: 2 * params,
+            process_peak_rss: process_peak_rss(),
+        }
+    }
+}
+
+/// Per channel of each image, a random rectangle, or nothing one time in three.
+fn random_masks(rng: &mut impl Rng, n: usize, size: usize, k: usize) -> Vec<f32> {
+    let mut t = vec![0.0; n * size * size * k];
+    for img in 0..n {
+        for c in 0..k {
+            if rng.gen_range(0..3) == 0 {
+                continue;
+            }
+            let (y0, x0) = (rng.gen_range(0..size / 2), rng.gen_range(0..size / 2));
+            let (y1, x1) = (y0 + rng.gen_range(1..=size / 2), x0 + rng.gen_range(1..=size / 2));
+            for y in y0..y1 {
+                for x in x0..x1 {
+                    t[((img * size + y) * size + x) * k + c] = 1.0;
+                }
+            }
+        }
+    }
+    t
+}
+
+/// Peak resident set of this process (`VmHWM`), Linux only.
+fn process_peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Times each layer: fences the backend, notes the time, and accumulates per
+/// (layer, pass) for the current step.
+struct Recorder<'a, B: Backend> {
+    be: &'a B,
+    fence: &'a B::Buf,
+    started: Instant,
+    /// (layer, pass) → (seconds, MACs) in the current step.
+    step: HashMap<(Layer, Pass), (f64, usize)>,
+    /// Every finished step.
+    steps: Vec<HashMap<(Layer, Pass), (f64, usize)>>,
+}
+
+impl<B: Backend> Recorder<'_, B> {
+    fn sync(&self) {
+        // A failed fence shows up again in the op that follows; timing goes on.
+        let _ = self.be.download(self.fence, 0, &mut [0.0]);
+    }
+
+    /// Medians over the finished steps, in table order.
+    fn rows(&self) -> Vec<LayerRow> {
+        let stat = |l: Layer, pass: Pass| -> (f64, u64) {
+            let secs: Vec<f64> = self.steps.iter().filter_map(|s| s.get(&(l, pass)).map(|v| v.0)).collect();
+            let macs = self.steps.first().and_then(|s| s.get(&(l, pass))).map_or(0, |v| v.1 as u64);
+            (if secs.is_empty() { 0.0 } else { median(&secs) * 1e3 }, macs)
+        };
+        Layer::all()
+            .into_iter()
+            .map(|l| {
+                let ((forward_ms, forward_macs), (backward_ms, backward_macs)) =
+                    (stat(l, Pass::Forward), stat(l, Pass::Backward));
+                LayerRow { name: l.to_string(), forward_ms, backward_ms, forward_macs, backward_macs }
+            })
+            .collect()
+    }
+}
+
+impl<B: Backend> LayerHook for Recorder<'_, B> {
+    fn begin(&mut self, layer: Layer, pass: Pass, macs: usize) {
+        self.sync();
+        // A layer bracketed twice in one pass (head_mid: conv + pool) adds up.
+        self.step.entry((layer, pass)).or_insert((0.0, 0)).1 += macs;
+        self.started = Instant::now();
+    }
+
+    fn end(&mut self, layer: Layer, pass: Pass) {
+        self.sync();
+        let secs = self.started.elapsed().as_secs_f64();
+        self.step.entry((layer, pass)).or_insert((0.0, 0)).0 += secs;
+    }
+}
+
+/// Runs the profile of [`ProfileOptions`] on `be`.
+pub fn run<B: Backend>(be: &B, o: &ProfileOptions) -> Result<ProfileReport> {
+    let (peak_gflops, peak_source) = match o.peak_gflops {
+        Some(p) => (Some(p), "given".to_string()),
+        // Only the layer table has a percentage column.
+        None if !o.layers => (None, "not measured".to_string()),
+        None if be.name() == "cpu" => {
+            let (p, how) = measure_cpu_peak();
+            (Some(p), how)
+        }
+        None => (None, format!("unknown for {}", be.name())),
+    };
+    let mut t = Trainer::new(be, o.batch, o.size, o.width, o.seed)?;
+    let mut loss = LossParts::default();
+    for _ in 0..o.warmup {
+        loss = t.train_step(be, &mut NoHook)?;
+    }
+    t.fence(be)?;
+    let mut step_ms = Vec::with_capacity(o.steps);
+    for _ in 0..o.steps {
+        let start = Instant::now();
+        loss = t.train_step(be, &mut NoHook)?;
+        t.fence(be)?;
+        step_ms.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    let mut forward_ms = Vec::with_capacity(o.steps);
+    for _ in 0..o.steps {
+        let start = Instant::now();
+        t.infer(be, &mut NoHook)?;
+        t.fence(be)?;
+        forward_ms.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    let layers = if o.layers { profile_layers(be, &mut t, o.steps)? } else { Vec::new() };
+    Ok(ProfileReport {
+        engine: "lesionseg".into(),
+        device: be.name().into(),
+        threads: rayon::current_num_threads(),
+        batch: o.batch,
+        height: o.size,
+        width: o.size,
+        width_factor: o.width,
+        parameters: t.model.table.len,
+        warmup: o.warmup,
+        step_ms,
+        forward_ms,
+        layers,
+        peak_gflops,
+        peak_source,
+        memory: t.memory(),
+        loss: loss.loss,
+    })
+}
+
+/// `steps` hooked training steps; per-layer medians with each layer's MACs.
+fn profile_layers<B: Backend>(be: &B, t: &mut Trainer<B>, steps: usize) -> Result<Vec<LayerRow>> {
+    let fence = be.alloc(1)?;
+    let mut rec = Recorder { be, fence: &fence, started: Instant::now(), step: HashMap::new(), steps: Vec::new() };
+    for _ in 0..steps.max(1) {
+        t.train_step(be, &mut rec)?;
+        let done = std::mem::take(&mut rec.step);
+        rec.steps.push(done);
+    }
+    Ok(rec.rows())
+}
+
+/// The practical f32 peak of this CPU: the best of 5 products of two 2048×2048
+/// matrices with `gemm` on all rayon threads (after one untimed). GFLOP/s and a
+/// description of how it was measured.
+pub fn measure_cpu_peak() -> (f64, String) {
+    const N: usize = 2048;
+    let a: Vec<f32> = (0..N * N).map(|i| (i % 7) as f32 * 0.25).collect();
+    let b: Vec<f32> = (0..N * N).map(|i| (i % 5) as f32 * 0.5).collect();
+    let mut c = vec![0f32; N * N];
+    let threads = rayon::current_num_threads();
+    let mut best = f64::INFINITY;
+    for rep in 0..6 {
+        let start = Instant::now();
+        // SAFETY: a, b and c are N×N row-major (row stride N, column stride 1), all
+        // in bounds; c is uniquely borrowed and read_dst = false never reads it.
+        unsafe {
+            gemm::gemm(
+                N,
+                N,
+                N,
+                c.as_mut_ptr(),
+                1,
+                N as isize,
+                false,
+                a.as_ptr(),
+                1,
+                N as isize,
+                b.as_ptr(),
+                1,
+                N as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(threads),
+            )
+        };
+        if rep > 0 {
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+    }
+    std::hint::black_box(&c);
+    let gf = 2.0 * (N * N * N) as f64 / best / 1e9;
+    (gf, format!("f32 gemm {N}x{N}x{N}, {threads} threads, best of 5"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::Cpu;
+
+    #[test]
+    fn tiny_profile_names_every_layer_and_counts_the_model_macs() {
+        let o = ProfileOptions {
+            size: 32,
+            width: 0.125,
+            warmup: 0,
+            steps: 1,
+            peak_gflops: Some(100.0),
+            ..ProfileOptions::default()
+        };
+        let r = run(&Cpu, &o).unwrap();
+        assert!(r.loss.is_finite());
+        let names: Vec<&str> = r.layers.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names.len(), 13 + 5 + 10 + 6);
+        for want in ["enc1_1", "enc5_3", "pool5", "center_conv", "center_up", "dec2_up", "dec1", "final", "adam"] {
+            assert!(names.contains(&want), "{want} missing from {names:?}");
+        }
+        // enc1_1 skips its input gradient: backward = 1x forward; other convs 2x.
+        let row = |n: &str| r.layers.iter().find(|l| l.name == n).unwrap();
+        assert_eq!(row("enc1_1").backward_macs, row("enc1_1").forward_macs);
+        assert_eq!(row("enc1_2").backward_macs, 2 * row("enc1_2").forward_macs);
+        assert_eq!(row("enc1_2").forward_macs, 32 * 32 * 9 * 8 * 8);
+        assert!(row("loss").backward_ms > 0.0 && row("loss").forward_ms == 0.0);
+        let table = format_table(&r);
+        assert!(table.contains("all layers") && table.contains("images/s"), "{table}");
+        let json = to_json(&r);
+        assert!(json.contains("\"name\": \"head_mid\"") && json.contains("\"step_median_ms\""), "{json}");
+    }
+}
