@@ -3,13 +3,21 @@
 //! fallback and the reference. See DESIGN.md for the architecture.
 
 pub mod backend;
+pub mod data;
 pub mod demo;
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod forward;
 pub mod info;
+pub mod metrics;
 pub mod model;
+pub mod overlay;
+pub mod plot;
+pub mod predict;
+pub mod profile;
 pub mod tensor;
+pub mod train;
 pub mod weights;
 
 pub use error::{Error, Result};
