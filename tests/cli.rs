@@ -91,3 +91,24 @@ fn not_a_safetensors_input_is_one_line_error() {
     let w = fixture("narrow_weights.safetensors");
     fails(&forward_args(w.to_str().unwrap(), path.to_str().unwrap(), temp("o5").to_str().unwrap()));
 }
+
+#[test]
+fn bad_training_data_is_named_or_skipped() {
+    let data = temp("bad-data");
+    lesionseg::data::synth::synthesize(&data, 12, 64, 3).unwrap();
+    std::fs::write(data.join("ISIC2018_Task1-2_Training_Input/ISIC_0000003.jpg"), b"not a jpeg").unwrap();
+    std::fs::remove_file(data.join("ISIC2018_Task2_Training_GroundTruth_v3/ISIC_0000007_attribute_streaks.png"))
+        .unwrap();
+    let (d, run) = (data.to_str().unwrap(), temp("bad-run"));
+    let args = ["train", "--device", "cpu", "--data", d, "--out", run.to_str().unwrap(), "--size", "64"];
+    let small = ["--width", "0.0625", "--epochs", "1", "--batch-size", "2"];
+    let err = fails(&[&args[..], &small[..]].concat());
+    assert!(err.contains("ISIC_0000003.jpg") && err.contains("ISIC_0000007_attribute_streaks.png"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_lesionseg"))
+        .args([&args[..], &small[..], &["--skip-bad"]].concat())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "--skip-bad run failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("2 skipped"), "summary reports the skips: {stdout}");
+}

@@ -24,7 +24,6 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, UNIX_EPOCH};
 
 use rayon::prelude::*;
@@ -147,8 +146,8 @@ pub fn load(data: &Path, size: usize, opts: &LoadOptions) -> Result<(Dataset, Lo
             (ds, skipped)
         }
     };
-    if let (false, Some(first)) = (opts.skip_bad, skipped.first()) {
-        return Err(first.to_error());
+    if !opts.skip_bad && !skipped.is_empty() {
+        return Err(bad_samples(data, &skipped));
     }
     if ds.is_empty() {
         let reason = format!("every one of the {} samples was skipped as bad", skipped.len());
@@ -164,8 +163,23 @@ pub fn load(data: &Path, size: usize, opts: &LoadOptions) -> Result<(Dataset, Lo
     Ok((ds, report))
 }
 
-/// Decodes every sample in parallel. Without `skip_bad` the first failure stops the
-/// remaining work and is returned.
+/// One error naming every bad sample (the first ten, then a count), with the way
+/// out; a single bad sample keeps its own error, with the hint added.
+fn bad_samples(data: &Path, skipped: &[Skipped]) -> Error {
+    const HINT: &str = "fix or remove them, or pass --skip-bad to leave them out";
+    if let [one] = skipped {
+        return Error::Data { path: one.path.clone(), reason: format!("{}; {HINT}", one.reason) };
+    }
+    let mut list: Vec<String> =
+        skipped.iter().take(10).map(|s| format!("{}: {}", s.path.display(), s.reason)).collect();
+    if skipped.len() > 10 {
+        list.push(format!("… and {} more", skipped.len() - 10));
+    }
+    let reason = format!("{} bad samples ({HINT}): {}", skipped.len(), list.join("; "));
+    Error::Data { path: data.to_owned(), reason }
+}
+
+/// Decodes every sample in parallel; failures come back as [`Skipped`] entries.
 fn decode_all(samples: &[Sample], size: usize, opts: &LoadOptions) -> Result<(Dataset, Vec<Skipped>)> {
     let (n, px) = (samples.len(), size * size);
     let mut images = vec![0u8; n * px * 3];
@@ -176,28 +190,20 @@ fn decode_all(samples: &[Sample], size: usize, opts: &LoadOptions) -> Result<(Da
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_message(format!("decoding {n} samples at {size}x{size}"));
-    let failed = AtomicBool::new(false);
+    // Every sample is decoded even after a failure, so that one error can name all
+    // the bad files at once rather than one per run.
     let results: Vec<Option<Skipped>> = samples
         .par_iter()
         .zip(images.par_chunks_mut(px * 3))
         .zip(masks.par_chunks_mut(px))
         .map(|((s, img), mask)| {
-            if failed.load(Ordering::Relaxed) {
-                return None;
-            }
             let r = decode_sample(s, size, img, mask).err();
-            if r.is_some() && !opts.skip_bad {
-                failed.store(true, Ordering::Relaxed);
-            }
             bar.inc(1);
             r
         })
         .collect();
     bar.finish_and_clear();
     let skipped: Vec<Skipped> = results.iter().flatten().cloned().collect();
-    if let (false, Some(first)) = (opts.skip_bad, skipped.first()) {
-        return Err(first.to_error());
-    }
     // Close the gaps the skipped samples leave, keeping order.
     let mut ids = Vec::with_capacity(n);
     for (i, (s, r)) in samples.iter().zip(&results).enumerate() {
