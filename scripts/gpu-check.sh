@@ -86,16 +86,75 @@ for case in narrow_n2_64x64 narrow_n1_64x96; do
     --weights tests/fixtures/narrow_weights.safetensors --input "tests/fixtures/$case.safetensors" \
     --output "$TMP/$case.out.safetensors"
 done
+
+# Performance side by side on this card: lesionseg profile and the PyTorch reference
+# (fp32 TF32 off, TF32, bf16 autocast + channels_last, torch.compile), training step
+# at batch 8 and inference at batch 1, 512x512, the paper's model. The ratios are
+# printed at the end. GPU_PERF=0 skips this part.
+perf_rows=()
+if [ "${GPU_PERF:-1}" = 1 ]; then
+  for shape in "8 train" "1 infer"; do
+    set -- $shape
+    bs=$1
+    step "lesionseg profile --device cuda --batch-size $bs" bash -c \
+      "timeout 240 .gpu/lesionseg profile --device cuda --batch-size $bs --size 512 --steps 5 --json > $TMP/ls-$bs.json"
+    step "pytorch_reference --batch-size $bs" bash -c \
+      "timeout 300 python3 bench/pytorch_reference.py --device cuda --batch-size $bs --size 512 --steps 5 --no-layers \
+       --modes fp32,tf32,bf16,compile --json > $TMP/pt-$bs.json"
+  done
+  perf_table=$(python3 - "$TMP" <<'PY' 2>&1
+import json, sys, os
+tmp = sys.argv[1]
+def load(path):
+    try:
+        text = open(path).read()
+    except OSError:
+        return []
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+    if not out:
+        try:
+            d = json.loads(text)
+            out = d if isinstance(d, list) else [d]
+        except ValueError:
+            pass
+    return out
+print(f"{'batch 8 training step / batch 1 inference, 512x512':<52} {'ms':>10} {'ratio':>8}")
+for bs, key, what in ((8, "step_median_ms", "training step"), (1, "forward_median_ms", "inference")):
+    ours = load(os.path.join(tmp, f"ls-{bs}.json"))
+    theirs = load(os.path.join(tmp, f"pt-{bs}.json"))
+    base = ours[0][key] if ours else None
+    print(f"lesionseg fp32 {what} (batch {bs}){'':<20} {base if base else float('nan'):>10.2f} {'':>8}")
+    for r in theirs:
+        t = r.get(key)
+        ratio = base / t if base and t else float("nan")
+        print(f"  PyTorch {r.get('mode', '?'):<10} {what} (batch {bs}){'':<8} {t if t else float('nan'):>10.2f} {ratio:>7.2f}x")
+print("ratio = lesionseg time / PyTorch time (> 1: lesionseg slower)")
+PY
+)
+fi
 rm -rf "$TMP" "$LESIONSEG_CACHE_DIR"
 
 card=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
 failed=0
 for r in "${results[@]}"; do [[ $r == FAIL* ]] && failed=$((failed + 1)); done
-echo
-echo "================ GPU check summary"
-echo "card:    ${card:-unknown (nvidia-smi failed)}"
-echo "date:    $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-echo "commit:  $(build_info commit) ($(build_info profile) build of $(build_info built))"
-printf '%s\n' "${results[@]}"
-if [ $failed -eq 0 ]; then echo "RESULT:  PASS"; else echo "RESULT:  FAIL ($failed of ${#results[@]} steps)"; fi
+summary() {
+  echo
+  echo "================ GPU check summary"
+  echo "card:    ${card:-unknown (nvidia-smi failed)}"
+  echo "date:    $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "commit:  $(build_info commit) ($(build_info profile) build of $(build_info built))"
+  printf '%s\n' "${results[@]}"
+  if [ -n "${perf_table:-}" ]; then echo; echo "$perf_table"; fi
+  if [ $failed -eq 0 ]; then echo "RESULT:  PASS"; else echo "RESULT:  FAIL ($failed of ${#results[@]} steps)"; fi
+}
+# The summary also goes to $OUT (the device tool brings that folder back), ready to be
+# appended to bench/RESULTS.md with the card, date and commit it names.
+summary | tee "${OUT:-${TMPDIR:-/tmp}}/gpu-check-summary.txt"
 [ $failed -eq 0 ]

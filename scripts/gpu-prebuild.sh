@@ -20,7 +20,7 @@ if [ "${1:-}" = "--dev" ]; then
   flags=()
 fi
 # tests/gpu.rs and the kernel tests (tests/*_kernels.rs: cuda variants beside the emulator's).
-GPU_TESTS=${GPU_TESTS:-gpu $(cd tests && ls -- *_kernels.rs 2>/dev/null | sed 's/\.rs$//' | tr '\n' ' ')}
+GPU_TESTS=${GPU_TESTS:-gpu model $(cd tests && ls -- *_kernels.rs 2>/dev/null | sed 's/\.rs$//' | tr '\n' ' ')}
 
 rm -rf .gpu
 mkdir -p .gpu/tests
