@@ -72,7 +72,7 @@ impl Case {
     /// Whether every operand takes the scalar path.
     fn all_scalar(&self) -> bool {
         let p = &self.p;
-        p.c % 4 != 0 && p.k % 4 != 0
+        !p.c.is_multiple_of(4) && !p.k.is_multiple_of(4)
     }
 
     fn label(&self) -> String {

@@ -40,7 +40,7 @@ fn draw(rng: &mut impl Rng, v: Values) -> f32 {
         Values::Ties => rng.gen_range(-2..=2) as f32,
         Values::Specials => match rng.gen_range(0..20) {
             0 => f32::NAN,
-            1 | 2 | 3 => f32::NEG_INFINITY,
+            1..=3 => f32::NEG_INFINITY,
             4 => f32::INFINITY,
             _ => rng.gen_range(-2..=2) as f32,
         },

@@ -109,7 +109,7 @@ pub fn check_input_size(n: usize, h: usize, w: usize) -> Result<()> {
     if n == 0 {
         return Err(Error::shape("input", "a batch of at least one image", "N = 0"));
     }
-    if h == 0 || w == 0 || h % 32 != 0 || w % 32 != 0 {
+    if h == 0 || w == 0 || !h.is_multiple_of(32) || !w.is_multiple_of(32) {
         return Err(Error::shape(
             "input",
             "H and W positive multiples of 32 (the network pools five times)",

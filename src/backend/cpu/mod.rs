@@ -191,7 +191,7 @@ impl Backend for Cpu {
     fn alloc(&self, len: usize) -> Result<CpuBuf> {
         let mut v = Vec::new();
         v.try_reserve_exact(len)
-            .map_err(|_| Error::Config(format!("cannot allocate {} MiB of host memory", len * 4 >> 20)))?;
+            .map_err(|_| Error::Config(format!("cannot allocate {} MiB of host memory", (len * 4) >> 20)))?;
         v.resize(len, 0.0);
         Ok(CpuBuf { data: UnsafeCell::new(v) })
     }
@@ -476,7 +476,7 @@ fn grad_in_region<'a>(dx: &GradIn<'a, Cpu>, len: usize, rs: &mut Vec<Region<'a>>
 }
 
 fn even_hw(op: &str, h: usize, w: usize) -> Result<()> {
-    if h % 2 != 0 || w % 2 != 0 {
+    if !h.is_multiple_of(2) || !w.is_multiple_of(2) {
         return Err(Error::shape(op, "even H and W", format!("{h}x{w}")));
     }
     Ok(())

@@ -66,7 +66,7 @@ fn flag(bit: i32, cond: bool) -> i32 {
 /// Whether an operand at `addr` with `channels` channels `pitch` apart may be moved
 /// four elements at a time.
 fn vec4(addr: u64, channels: usize, pitch: usize) -> bool {
-    addr % 16 == 0 && channels % 4 == 0 && pitch % 4 == 0
+    addr.is_multiple_of(16) && channels.is_multiple_of(4) && pitch.is_multiple_of(4)
 }
 
 /// Extents of the operands of `p`, after checking the parameters.

@@ -202,7 +202,7 @@ fn weight_grad<E: Executor>(k: &Kernels<E>, s: &Operands, p: &DeconvParams) -> R
     }
     let pixels = p.n * p.h * p.w;
     let tiles = blocks(4 * p.c, TILE) as usize * blocks(p.k, TILE) as usize * 4;
-    let most = pixels.div_ceil(MIN_CHUNK).min(MAX_PARTIALS / len).min(65535 / 4).max(1);
+    let most = pixels.div_ceil(MIN_CHUNK).min(MAX_PARTIALS / len).clamp(1, 65535 / 4);
     let wanted = FILTER_BLOCKS.div_ceil(tiles).clamp(1, most);
     let chunk_len = pixels.div_ceil(wanted).next_multiple_of(SLICE);
     let chunks = pixels.div_ceil(chunk_len);

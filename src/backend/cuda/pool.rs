@@ -54,7 +54,7 @@ pub(super) fn stride_geometry(total: usize) -> Geometry {
 }
 
 fn even_hw(op: &str, h: usize, w: usize) -> Result<()> {
-    if h % 2 != 0 || w % 2 != 0 {
+    if !h.is_multiple_of(2) || !w.is_multiple_of(2) {
         return Err(Error::shape(op, "even H and W", format!("{h}x{w}")));
     }
     Ok(())
