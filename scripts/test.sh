@@ -60,6 +60,9 @@ rm -f "$NVRTC_REPORT"
 status=0
 cargo test || status=$?
 
+echo "== cargo clippy --all-targets -D warnings"
+cargo clippy --all-targets --quiet -- -D warnings || status=$?
+
 echo "== kernels: NVRTC + ptxas -v (tests/nvrtc.rs)"
 if [ -f "$NVRTC_REPORT" ]; then cat "$NVRTC_REPORT"; else echo "(no report: tests/nvrtc.rs did not run)"; fi
 exit "$status"
