@@ -488,7 +488,7 @@ fn batches_are_nhwc_normalised_and_deterministic() {
 /// Timings for the report: 200 JPEGs of 600x450 loaded at 128 (cache build, then
 /// cache read). `cargo test --test data -- --ignored --nocapture timing`.
 #[test]
-#[ignore]
+#[ignore = "timing report, not a check: run with --ignored --nocapture"]
 fn timing_cache_200_images() {
     let dir = TempDir::new("timing");
     for s in 0..200 {

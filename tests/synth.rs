@@ -260,7 +260,7 @@ fn has(out: &Path, index: usize, attribute: usize) -> bool {
 /// Times 100 images at 256x256, prints the prevalence over 1000, and leaves PNG
 /// previews (image | image with masks tinted) in `$TMPDIR/lesionseg-synth-preview`.
 #[test]
-#[ignore]
+#[ignore = "timing and preview images, not a check: run with --release --ignored --nocapture"]
 fn timing_prevalence_and_previews() {
     let out = temp_dir("timing");
     let start = std::time::Instant::now();
