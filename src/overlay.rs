@@ -40,7 +40,16 @@ pub fn render_overlay(rgb: &RgbImage, masks: &[Vec<u8>]) -> Result<RgbImage> {
             out.put_pixel(x as u32, y as u32, color);
         }
     }
-    draw_legend(&mut out, masks);
+    let (bw, bh, scale) = legend_size(out.width().min(out.height()));
+    // On small images an inset legend would hide much of the lesion: put it in a
+    // panel beside the image instead.
+    if (bw * bh) as f64 > 0.15 * (w * h) as f64 {
+        let mut wide = RgbImage::from_pixel(out.width() + bw as u32, out.height().max(bh as u32), Rgb([0, 0, 0]));
+        image::imageops::replace(&mut wide, &out, 0, 0);
+        draw_legend(&mut wide, masks, i64::from(out.width()), scale);
+        return Ok(wide);
+    }
+    draw_legend(&mut out, masks, 0, scale);
     Ok(out)
 }
 
@@ -86,28 +95,40 @@ fn dilate(points: &[(usize, usize)], w: usize, h: usize, t: usize) -> Vec<(usize
     hit.iter().enumerate().filter(|(_, &on)| on).map(|(i, _)| (i % w, i / w)).collect()
 }
 
-/// A dark box in the top-left corner: a colour swatch and the name of each attribute.
-fn draw_legend(img: &mut RgbImage, masks: &[Vec<u8>]) {
-    let short = img.width().min(img.height());
+/// Width, height and text scale of the legend for an image whose short side is `short`.
+fn legend_size(short: u32) -> (i64, i64, u32) {
     // 2x text (16 px) on ordinary photographs, larger on big ones, 1x on thumbnails.
     let scale = if short < 300 { 1 } else { (short / 500).max(2) };
-    let s = i64::from(scale);
-    let glyph = i64::from(GLYPH) * s;
+    let (bw, bh) = legend_box(scale);
+    (bw, bh, scale)
+}
+
+/// Width and height of the legend at text `scale`.
+fn legend_box(scale: u32) -> (i64, i64) {
+    let glyph = i64::from(GLYPH) * i64::from(scale);
+    let (pad, gap) = (glyph / 2, glyph / 2);
+    let name_w = ATTRIBUTES.iter().map(|a| text_width(a, scale) as i64).max().unwrap_or(0);
+    (pad + glyph + gap + name_w + pad, pad + (glyph + gap) * K as i64 - gap + pad)
+}
+
+/// A dark box with its left edge at `x0`: a colour swatch and the name of each attribute.
+fn draw_legend(img: &mut RgbImage, masks: &[Vec<u8>], x0: i64, scale: u32) {
+    let glyph = i64::from(GLYPH) * i64::from(scale);
     let (pad, gap) = (glyph / 2, glyph / 2);
     let row = glyph + gap;
-    let name_w = ATTRIBUTES.iter().map(|a| text_width(a, scale) as i64).max().unwrap_or(0);
-    let (bw, bh) = (pad + glyph + gap + name_w + pad, pad + row * K as i64 - gap + pad);
-    shade(img, 0, 0, bw, bh, Rgb([0, 0, 0]), 0.6);
+    let (bw, bh) = legend_box(scale);
+    shade(img, x0, 0, bw, bh, Rgb([0, 0, 0]), 0.6);
+    let pad_x = x0 + pad;
     for (k, (name, color)) in ATTRIBUTES.iter().zip(COLORS).enumerate() {
         let y = pad + row * k as i64;
         let present = masks[k].iter().any(|&m| m != 0);
-        fill(img, pad, y, glyph, glyph, Rgb(color));
+        fill(img, pad_x, y, glyph, glyph, Rgb(color));
         if !present {
             // A hollow swatch: this colour appears nowhere in the image.
             let border = (glyph / 6).max(1);
-            shade(img, pad + border, y + border, glyph - 2 * border, glyph - 2 * border, Rgb([0, 0, 0]), 1.0);
+            shade(img, pad_x + border, y + border, glyph - 2 * border, glyph - 2 * border, Rgb([0, 0, 0]), 1.0);
         }
         let ink = if present { Rgb([255, 255, 255]) } else { Rgb([140, 140, 140]) };
-        draw_text(img, pad + glyph + gap, y, name, scale, ink);
+        draw_text(img, pad_x + glyph + gap, y, name, scale, ink);
     }
 }
