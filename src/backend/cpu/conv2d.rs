@@ -16,7 +16,7 @@
 //!   pixels and summed in chunk order, so the bits do not depend on the threads.
 
 use super::im2col::{
-    add_col_sums, bias_relu, gather_matmul, matmul, relu_mask, sum_partials, Gather, Mat, BLOCK_PIXELS,
+    add_col_sums, bias_relu, gather_matmul, matmul, relu_mask, sum_partials, transpose, Gather, Mat, BLOCK_PIXELS,
 };
 use super::{view_len, Real};
 use crate::backend::Conv2dParams;
@@ -120,13 +120,7 @@ fn flip_transpose<T: Real>(w: &[T], p: &Conv2dParams) -> Vec<T> {
     let (r, c, k) = (p.r, p.c, p.k);
     let mut out = vec![T::zero(); p.weight_len()];
     for tap in 0..r * r {
-        let src = &w[(r * r - 1 - tap) * c * k..][..c * k];
-        let dst = &mut out[tap * k * c..][..k * c];
-        for ci in 0..c {
-            for ki in 0..k {
-                dst[ki * c + ci] = src[ci * k + ki];
-            }
-        }
+        transpose(&mut out[tap * k * c..][..k * c], &w[(r * r - 1 - tap) * c * k..][..c * k], c, k);
     }
     out
 }

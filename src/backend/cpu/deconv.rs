@@ -23,7 +23,7 @@
 use rayon::prelude::*;
 
 use super::im2col::{
-    add_col_sums, gather_matmul, inner_par, matmul, relu_mask, sum_partials, Gather, Mat, BLOCK_PIXELS,
+    add_col_sums, gather_matmul, inner_par, matmul, relu_mask, sum_partials, transpose, Gather, Mat, BLOCK_PIXELS,
 };
 use super::{view_len, Real};
 use crate::backend::DeconvParams;
@@ -197,12 +197,7 @@ fn input_grad_weight<T: Real>(w: &[T], p: &DeconvParams) -> (Vec<(isize, isize)>
     for t in 0..16isize {
         let (a, b, ty, tx) = ((t >> 3) & 1, (t >> 2) & 1, (t >> 1) & 1, t & 1);
         taps.push((2 - a - 2 * ty, 2 - b - 2 * tx));
-        let (src, dst) = (&w[t as usize * c * k..][..c * k], &mut wmat[t as usize * k * c..][..k * c]);
-        for ci in 0..c {
-            for ki in 0..k {
-                dst[ki * c + ci] = src[ci * k + ki];
-            }
-        }
+        transpose(&mut wmat[t as usize * k * c..][..k * c], &w[t as usize * c * k..][..c * k], c, k);
     }
     (taps, wmat)
 }

@@ -298,3 +298,23 @@ pub(super) fn sum_partials<T: Real>(
         }
     }
 }
+
+/// `dst[j·rows + i] = src[i·cols + j]`: the transpose of a row-major `rows`×`cols`
+/// matrix. Done in 32×32 tiles so that both sides stay in cache (a plain loop writes
+/// with stride `rows` and ran at ~6 ms for one 512→512 3x3 weight), in parallel over
+/// bands of destination rows. A pure copy: the result does not depend on threads.
+pub(super) fn transpose<T: Real>(dst: &mut [T], src: &[T], rows: usize, cols: usize) {
+    const TILE: usize = 32;
+    dst[..rows * cols].par_chunks_mut(TILE * rows).enumerate().for_each(|(band, d)| {
+        let j0 = band * TILE;
+        let jn = (cols - j0).min(TILE);
+        for i0 in (0..rows).step_by(TILE) {
+            for i in i0..(i0 + TILE).min(rows) {
+                let row = &src[i * cols + j0..][..jn];
+                for (jj, &v) in row.iter().enumerate() {
+                    d[jj * rows + i] = v;
+                }
+            }
+        }
+    });
+}
