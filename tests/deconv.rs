@@ -183,27 +183,13 @@ fn loss(x: &[f64], w: &[f64], b: &[f64], g: &[f64], p: &DeconvParams) -> f64 {
     y.iter().zip(g).map(|(y, g)| y * g).sum()
 }
 
-/// Central differences of `f` with respect to every element of `v`.
-fn numeric_grad(v: &[f64], f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
-    const STEP: f64 = 1e-6;
-    let mut v = v.to_vec();
-    (0..v.len())
-        .map(|i| {
-            let orig = v[i];
-            v[i] = orig + STEP;
-            let up = f(&v);
-            v[i] = orig - STEP;
-            let down = f(&v);
-            v[i] = orig;
-            (up - down) / (2.0 * STEP)
-        })
-        .collect()
-}
-
 /// f64 op against central differences (step 1e-6, relative L2 ≤ tol::FINITE_DIFF:
 /// the loss is linear in each single parameter away from the ReLU kink, so only
 /// rounding, ~1e-9 relative, separates the two). With ReLU, inputs are redrawn until
 /// every pre-activation is at least 1e-3 from zero, far beyond what a step moves it.
+/// Step of the central differences.
+const FD_STEP: f64 = 1e-6;
+
 #[test]
 fn gradients_match_finite_differences() {
     let mut rng = common::rng();
@@ -228,9 +214,9 @@ fn gradients_match_finite_differences() {
         // x's gap element (pitch 3 > 2 channels) is not an input: its derivative is 0
         // and the op leaves dx's gap at its initial 0.
         let what = format!("deconv relu={relu}");
-        let fd_x = numeric_grad(&x, |v| loss(v, &w, &b, &g, &p));
-        let fd_w = numeric_grad(&w, |v| loss(&x, v, &b, &g, &p));
-        let fd_b = numeric_grad(&b, |v| loss(&x, &w, v, &g, &p));
+        let fd_x = common::central_differences(&x, FD_STEP, |v| loss(v, &w, &b, &g, &p));
+        let fd_w = common::central_differences(&w, FD_STEP, |v| loss(&x, v, &b, &g, &p));
+        let fd_b = common::central_differences(&b, FD_STEP, |v| loss(&x, &w, v, &g, &p));
         common::assert_close64(&format!("{what}: dx"), &dx, &fd_x, tol::FINITE_DIFF);
         common::assert_close64(&format!("{what}: dw"), &dw, &fd_w, tol::FINITE_DIFF);
         common::assert_close64(&format!("{what}: db"), &db, &fd_b, tol::FINITE_DIFF);

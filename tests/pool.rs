@@ -259,22 +259,6 @@ fn global_max_ties_go_to_first_in_raster_order() {
     assert_eq!(dx, want);
 }
 
-/// Central finite differences of `f` at `x`, step `h`.
-fn finite_diff(x: &[f64], h: f64, f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
-    let mut x = x.to_vec();
-    (0..x.len())
-        .map(|i| {
-            let v = x[i];
-            x[i] = v + h;
-            let up = f(&x);
-            x[i] = v - h;
-            let down = f(&x);
-            x[i] = v;
-            (up - down) / (2.0 * h)
-        })
-        .collect()
-}
-
 fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(a, b)| a * b).sum()
 }
@@ -289,7 +273,7 @@ fn gradients_match_finite_differences() {
         let p = maxpool_shape(&mut rng);
         let x = common::uniform64(&mut rng, p.n * p.h * p.w * p.c);
         let w = common::uniform64(&mut rng, p.n * p.out_h() * p.out_w() * p.c);
-        let fd = finite_diff(&x, h, |x| {
+        let fd = common::central_differences(&x, h, |x| {
             let mut y = vec![0.0; w.len()];
             pool::maxpool_forward(&mut y, x, &p);
             dot(&y, &w)
@@ -302,14 +286,14 @@ fn gradients_match_finite_differences() {
         let x = common::uniform64(&mut rng, g.n * g.h * g.w * g.c);
         let w = common::uniform64(&mut rng, g.n * g.c);
         let mut dx = vec![f64::NAN; x.len()];
-        let fd = finite_diff(&x, h, |x| {
+        let fd = common::central_differences(&x, h, |x| {
             let mut y = vec![0.0; w.len()];
             pool::global_avg_forward(&mut y, x, &g);
             dot(&y, &w)
         });
         pool::global_avg_backward(&mut dx, &w, &g);
         common::assert_close64(&format!("global avg gradient {g:?}"), &dx, &fd, tol::FINITE_DIFF);
-        let fd = finite_diff(&x, h, |x| {
+        let fd = common::central_differences(&x, h, |x| {
             let mut y = vec![0.0; w.len()];
             pool::global_max_forward(&mut y, x, &g);
             dot(&y, &w)

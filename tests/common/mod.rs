@@ -175,3 +175,19 @@ pub fn describe(got: &[f32], want: &[f32]) -> String {
         pairs.join(", ")
     )
 }
+
+/// Central finite differences of `f` at `v`, step `step`, one element at a time.
+pub fn central_differences(v: &[f64], step: f64, f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
+    let mut v = v.to_vec();
+    (0..v.len())
+        .map(|i| {
+            let orig = v[i];
+            v[i] = orig + step;
+            let up = f(&v);
+            v[i] = orig - step;
+            let down = f(&v);
+            v[i] = orig;
+            (up - down) / (2.0 * step)
+        })
+        .collect()
+}
