@@ -5,8 +5,8 @@
 //! in f64 exactly as the CPU reference computes them, rounded to f32 once →
 //! arguments → one launch. 16-byte accesses when all four operands are 16-byte aligned.
 
-use super::loss::{fits, stride_geometry};
 use super::{addresses, int, Arg, Executor, Kernel, Kernels, Operand};
+use super::{fits, stride_geometry};
 use crate::backend::{AdamParams, At};
 use crate::error::Result;
 

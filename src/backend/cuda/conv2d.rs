@@ -23,7 +23,7 @@
 //!    the kernel writes `dw` and `db` directly and no workspace is allocated;
 //! 3. `conv2d_bwd_data_f32`: `dx` written or added into, unless [`GradIn::Skip`].
 
-use super::{addresses, blocks, int, Arg, Executor, Geometry, Kernel, Kernels, Operand};
+use super::{addresses, blocks, flag, int, vec4_ok, Arg, Executor, Geometry, Kernel, Kernels, Operand};
 use crate::backend::cpu::view_len;
 use crate::backend::{At, Conv2dParams, GradIn};
 use crate::error::{Error, Result};
@@ -53,21 +53,6 @@ const WGRAD_TARGET_BLOCKS: usize = 512;
 const WGRAD_MIN_SPLIT_PIXELS: usize = 128;
 /// Most blocks in grid y and z.
 const GRID_YZ_MAX: usize = 65535;
-
-/// `bit` when `cond`.
-fn flag(bit: i32, cond: bool) -> i32 {
-    if cond {
-        bit
-    } else {
-        0
-    }
-}
-
-/// Whether an operand at `addr` with `channels` channels `pitch` apart may be moved
-/// four elements at a time.
-fn vec4(addr: u64, channels: usize, pitch: usize) -> bool {
-    addr.is_multiple_of(16) && channels.is_multiple_of(4) && pitch.is_multiple_of(4)
-}
 
 /// Extents of the operands of `p`, after checking the parameters.
 struct Sizes {
@@ -142,9 +127,9 @@ pub fn forward<E: Executor>(
         return Ok(());
     }
 
-    let vec = flag(VEC_A, vec4(xa, p.c, p.x_pitch))
-        | flag(VEC_B, vec4(wa, p.k, p.k))
-        | flag(VEC_OUT, vec4(ya, p.k, p.y_pitch));
+    let vec = flag(VEC_A, vec4_ok(p.c, p.x_pitch, xa))
+        | flag(VEC_B, vec4_ok(p.k, p.k, wa))
+        | flag(VEC_OUT, vec4_ok(p.k, p.y_pitch, ya));
     let geom = geometry([blocks(s.pixels, TILE), blocks(p.k, TILE), 1]);
     let mut args = vec![Arg::Ptr(ya), Arg::Ptr(xa), Arg::Ptr(wa), Arg::Ptr(ba)];
     args.extend(dims(OP, p)?);
@@ -255,9 +240,9 @@ fn weight_grad<E: Executor>(
         None => (dwa, dba),
     };
 
-    let vec = flag(VEC_A, vec4(xa, p.c, p.x_pitch))
-        | flag(VEC_B, vec4(dya, p.k, p.y_pitch))
-        | flag(VEC_OUT, vec4(part, p.k, p.k));
+    let vec = flag(VEC_A, vec4_ok(p.c, p.x_pitch, xa))
+        | flag(VEC_B, vec4_ok(p.k, p.y_pitch, dya))
+        | flag(VEC_OUT, vec4_ok(p.k, p.k, part));
     let geom = geometry([tiles[0], tiles[1], splits as u32]);
     let mut args = vec![Arg::Ptr(part), Arg::Ptr(db_part), Arg::Ptr(xa), Arg::Ptr(dya)];
     args.extend(dims(OP, p)?);
@@ -287,9 +272,9 @@ fn data_grad<E: Executor>(
     if pixels == 0 || p.c == 0 {
         return Ok(());
     }
-    let vec = flag(VEC_A, vec4(dya, p.k, p.y_pitch))
-        | flag(VEC_B, vec4(wa, p.k, p.k))
-        | flag(VEC_OUT, vec4(dxa, p.c, p.x_pitch));
+    let vec = flag(VEC_A, vec4_ok(p.k, p.y_pitch, dya))
+        | flag(VEC_B, vec4_ok(p.k, p.k, wa))
+        | flag(VEC_OUT, vec4_ok(p.c, p.x_pitch, dxa));
     let geom = geometry([blocks(pixels, TILE), blocks(p.c, TILE), 1]);
     let mut args = vec![Arg::Ptr(dxa), Arg::Ptr(dya), Arg::Ptr(wa)];
     args.extend(dims(OP, p)?);

@@ -9,8 +9,10 @@
 //! emulator run the same one) and launches each kernel once. The number of split-K
 //! chunks depends only on the shape, so results are the same bits on every run.
 
-use super::pool::{act_len, fits, stride_geometry, vec4_ok};
-use super::{addresses, blocks, int, Arg, Executor, Geometry, Kernel, Kernels, Operand};
+use super::{
+    act_len, addresses, blocks, fits, flag, int, stride_geometry, vec4_ok, Arg, Executor, Geometry, Kernel, Kernels,
+    Operand,
+};
 use crate::backend::{At, Backend, DeconvParams, GradIn};
 use crate::error::{Error, Result};
 
@@ -39,14 +41,6 @@ fn kernel(name: &'static str) -> Kernel {
     Kernel { module: "deconv", name }
 }
 
-fn flag(on: bool, bit: i32) -> i32 {
-    if on {
-        bit
-    } else {
-        0
-    }
-}
-
 /// A GEMM grid, checked against the driver's limits on y and z.
 fn gemm_geometry(op: &str, x: usize, y: usize, z: usize) -> Result<Geometry> {
     if y > 65535 || z > 65535 {
@@ -67,7 +61,7 @@ pub fn forward<E: Executor>(
     let op = "deconv_forward";
     let pixels = p.n * p.h * p.w;
     let (yl, xl) = (act_len(op, p.n * p.out_h() * p.out_w(), p.k, p.y_pitch)?, act_len(op, pixels, p.c, p.x_pitch)?);
-    let wl = fits(op, p.weight_len())?;
+    let wl = fits(op, "operands", Some(p.weight_len()))?;
     let ops = [
         Operand { name: "y", at: y, len: yl, write: true },
         Operand { name: "x", at: x, len: xl, write: false },
@@ -78,9 +72,9 @@ pub fn forward<E: Executor>(
     if pixels == 0 || p.k == 0 {
         return Ok(());
     }
-    let flags = flag(vec4_ok(p.c, p.x_pitch, xa), VEC_A)
-        | flag(vec4_ok(p.k, p.k, wa), VEC_B)
-        | flag(vec4_ok(p.k, p.y_pitch, ya), VEC_OUT);
+    let flags = flag(VEC_A, vec4_ok(p.c, p.x_pitch, xa))
+        | flag(VEC_B, vec4_ok(p.k, p.k, wa))
+        | flag(VEC_OUT, vec4_ok(p.k, p.y_pitch, ya));
     let geom = gemm_geometry(op, blocks(pixels, TILE) as usize, blocks(p.k, TILE) as usize, 4)?;
     let args = [
         Arg::Ptr(ya),
@@ -120,7 +114,7 @@ pub fn backward<E: Executor>(
     let out_pixels = p.n * p.out_h() * p.out_w();
     let xl = act_len(op, p.n * p.h * p.w, p.c, p.x_pitch)?;
     let yl = act_len(op, out_pixels, p.k, p.y_pitch)?;
-    let wl = fits(op, p.weight_len())?;
+    let wl = fits(op, "operands", Some(p.weight_len()))?;
     let (dx, add) = match dx {
         GradIn::Skip => (None, false),
         GradIn::Write(at) => (Some(at), false),
@@ -181,7 +175,7 @@ fn partials<E: Executor>(
     if chunks == 1 {
         return Ok((None, dst));
     }
-    let ws = k.exec.alloc(fits(op, chunks * len)?)?;
+    let ws = k.exec.alloc(fits(op, "operands", Some(chunks * len))?)?;
     let addr = k.exec.addr(&ws);
     Ok((Some(ws), addr))
 }
@@ -208,9 +202,9 @@ fn weight_grad<E: Executor>(k: &Kernels<E>, s: &Operands, p: &DeconvParams) -> R
     let chunks = pixels.div_ceil(chunk_len);
 
     let (_ws, part) = partials(k, op, s.dw, chunks, len)?;
-    let flags = flag(vec4_ok(p.c, p.x_pitch, s.x), VEC_A)
-        | flag(vec4_ok(p.k, p.y_pitch, s.dy), VEC_B)
-        | flag(vec4_ok(p.k, p.k, part), VEC_OUT);
+    let flags = flag(VEC_A, vec4_ok(p.c, p.x_pitch, s.x))
+        | flag(VEC_B, vec4_ok(p.k, p.y_pitch, s.dy))
+        | flag(VEC_OUT, vec4_ok(p.k, p.k, part));
     let geom = gemm_geometry(op, blocks(4 * p.c, TILE) as usize, blocks(p.k, TILE) as usize, 4 * chunks)?;
     let args = [
         Arg::Ptr(part),
@@ -262,9 +256,9 @@ fn bias_grad<E: Executor>(k: &Kernels<E>, s: &Operands, p: &DeconvParams) -> Res
 fn input_grad<E: Executor>(k: &Kernels<E>, dxa: u64, add: bool, s: &Operands, p: &DeconvParams) -> Result<()> {
     let op = "deconv_backward (input gradient)";
     let pixels = p.n * p.h * p.w;
-    let flags = flag(vec4_ok(p.k, p.y_pitch, s.dy), VEC_A)
-        | flag(vec4_ok(p.k, p.k, s.w), VEC_B)
-        | flag(vec4_ok(p.c, p.x_pitch, dxa), VEC_OUT);
+    let flags = flag(VEC_A, vec4_ok(p.k, p.y_pitch, s.dy))
+        | flag(VEC_B, vec4_ok(p.k, p.k, s.w))
+        | flag(VEC_OUT, vec4_ok(p.c, p.x_pitch, dxa));
     let geom = gemm_geometry(op, blocks(pixels, TILE) as usize, blocks(p.c, TILE) as usize, 1)?;
     let args = [
         Arg::Ptr(dxa),

@@ -7,8 +7,8 @@
 //! geometry → arguments → one launch. The results are exact (copies, or the
 //! reference's f32 formula).
 
-use super::loss::{fits, stride_geometry};
 use super::{addresses, int, Arg, Executor, Geometry, Kernel, Kernels, Operand};
+use super::{fits, stride_geometry};
 use crate::backend::cpu::layout::{ImageParams, LayoutParams};
 use crate::backend::At;
 use crate::error::{Error, Result};

@@ -18,7 +18,7 @@
 //! ```
 //! with B = N·chunks pass-1 blocks.
 
-use super::{addresses, blocks, int, Arg, Executor, Geometry, Kernel, Kernels, Operand};
+use super::{addresses, blocks, fits, int, stride_geometry, Arg, Executor, Geometry, Kernel, Kernels, Operand};
 use crate::backend::{At, LossParams, LossParts};
 use crate::error::{Error, Result};
 
@@ -32,29 +32,10 @@ const GRAD: Kernel = Kernel { module: MODULE, name: "loss_grad_f32" };
 const THREADS: usize = 256;
 /// Elements per thread in pass 1 (ITEMS in the header of loss.cu).
 const ITEMS: usize = 16;
-/// Blocks of the grid-stride pass 2 at most: keeps `e + gridDim.x·blockDim.x` in int.
-const MAX_STRIDE_BLOCKS: usize = 1 << 16;
-/// The largest extent the kernels index with `int`, leaving room for a grid stride
-/// or a pass-1 chunk.
-pub(super) const MAX_EXTENT: usize = i32::MAX as usize - MAX_STRIDE_BLOCKS * THREADS;
 /// Workspace word of `coef` (after the three f64 losses).
 const COEF_OFF: usize = 8;
 /// Workspace words before the partials (out + coef, padded to keep `part` aligned).
 const HEADER_WORDS: usize = 16;
-
-/// `len`, or an error if the kernels cannot index that many elements with `int`.
-pub(super) fn fits(op: &str, what: &str, len: Option<usize>) -> Result<usize> {
-    match len {
-        Some(l) if l <= MAX_EXTENT => Ok(l),
-        _ => Err(Error::shape(op, format!("{what} of at most {MAX_EXTENT} elements"), "more")),
-    }
-}
-
-/// A 1-D grid-stride geometry over `total` items, 256 threads a block.
-pub(super) fn stride_geometry(total: usize) -> Geometry {
-    let grid = blocks(total, THREADS).min(MAX_STRIDE_BLOCKS as u32);
-    Geometry { grid: [grid, 1, 1], block: [THREADS as u32, 1, 1], smem_bytes: 0 }
-}
 
 /// The f64 stored little-endian in two f32 words.
 fn f64_from_words(lo: f32, hi: f32) -> f64 {

@@ -135,6 +135,57 @@ pub(crate) fn blocks(total: usize, per_block: usize) -> u32 {
     total.div_ceil(per_block).max(1) as u32
 }
 
+/// Threads per block of the grid-stride (elementwise) kernels.
+const STRIDE_THREADS: usize = 256;
+/// Blocks of a grid-stride launch at most: keeps `e + gridDim.x·blockDim.x` in the
+/// kernels below 2^31 for every extent [`fits`] accepts.
+const MAX_STRIDE_BLOCKS: usize = 1 << 16;
+/// The largest extent the kernels index with `int`, leaving room for a grid stride.
+pub(crate) const MAX_EXTENT: usize = i32::MAX as usize - MAX_STRIDE_BLOCKS * STRIDE_THREADS;
+
+/// `len` (None: it overflowed), or an error naming `what` if the kernels cannot
+/// index that many elements with `int`.
+pub(crate) fn fits(op: &str, what: &str, len: Option<usize>) -> Result<usize> {
+    match len {
+        Some(l) if l <= MAX_EXTENT => Ok(l),
+        _ => Err(Error::shape(
+            op,
+            format!("{what} of at most {MAX_EXTENT} elements"),
+            len.map_or("more".into(), |l| l.to_string()),
+        )),
+    }
+}
+
+/// Elements spanned by an activation view of `pixels` pixels of `c` channels `pitch`
+/// apart: an error if the pitch is below the channel count or the extent exceeds
+/// what the kernels can index.
+pub(crate) fn act_len(op: &str, pixels: usize, c: usize, pitch: usize) -> Result<usize> {
+    if pitch < c {
+        return Err(Error::shape(op, format!("pixel pitch >= {c} channels"), format!("pitch {pitch}")));
+    }
+    fits(op, "operands", Some(super::cpu::view_len(pixels, c, pitch)))
+}
+
+/// A 1-D grid-stride geometry over `total` items, 256 threads a block.
+pub(crate) fn stride_geometry(total: usize) -> Geometry {
+    let grid = blocks(total, STRIDE_THREADS).min(MAX_STRIDE_BLOCKS as u32);
+    Geometry { grid: [grid, 1, 1], block: [STRIDE_THREADS as u32, 1, 1], smem_bytes: 0 }
+}
+
+/// Whether a view with `c` channels `pitch` apart at `addr` allows 16-byte accesses.
+pub(crate) fn vec4_ok(c: usize, pitch: usize, addr: u64) -> bool {
+    c.is_multiple_of(4) && pitch.is_multiple_of(4) && addr.is_multiple_of(16)
+}
+
+/// `bit` when `on`, else 0: builds the GEMM kernels' 16-byte-access flags.
+pub(crate) fn flag(bit: i32, on: bool) -> i32 {
+    if on {
+        bit
+    } else {
+        0
+    }
+}
+
 impl<E: Executor> Backend for Kernels<E> {
     type Buf = E::Mem;
 

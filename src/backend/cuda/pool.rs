@@ -7,50 +7,16 @@
 //! by the GPU and by the emulator, and launches once. 16-byte accesses are enabled
 //! only when every address, pitch and the channel count are multiples of 4 floats.
 
-use super::{addresses, blocks, int, Arg, Executor, Geometry, Kernel, Kernels, Operand};
-use crate::backend::cpu::view_len;
+use super::{
+    act_len, addresses, fits, int, stride_geometry, vec4_ok, Arg, Executor, Geometry, Kernel, Kernels, Operand,
+};
 use crate::backend::{At, GlobalPoolParams, MaxPoolParams};
 use crate::error::{Error, Result};
 
 /// Threads per block of every pooling kernel (`THREADS` in pool.cu).
 const THREADS: u32 = 256;
-/// Blocks of a grid-stride launch at most: keeps `e + gridDim.x·blockDim.x` in the
-/// kernels below 2^31 for every extent [`act_len`] accepts.
-const MAX_STRIDE_BLOCKS: usize = 1 << 16;
-/// The largest extent the kernels index with `int`, leaving room for a grid stride.
-const MAX_EXTENT: usize = i32::MAX as usize - (MAX_STRIDE_BLOCKS * THREADS as usize);
-
 fn kernel(name: &'static str) -> Kernel {
     Kernel { module: "pool", name }
-}
-
-/// Elements spanned by an activation view of `pixels` pixels of `c` channels `pitch`
-/// apart: an error if the pitch is below the channel count or the extent exceeds
-/// what the kernels can index.
-pub(super) fn act_len(op: &str, pixels: usize, c: usize, pitch: usize) -> Result<usize> {
-    if pitch < c {
-        return Err(Error::shape(op, format!("pixel pitch >= {c} channels"), format!("pitch {pitch}")));
-    }
-    fits(op, view_len(pixels, c, pitch))
-}
-
-/// `len`, or an error if the kernels cannot index that many elements with `int`.
-pub(super) fn fits(op: &str, len: usize) -> Result<usize> {
-    if len > MAX_EXTENT {
-        return Err(Error::shape(op, format!("operands of at most {MAX_EXTENT} elements"), len));
-    }
-    Ok(len)
-}
-
-/// Whether a view with `c` channels `pitch` apart at `addr` allows 16-byte accesses.
-pub(super) fn vec4_ok(c: usize, pitch: usize, addr: u64) -> bool {
-    c.is_multiple_of(4) && pitch.is_multiple_of(4) && addr.is_multiple_of(16)
-}
-
-/// A 1-D grid-stride geometry over `total` items.
-pub(super) fn stride_geometry(total: usize) -> Geometry {
-    let grid = blocks(total, THREADS as usize).min(MAX_STRIDE_BLOCKS as u32);
-    Geometry { grid: [grid, 1, 1], block: [THREADS, 1, 1], smem_bytes: 0 }
 }
 
 fn even_hw(op: &str, h: usize, w: usize) -> Result<()> {
@@ -171,7 +137,7 @@ fn split(op: &str, p: &GlobalPoolParams) -> Result<Split> {
 /// A zeroed workspace of `len` floats and its address (kept alive by the caller until
 /// the launches that use it are queued).
 fn workspace<E: Executor>(k: &Kernels<E>, op: &str, len: usize) -> Result<(E::Mem, Arg)> {
-    let ws = k.exec.alloc(fits(op, len)?)?;
+    let ws = k.exec.alloc(fits(op, "operands", Some(len))?)?;
     let addr = Arg::Ptr(k.exec.addr(&ws));
     Ok((ws, addr))
 }
@@ -179,7 +145,7 @@ fn workspace<E: Executor>(k: &Kernels<E>, op: &str, len: usize) -> Result<(E::Me
 /// The operands of a global pooling op over `x`-shaped input and `[N, C]` output,
 /// checked: (x extent, `[N, C]` extent).
 fn global_lens(op: &str, p: &GlobalPoolParams) -> Result<(usize, usize)> {
-    Ok((act_len(op, p.n * p.h * p.w, p.c, p.x_pitch)?, fits(op, p.n * p.c)?))
+    Ok((act_len(op, p.n * p.h * p.w, p.c, p.x_pitch)?, fits(op, "operands", Some(p.n * p.c))?))
 }
 
 /// The pixel count H·W as the divisor of the mean (as the CPU reference rounds it).
