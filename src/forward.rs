@@ -12,7 +12,7 @@ use std::path::Path;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::model::{UNet16, UNetConfig, View};
+use crate::model::{UNet16, View};
 use crate::tensor::{dims4, Tensor};
 use crate::weights;
 
@@ -29,18 +29,11 @@ pub struct ForwardSummary {
     pub seconds: f64,
 }
 
-/// Loads the model from `weights_path` (any accepted naming and dtype).
+/// Loads the model from `weights_path` (any accepted naming and dtype; a training
+/// checkpoint's optimizer state is ignored).
 pub fn load_model<B: Backend>(be: &B, weights_path: &Path) -> Result<UNet16<B>> {
-    let tensors = weights::read_tensors(weights_path)?;
-    let shapes = weights::shapes(&tensors);
-    let cfg = UNetConfig::from_shapes(&shapes).map_err(|(tensor, reason)| Error::Weights {
-        path: weights_path.to_path_buf(),
-        tensor: Some(tensor),
-        reason,
-    })?;
-    let table = crate::model::ParamTable::new(&cfg);
-    let flat = weights::pack(&table, &tensors, weights_path, weights::PackMode::Full)?;
-    UNet16::new(be, cfg, &flat)
+    let ck = crate::train::checkpoint::load(weights_path)?;
+    UNet16::new(be, ck.cfg, &ck.params)
 }
 
 /// Runs the `forward` command on backend `be`.

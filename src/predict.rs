@@ -30,14 +30,11 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::forward::download_nchw;
 use crate::metrics::{ATTRIBUTES, K};
-use crate::model::{UNet16, UNetConfig, Workspace};
-use crate::weights;
+use crate::model::{UNet16, Workspace};
+use crate::train::checkpoint;
 
 /// Input size when neither the options nor the checkpoint give one (the paper's).
 pub const DEFAULT_SIZE: usize = 512;
-
-/// Prefixes of checkpoint tensors that are training state, not parameters.
-pub const NON_PARAMETER_PREFIXES: [&str; 2] = ["adam.", "train."];
 
 /// What to predict, from where, to where.
 #[derive(Clone, Debug, PartialEq)]
@@ -160,24 +157,11 @@ pub fn run<B: Backend>(be: &B, opts: &PredictOptions) -> Result<PredictSummary> 
     })
 }
 
-/// Loads a weight file or training checkpoint: training-state tensors (names
-/// starting with one of [`NON_PARAMETER_PREFIXES`]) are dropped, the rest must be
-/// exactly the model's parameters. Returns the model and the file's metadata.
+/// Loads a weight file or training checkpoint (see [`checkpoint::load`]): the model
+/// and the file's metadata.
 pub fn load_checkpoint<B: Backend>(be: &B, path: &Path) -> Result<(UNet16<B>, HashMap<String, String>)> {
-    if !path.is_file() {
-        return Err(Error::Weights { path: path.to_path_buf(), tensor: None, reason: "no such file".into() });
-    }
-    let mut tensors = weights::read_tensors(path)?;
-    tensors.retain(|name, _| !NON_PARAMETER_PREFIXES.iter().any(|p| name.starts_with(p)));
-    let cfg = UNetConfig::from_shapes(&weights::shapes(&tensors)).map_err(|(tensor, reason)| Error::Weights {
-        path: path.to_path_buf(),
-        tensor: Some(tensor),
-        reason,
-    })?;
-    let table = crate::model::ParamTable::new(&cfg);
-    let flat = weights::pack(&table, &tensors, path, weights::PackMode::Full)?;
-    let meta = weights::read_metadata(path)?;
-    Ok((UNet16::new(be, cfg, &flat)?, meta))
+    let ck = checkpoint::load(path)?;
+    Ok((UNet16::new(be, ck.cfg, &ck.params)?, ck.metadata))
 }
 
 /// The input side: the option, else the checkpoint's `size`, else the default;

@@ -12,6 +12,10 @@ use crate::model::{ParamTable, UNetConfig};
 use crate::tensor::Tensor;
 use crate::weights;
 
+/// Prefixes of tensors in a checkpoint that are training state, not parameters; a
+/// weight file may carry them and every loader ignores them.
+pub const NON_PARAMETER_PREFIXES: [&str; 2] = ["adam.", "train."];
+
 /// Names of the optimizer tensors (flat, internal layout, `table.len` values).
 pub const ADAM_M: &str = "adam.exp_avg";
 /// See [`ADAM_M`].
@@ -52,6 +56,8 @@ pub struct Checkpoint {
     pub adam_v: Option<Vec<f32>>,
     /// The training state, when the file is a training checkpoint.
     pub state: Option<TrainState>,
+    /// The file's string metadata (e.g. `size`, the training input size).
+    pub metadata: HashMap<String, String>,
 }
 
 /// Writes a checkpoint to `path` (atomically).
@@ -79,11 +85,18 @@ pub fn save(path: &Path, table: &ParamTable, params: &[f32], m: &[f32], v: &[f32
     weights::save_params_with_metadata(path, table, params, &extra, meta)
 }
 
-/// Reads a checkpoint or a plain weight file (then without optimizer and state).
+/// Reads a checkpoint or a plain weight file (then without optimizer and state):
+/// the one loader behind `train --resume`, `predict` and `forward`. Tensors named
+/// with a [`NON_PARAMETER_PREFIXES`] prefix are training state; the rest must be
+/// exactly the model's parameters (any naming and dtype `weights` accepts).
 pub fn load(path: &Path) -> Result<Checkpoint> {
+    if !path.is_file() {
+        return Err(Error::Weights { path: path.to_path_buf(), tensor: None, reason: "no such file".into() });
+    }
     let mut tensors = weights::read_tensors(path)?;
     let adam_m = tensors.remove(ADAM_M).map(|t| t.data);
     let adam_v = tensors.remove(ADAM_V).map(|t| t.data);
+    tensors.retain(|name, _| !NON_PARAMETER_PREFIXES.iter().any(|p| name.starts_with(p)));
     let cfg = UNetConfig::from_shapes(&weights::shapes(&tensors)).map_err(|(tensor, reason)| Error::Weights {
         path: path.to_path_buf(),
         tensor: Some(tensor),
@@ -100,9 +113,9 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
             });
         }
     }
-    let meta = weights::read_metadata(path)?;
-    let state = if meta.contains_key("step") { Some(parse_state(path, &meta)?) } else { None };
-    Ok(Checkpoint { cfg, params, adam_m, adam_v, state })
+    let metadata = weights::read_metadata(path)?;
+    let state = if metadata.contains_key("step") { Some(parse_state(path, &metadata)?) } else { None };
+    Ok(Checkpoint { cfg, params, adam_m, adam_v, state, metadata })
 }
 
 fn parse_state(path: &Path, meta: &HashMap<String, String>) -> Result<TrainState> {
