@@ -244,17 +244,23 @@ pub fn run<B: Backend>(be: &B, o: &TrainOptions) -> Result<TrainSummary> {
         if !o.quiet {
             eprintln!("{}", log::epoch_line(&run.state, o.epochs, train_loss, &val));
         }
-        save(be, &run, &o.out.join(LAST))?;
-        if val.loss.loss < run.state.best_val_loss {
+        // The bests are updated first, so one download and one write of `last` serve
+        // all three files: an improved best is a copy of it.
+        let better_loss = val.loss.loss < run.state.best_val_loss;
+        let better_jaccard = val.micro_jaccard() > run.state.best_jaccard || !o.out.join(BEST_JACCARD).exists();
+        if better_loss {
             run.state.best_val_loss = val.loss.loss;
-            save(be, &run, &o.out.join(BEST_LOSS))?;
         }
-        if val.micro_jaccard() > run.state.best_jaccard || !o.out.join(BEST_JACCARD).exists() {
+        if better_jaccard {
             run.state.best_jaccard = run.state.best_jaccard.max(val.micro_jaccard());
-            save(be, &run, &o.out.join(BEST_JACCARD))?;
         }
-        // Saved again so `last` carries the updated bests.
-        save(be, &run, &o.out.join(LAST))?;
+        let last = o.out.join(LAST);
+        save(be, &run, &last)?;
+        for (better, name) in [(better_loss, BEST_LOSS), (better_jaccard, BEST_JACCARD)] {
+            if better {
+                copy_atomic(&last, &o.out.join(name))?;
+            }
+        }
         log.plot(&o.out.join("curves.png"))?;
         last_val = Some(val);
     }
@@ -349,6 +355,14 @@ fn save<B: Backend>(be: &B, run: &Run<B>, path: &Path) -> Result<()> {
     be.download(&run.adam_m, 0, &mut m)?;
     be.download(&run.adam_v, 0, &mut v)?;
     checkpoint::save(path, &run.model.table, &p, &m, &v, &run.state)
+}
+
+/// Copies `src` to `dst` through a temporary name in the same folder, so `dst` is
+/// never half-written.
+fn copy_atomic(src: &Path, dst: &Path) -> Result<()> {
+    let tmp = dst.with_extension("safetensors.tmp");
+    std::fs::copy(src, &tmp).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, dst).map_err(|e| Error::io(dst, e))
 }
 
 /// The training order of `epoch`: a permutation seeded by (seed, epoch).
