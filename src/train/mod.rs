@@ -236,7 +236,7 @@ pub fn run<B: Backend>(be: &B, o: &TrainOptions) -> Result<TrainSummary> {
         bar.finish_and_clear();
         run.state.epoch += 1;
         run.state.batch_in_epoch = 0;
-        let val = validate::run(be, &run.model, &ds, &val_idx, o.batch_size, o.size)?;
+        let val = validate::run(be, &run.model, &ds, &val_idx, &ws)?;
         let lr_before = run.state.lr;
         run.state.lr = run.state.plateau.step(val.loss.loss, run.state.lr);
         let train_loss = if loss_n > 0 { loss_sum / loss_n as f64 } else { f64::NAN };

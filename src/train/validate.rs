@@ -7,7 +7,7 @@ use crate::data::batch::make_batch;
 use crate::data::isic::Dataset;
 use crate::error::Result;
 use crate::metrics::training::{EpochScores, ScoreAccumulator};
-use crate::model::{UNet16, View};
+use crate::model::{UNet16, View, Workspace};
 
 /// One validation pass.
 #[derive(Clone, Debug, PartialEq)]
@@ -28,23 +28,23 @@ impl ValMetrics {
 /// The probability threshold of the paper's masks.
 pub const THRESHOLD: f64 = 0.3;
 
-/// Evaluates `model` on the samples `idx` of `ds` in batches of `batch_size`.
+/// Evaluates `model` on the samples `idx` of `ds`, in batches of the training
+/// workspace `train_ws` (reused, so validation needs no second arena; only a short
+/// last batch gets its own).
 pub fn run<B: Backend>(
     be: &B,
     model: &UNet16<B>,
     ds: &Dataset,
     idx: &[usize],
-    batch_size: usize,
-    size: usize,
+    train_ws: &Workspace<B>,
 ) -> Result<ValMetrics> {
+    let (batch_size, size) = (train_ws.plan.n, train_ws.plan.h);
     let mut acc = ScoreAccumulator::new(THRESHOLD)?;
     let mut loss = LossParts::default();
-    let mut full_ws = None;
-    for chunk in idx.chunks(batch_size.max(1)) {
-        // Full batches share one workspace; a short last batch gets its own.
+    for chunk in idx.chunks(batch_size) {
         let ws_short;
         let ws = if chunk.len() == batch_size {
-            full_ws.get_or_insert(model.workspace(be, batch_size, size, size)?)
+            train_ws
         } else {
             ws_short = model.workspace(be, chunk.len(), size, size)?;
             &ws_short
