@@ -83,3 +83,18 @@ fn diverging_run_stops_with_clear_error_and_keeps_checkpoint() {
     assert!(err.contains("loss became") && err.contains("last.safetensors"), "{err}");
     assert_eq!(std::fs::read(out.join(train::LAST)).unwrap(), good, "last good checkpoint kept");
 }
+
+#[test]
+fn checkpoints_load_as_weights_for_forward_and_predict() {
+    let dir = temp("as-weights");
+    let data = data(&dir);
+    let out = dir.join("run");
+    let mut o = options(&data, &out);
+    o.epochs = 1;
+    train::run(&Cpu, &o).unwrap();
+    let last = out.join(train::LAST);
+    let model = lesionseg::forward::load_model(&Cpu, &last).expect("forward loads a training checkpoint");
+    let (same, meta) = lesionseg::predict::load_checkpoint(&Cpu, &last).unwrap();
+    assert_eq!(model.table.len, same.table.len);
+    assert_eq!(meta.get("size").map(String::as_str), Some("64"), "predict finds the training size");
+}
