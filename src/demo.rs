@@ -3,7 +3,7 @@
 //! model for a fixed time, predicts the held-back images at their own size, scores
 //! them with the challenge's scorer, and writes overlays and the training curves.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::backend::Backend;
@@ -92,11 +92,7 @@ pub fn run<B: Backend>(be: &B, o: &DemoOptions) -> Result<()> {
         ("overlays", overlay_dir.as_path()),
         ("score", &o.out.join("score.json")),
     ] {
-        println!("  {what:<26} {}", display(path));
+        println!("  {what:<26} {}", path.display());
     }
     Ok(())
-}
-
-fn display(p: &Path) -> String {
-    p.display().to_string()
 }
