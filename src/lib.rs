@@ -12,6 +12,7 @@ pub mod forward;
 pub mod info;
 pub mod metrics;
 pub mod model;
+pub mod nvtx;
 pub mod overlay;
 pub mod plot;
 pub mod predict;

@@ -118,6 +118,10 @@ enum Command {
         /// auto, cpu, cuda or emu.
         #[arg(long, default_value = "auto")]
         device: Device,
+        /// Name each training step and each layer's forward and backward in NVTX
+        /// ranges (run under `nsys profile`, which sets NVTX_INJECTION64_PATH).
+        #[arg(long)]
+        nvtx: bool,
     },
     /// Predict the five attribute masks of every JPEG/PNG in a folder, at each
     /// image's original size, as ISIC_<id>_attribute_<attribute>.png (0/255).
@@ -180,6 +184,11 @@ enum Command {
         /// Print JSON instead of the table.
         #[arg(long)]
         json: bool,
+        /// Name each layer's forward and backward (`enc3_2 forward`) and each timed
+        /// step in NVTX ranges, for Nsight Systems / Nsight Compute: run under
+        /// `nsys profile` or `ncu --nvtx` (they set NVTX_INJECTION64_PATH).
+        #[arg(long)]
+        nvtx: bool,
     },
 
     /// What this machine offers the CUDA backend: driver, GPUs, NVRTC, ptxas, the
@@ -209,8 +218,10 @@ fn main() -> ExitCode {
             time_limit,
             seed,
             device,
+            nvtx,
         } => {
             let mut o = lesionseg::train::TrainOptions::new(data, out);
+            o.nvtx = nvtx;
             o.epochs = epochs;
             o.batch_size = batch_size;
             o.size = size;
@@ -233,8 +244,15 @@ fn main() -> ExitCode {
             predict(device, &o)
         }
         Command::Eval { pred, truth, json } => eval(&pred, &truth, json.as_deref()),
-        Command::Profile { device, batch_size, size, width, steps, json } => {
-            let o = lesionseg::profile::ProfileOptions { batch: batch_size, size, width, steps, ..Default::default() };
+        Command::Profile { device, batch_size, size, width, steps, json, nvtx } => {
+            let o = lesionseg::profile::ProfileOptions {
+                batch: batch_size,
+                size,
+                width,
+                steps,
+                nvtx,
+                ..Default::default()
+            };
             profile(device, &o, json)
         }
         Command::Info => {
@@ -286,6 +304,9 @@ fn synth(out: &Path, count: usize, size: usize, seed: u64) -> lesionseg::Result<
 }
 
 fn train(device: Device, o: &lesionseg::train::TrainOptions) -> lesionseg::Result<()> {
+    if o.nvtx {
+        note_nvtx()?;
+    }
     let opened = backend(device)?;
     let s = lesionseg::on_backend!(&opened, be => lesionseg::train::run(be, o))?;
     use lesionseg::train::Stop;
@@ -320,6 +341,18 @@ fn predict(device: Device, o: &lesionseg::predict::PredictOptions) -> lesionseg:
     Ok(())
 }
 
+/// Says on stderr whether `--nvtx` will reach a tool.
+fn note_nvtx() -> lesionseg::Result<()> {
+    if lesionseg::nvtx::Nvtx::attached()?.is_none() {
+        eprintln!(
+            "note: --nvtx: no NVTX tool attached ({} is unset), so no ranges are recorded; run under \
+             `nsys profile` or `ncu --nvtx`",
+            lesionseg::nvtx::INJECTION_ENV
+        );
+    }
+    Ok(())
+}
+
 fn eval(pred: &Path, truth: &Path, json: Option<&Path>) -> lesionseg::Result<()> {
     let report = lesionseg::eval::run(pred, truth, json)?;
     println!("{}", lesionseg::eval::format_table(&report));
@@ -327,6 +360,9 @@ fn eval(pred: &Path, truth: &Path, json: Option<&Path>) -> lesionseg::Result<()>
 }
 
 fn profile(device: Device, o: &lesionseg::profile::ProfileOptions, json: bool) -> lesionseg::Result<()> {
+    if o.nvtx {
+        note_nvtx()?;
+    }
     let opened = backend(device)?;
     let r = lesionseg::on_backend!(&opened, be => lesionseg::profile::run(be, o))?;
     if json {

@@ -8,9 +8,9 @@
 //! 2. `warmup` untimed training steps (first-touch page faults, caches, GPU JIT);
 //! 3. `steps` timed training steps (forward, loss, backward, Adam) and `steps`
 //!    timed inference passes, with no hook attached: the headline numbers;
-//! 4. with `layers`, `steps` more training steps with a [`LayerHook`] that fences
-//!    the backend before and after every layer, so each layer's wall time is its
-//!    own even on an asynchronous GPU; per-layer figures are medians over them.
+//! 4. with `layers`, `steps` more training steps with a [`LayerHook`] that puts a
+//!    backend mark ([`Backend::mark`]: a CUDA event on a GPU, the wall clock on the
+//!    CPU) before and after every layer; per-layer figures are medians over them.
 //!
 //! The same table and JSON are printed by `bench/pytorch_reference.py` for PyTorch,
 //! so the two engines can be compared line by line.
@@ -21,10 +21,11 @@ use std::time::Instant;
 use rand::{Rng, SeedableRng};
 
 use crate::backend::{AdamParams, At, Backend, LossParts};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::init::default_init;
 use crate::model::unet::{Layer, LayerHook, NoHook, Pass};
 use crate::model::{UNet16, UNetConfig, Workspace};
+use crate::nvtx::{self, Nvtx, Ranges};
 
 mod report;
 pub use report::{format_table, gflops, median, to_json, LayerRow, Memory, ProfileReport};
@@ -46,9 +47,12 @@ pub struct ProfileOptions {
     pub layers: bool,
     /// Seed of the weights and the data.
     pub seed: u64,
-    /// Peak GFLOP/s for the percentage column; `None` measures it on the CPU (when
-    /// there is a layer table to use it).
+    /// Peak GFLOP/s for the percentage column; `None` measures it on the CPU and
+    /// looks a GPU up in [`gpu_fp32_peak`] (when there is a layer table to use it).
     pub peak_gflops: Option<f64>,
+    /// Put every layer pass and every timed step in an NVTX range (when a tool such
+    /// as Nsight Systems is attached; see [`crate::nvtx`]).
+    pub nvtx: bool,
 }
 
 impl Default for ProfileOptions {
@@ -62,6 +66,7 @@ impl Default for ProfileOptions {
             layers: true,
             seed: 2018,
             peak_gflops: None,
+            nvtx: false,
         }
     }
 }
@@ -163,30 +168,52 @@ fn process_peak_rss() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Times each layer: fences the backend, notes the time, and accumulates per
-/// (layer, pass) for the current step.
+/// Times each layer with the backend's marks (CUDA events on a GPU, the wall clock
+/// on the CPU): a mark where a layer's work begins and one where it ends, read
+/// back when the step is over, so timing adds no wait between layers.
 struct Recorder<'a, B: Backend> {
     be: &'a B,
-    fence: &'a B::Buf,
-    started: Instant,
-    /// (layer, pass) → (seconds, MACs) in the current step.
-    step: HashMap<(Layer, Pass), (f64, usize)>,
-    /// Every finished step.
-    steps: Vec<HashMap<(Layer, Pass), (f64, usize)>>,
+    /// The open layer: its key and start mark.
+    open: Option<((Layer, Pass), B::Mark)>,
+    /// (layer, pass, start, end) of the current step, in order.
+    marks: Vec<((Layer, Pass), B::Mark, B::Mark)>,
+    /// (layer, pass) → MACs, counted in the first step.
+    macs: HashMap<(Layer, Pass), usize>,
+    /// Every finished step: (layer, pass) → milliseconds.
+    steps: Vec<HashMap<(Layer, Pass), f64>>,
+    /// The first failed mark (a hook cannot return it): reported by `finish_step`.
+    error: Option<Error>,
 }
 
-impl<B: Backend> Recorder<'_, B> {
-    fn sync(&self) {
-        // A failed fence shows up again in the op that follows; timing goes on.
-        let _ = self.be.download(self.fence, 0, &mut [0.0]);
+impl<'a, B: Backend> Recorder<'a, B> {
+    fn new(be: &'a B) -> Self {
+        Recorder { be, open: None, marks: Vec::new(), macs: HashMap::new(), steps: Vec::new(), error: None }
+    }
+
+    fn mark(&mut self) -> Option<B::Mark> {
+        self.be.mark().map_err(|e| self.error.get_or_insert(e)).ok()
+    }
+
+    /// Reads the current step's marks (waiting for its work) and files its times.
+    fn finish_step(&mut self) -> Result<()> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        let mut step = HashMap::new();
+        for (key, start, end) in self.marks.drain(..) {
+            // A layer bracketed twice in one pass (head_mid: conv + pool) adds up.
+            *step.entry(key).or_insert(0.0) += self.be.elapsed_ms(&start, &end)?;
+        }
+        self.steps.push(step);
+        Ok(())
     }
 
     /// Medians over the finished steps, in table order.
     fn rows(&self) -> Vec<LayerRow> {
         let stat = |l: Layer, pass: Pass| -> (f64, u64) {
-            let secs: Vec<f64> = self.steps.iter().filter_map(|s| s.get(&(l, pass)).map(|v| v.0)).collect();
-            let macs = self.steps.first().and_then(|s| s.get(&(l, pass))).map_or(0, |v| v.1 as u64);
-            (if secs.is_empty() { 0.0 } else { median(&secs) * 1e3 }, macs)
+            let ms: Vec<f64> = self.steps.iter().filter_map(|s| s.get(&(l, pass)).copied()).collect();
+            let macs = self.macs.get(&(l, pass)).map_or(0, |&m| m as u64);
+            (if ms.is_empty() { 0.0 } else { median(&ms) }, macs)
         };
         Layer::all()
             .into_iter()
@@ -201,16 +228,18 @@ impl<B: Backend> Recorder<'_, B> {
 
 impl<B: Backend> LayerHook for Recorder<'_, B> {
     fn begin(&mut self, layer: Layer, pass: Pass, macs: usize) {
-        self.sync();
-        // A layer bracketed twice in one pass (head_mid: conv + pool) adds up.
-        self.step.entry((layer, pass)).or_insert((0.0, 0)).1 += macs;
-        self.started = Instant::now();
+        if self.steps.is_empty() {
+            *self.macs.entry((layer, pass)).or_insert(0) += macs;
+        }
+        self.open = self.mark().map(|m| ((layer, pass), m));
     }
 
     fn end(&mut self, layer: Layer, pass: Pass) {
-        self.sync();
-        let secs = self.started.elapsed().as_secs_f64();
-        self.step.entry((layer, pass)).or_insert((0.0, 0)).0 += secs;
+        let Some((key, start)) = self.open.take() else { return };
+        debug_assert_eq!(key, (layer, pass), "layer brackets do not nest");
+        if let Some(end) = self.mark() {
+            self.marks.push((key, start, end));
+        }
     }
 }
 
@@ -224,32 +253,42 @@ pub fn run<B: Backend>(be: &B, o: &ProfileOptions) -> Result<ProfileReport> {
             let (p, how) = measure_cpu_peak();
             (Some(p), how)
         }
-        None => (None, format!("unknown for {}", be.name())),
+        None => match gpu_fp32_peak(&be.describe()) {
+            Some((p, card)) => (Some(p), format!("fp32 (non-tensor) datasheet peak of the {card}")),
+            None => (None, format!("unknown for {}", be.describe())),
+        },
     };
+    let nvtx = if o.nvtx { Nvtx::attached()? } else { None };
     let mut t = Trainer::new(be, o.batch, o.size, o.width, o.seed)?;
     let mut loss = LossParts::default();
-    for _ in 0..o.warmup {
-        loss = t.train_step(be, &mut NoHook)?;
+    let mut plain = Ranges { nvtx, inner: &mut NoHook };
+    {
+        let _r = nvtx::range(nvtx, c"warm-up");
+        for _ in 0..o.warmup {
+            loss = t.train_step(be, &mut plain)?;
+        }
+        t.fence(be)?;
     }
-    t.fence(be)?;
     let mut step_ms = Vec::with_capacity(o.steps);
     for _ in 0..o.steps {
+        let _r = nvtx::range(nvtx, c"train_step");
         let start = Instant::now();
-        loss = t.train_step(be, &mut NoHook)?;
+        loss = t.train_step(be, &mut plain)?;
         t.fence(be)?;
         step_ms.push(start.elapsed().as_secs_f64() * 1e3);
     }
     let mut forward_ms = Vec::with_capacity(o.steps);
     for _ in 0..o.steps {
+        let _r = nvtx::range(nvtx, c"inference");
         let start = Instant::now();
-        t.infer(be, &mut NoHook)?;
+        t.infer(be, &mut plain)?;
         t.fence(be)?;
         forward_ms.push(start.elapsed().as_secs_f64() * 1e3);
     }
-    let layers = if o.layers { profile_layers(be, &mut t, o.steps)? } else { Vec::new() };
+    let layers = if o.layers { profile_layers(be, &mut t, o.steps, nvtx)? } else { Vec::new() };
     Ok(ProfileReport {
         engine: "lesionseg".into(),
-        device: be.name().into(),
+        device: be.describe(),
         threads: rayon::current_num_threads(),
         batch: o.batch,
         height: o.size,
@@ -268,15 +307,49 @@ pub fn run<B: Backend>(be: &B, o: &ProfileOptions) -> Result<ProfileReport> {
 }
 
 /// `steps` hooked training steps; per-layer medians with each layer's MACs.
-fn profile_layers<B: Backend>(be: &B, t: &mut Trainer<B>, steps: usize) -> Result<Vec<LayerRow>> {
-    let fence = be.alloc(1)?;
-    let mut rec = Recorder { be, fence: &fence, started: Instant::now(), step: HashMap::new(), steps: Vec::new() };
+fn profile_layers<B: Backend>(be: &B, t: &mut Trainer<B>, steps: usize, nvtx: Option<&Nvtx>) -> Result<Vec<LayerRow>> {
+    let mut rec = Recorder::new(be);
     for _ in 0..steps.max(1) {
-        t.train_step(be, &mut rec)?;
-        let done = std::mem::take(&mut rec.step);
-        rec.steps.push(done);
+        let _r = nvtx::range(nvtx, c"train_step (per-layer marks)");
+        t.train_step(be, &mut Ranges { nvtx, inner: &mut rec })?;
+        rec.finish_step()?;
     }
     Ok(rec.rows())
+}
+
+/// Datasheet fp32 peaks (non-tensor FMA throughput at boost clock, dense), TFLOP/s,
+/// by a part of the name the driver reports; the first match wins, so variants come
+/// before their family. Our kernels are fp32 SIMT, so this is the ceiling they aim at.
+const GPU_FP32_TFLOPS: &[(&str, f64)] = &[
+    ("GH200", 66.9),
+    ("H200 NVL", 60.0),
+    ("H200", 66.9),
+    ("H100 PCIe", 51.2),
+    ("H100 NVL", 60.0),
+    ("H100", 66.9),
+    ("H800 PCIe", 51.2),
+    ("H800", 66.9),
+    ("A100", 19.5),
+    ("A800", 19.5),
+    ("A40", 37.4),
+    ("A30", 10.3),
+    ("A10G", 31.2),
+    ("A10", 31.2),
+    ("L40S", 91.6),
+    ("L40", 90.5),
+    ("L4", 30.3),
+    ("RTX 6000 Ada", 91.1),
+    ("RTX 4090", 82.6),
+    ("RTX 3090", 35.6),
+    ("V100", 15.7),
+    ("T4", 8.1),
+];
+
+/// The fp32 peak in GFLOP/s of a GPU described as `desc` (`cuda: NVIDIA H100 80GB
+/// HBM3`), and the table entry it matched; `None` for a GPU not in the table.
+pub fn gpu_fp32_peak(desc: &str) -> Option<(f64, &'static str)> {
+    let name = desc.strip_prefix("cuda: ")?;
+    GPU_FP32_TFLOPS.iter().find(|(part, _)| name.contains(part)).map(|&(part, tf)| (tf * 1e3, part))
 }
 
 /// The practical f32 peak of this CPU: the best of 5 products of two 2048×2048
@@ -329,6 +402,19 @@ pub fn measure_cpu_peak() -> (f64, String) {
 mod tests {
     use super::*;
     use crate::backend::cpu::Cpu;
+
+    #[test]
+    fn gpu_peaks_come_from_the_table_by_name() {
+        assert_eq!(gpu_fp32_peak("cuda: NVIDIA H100 80GB HBM3"), Some((66_900.0, "H100")));
+        assert_eq!(gpu_fp32_peak("cuda: NVIDIA H100 PCIe"), Some((51_200.0, "H100 PCIe")));
+        assert_eq!(gpu_fp32_peak("cuda: NVIDIA H200"), Some((66_900.0, "H200")));
+        assert_eq!(gpu_fp32_peak("cuda: NVIDIA GH200 480GB").map(|p| p.1), Some("GH200"));
+        assert_eq!(gpu_fp32_peak("cuda: NVIDIA L4").map(|p| p.1), Some("L4"));
+        assert_eq!(gpu_fp32_peak("cuda: NVIDIA A100-SXM4-80GB").map(|p| p.1), Some("A100"));
+        assert_eq!(gpu_fp32_peak("cuda: Some Future GPU"), None);
+        assert_eq!(gpu_fp32_peak("cpu"), None);
+        assert_eq!(gpu_fp32_peak("emu"), None);
+    }
 
     #[test]
     fn tiny_profile_names_every_layer_and_counts_the_model_macs() {

@@ -255,6 +255,10 @@ pub trait Backend {
 
     /// Short name for messages (`cpu`, `cuda`, `emu`).
     fn name(&self) -> &'static str;
+    /// The name and the hardware, for reports (`cuda: NVIDIA H100 80GB HBM3`).
+    fn describe(&self) -> String {
+        self.name().to_string()
+    }
 
     /// A zero-filled buffer of `len` elements.
     fn alloc(&self, len: usize) -> Result<Self::Buf>;
@@ -264,6 +268,15 @@ pub trait Backend {
     fn download(&self, src: &Self::Buf, off: usize, dst: &mut [f32]) -> Result<()>;
     /// Sets `len` elements at `off` to zero.
     fn zero(&self, buf: &Self::Buf, off: usize, len: usize) -> Result<()>;
+
+    /// A point in the backend's queue of work, for timing it: a CUDA event on a GPU,
+    /// the wall clock where every op runs before it returns (cpu, emu).
+    type Mark;
+    /// Marks where the work given so far ends.
+    fn mark(&self) -> Result<Self::Mark>;
+    /// Milliseconds between two marks, `start` given before `end`: the time the
+    /// backend spent on the work between them. Waits until `end` is reached.
+    fn elapsed_ms(&self, start: &Self::Mark, end: &Self::Mark) -> Result<f64>;
 
     /// `y = act(conv(x, w) + b)`.
     fn conv2d_forward(&self, y: At<Self>, x: At<Self>, w: At<Self>, b: At<Self>, p: &Conv2dParams) -> Result<()>;

@@ -29,7 +29,9 @@ use crate::data::batch::make_batch;
 use crate::data::cache::{self, LoadOptions};
 use crate::data::isic;
 use crate::error::{Error, Result};
+use crate::model::unet::{Layer, LayerHook, NoHook, Pass};
 use crate::model::{init::default_init, ParamTable, UNet16, UNetConfig, Workspace};
+use crate::nvtx::{self, Nvtx, Ranges};
 use checkpoint::TrainState;
 use schedule::Plateau;
 pub use validate::ValMetrics;
@@ -68,6 +70,8 @@ pub struct TrainOptions {
     pub max_steps: Option<u64>,
     /// No progress bar (tests, logs).
     pub quiet: bool,
+    /// NVTX ranges around each step and each layer pass (see [`crate::nvtx`]).
+    pub nvtx: bool,
 }
 
 impl TrainOptions {
@@ -89,6 +93,7 @@ impl TrainOptions {
             time_limit: None,
             max_steps: None,
             quiet: false,
+            nvtx: false,
         }
     }
 }
@@ -160,6 +165,7 @@ pub fn run<B: Backend>(be: &B, o: &TrainOptions) -> Result<TrainSummary> {
     if o.batch_size == 0 {
         return Err(Error::Config("--batch-size must be at least 1".into()));
     }
+    let nvtx = if o.nvtx { Nvtx::attached()? } else { None };
     std::fs::create_dir_all(&o.out).map_err(|e| Error::io(&o.out, e))?;
     let load_opts = LoadOptions { skip_bad: o.skip_bad, progress: !o.quiet, ..LoadOptions::default() };
     let (ds, report) = cache::load(&o.data, o.size, &load_opts)?;
@@ -205,7 +211,7 @@ pub fn run<B: Backend>(be: &B, o: &TrainOptions) -> Result<TrainSummary> {
             let mut rng = ChaCha8Rng::seed_from_u64(mix(o.seed, epoch as u64, b as u64));
             let aug = AugmentParams::default();
             let batch = make_batch(&ds, &order[b * o.batch_size..(b + 1) * o.batch_size], Some((&aug, &mut rng)))?;
-            let loss = train_step(be, &mut run, &ws, &batch.input, &batch.target)?;
+            let loss = train_step(be, &mut run, &ws, &batch.input, &batch.target, nvtx)?;
             if !loss.loss.is_finite() {
                 bar.abandon();
                 return Err(Error::Config(format!(
@@ -326,11 +332,14 @@ fn train_step<B: Backend>(
     ws: &Workspace<B>,
     input: &[f32],
     target: &[f32],
+    nvtx: Option<&Nvtx>,
 ) -> Result<LossParts> {
+    let _r = nvtx::range(nvtx, c"train_step");
     be.upload(&ws.acts, ws.plan.input.off, input)?;
     be.upload(&ws.target, 0, target)?;
-    run.model.forward(be, ws)?;
-    let loss = run.model.backward(be, ws, false)?;
+    let mut ranges = Ranges { nvtx, inner: &mut NoHook };
+    run.model.forward_profiled(be, ws, &mut ranges)?;
+    let loss = run.model.backward_profiled(be, ws, false, &mut ranges)?;
     if !loss.loss.is_finite() {
         return Ok(loss);
     }
@@ -344,7 +353,9 @@ fn train_step<B: Backend>(
         eps: 1e-8,
         step: run.state.step,
     };
+    ranges.begin(Layer::Adam, Pass::Backward, 0);
     be.adam(At::new(&m.params, 0), At::new(&run.adam_m, 0), At::new(&run.adam_v, 0), At::new(&m.grads, 0), &p)?;
+    ranges.end(Layer::Adam, Pass::Backward);
     Ok(loss)
 }
 

@@ -17,6 +17,7 @@ pub mod pool;
 use std::cell::UnsafeCell;
 use std::fmt::Debug;
 use std::ops::{Add, AddAssign, Div, Mul, Neg, Sub};
+use std::time::Instant;
 
 use super::{
     AdamParams, At, Backend, Conv2dParams, DeconvParams, GlobalPoolParams, GradIn, LossParams, LossParts, MaxPoolParams,
@@ -183,6 +184,15 @@ fn act_len(pixels: usize, c: usize, pitch: usize, op: &str) -> Result<usize> {
 
 impl Backend for Cpu {
     type Buf = CpuBuf;
+    type Mark = Instant;
+
+    fn mark(&self) -> Result<Instant> {
+        Ok(Instant::now())
+    }
+
+    fn elapsed_ms(&self, start: &Instant, end: &Instant) -> Result<f64> {
+        Ok(end.saturating_duration_since(*start).as_secs_f64() * 1e3)
+    }
 
     fn name(&self) -> &'static str {
         "cpu"

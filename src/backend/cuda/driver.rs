@@ -16,8 +16,8 @@ use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::result::{self, DriverError};
-use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute, CUresult};
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr};
+use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUfunction_attribute, CUresult};
+use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr};
 
 use super::{nvrtc, probe, Arg, Executor, Geometry, Kernel};
 use crate::error::{Error, Result};
@@ -351,9 +351,27 @@ fn missing_entry(kernel: Kernel, e: DriverError) -> Error {
 
 impl Executor for Cuda {
     type Mem = DeviceBuf;
+    type Mark = CudaEvent;
+
+    fn mark(&self) -> Result<CudaEvent> {
+        // cudarc's default flags disable timing; these events exist to be timed.
+        let event =
+            self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(|e| driver_error("cuEventCreate", e))?;
+        event.record(&self.stream).map_err(|e| driver_error("cuEventRecord", e))?;
+        Ok(event)
+    }
+
+    fn elapsed_ms(&self, start: &CudaEvent, end: &CudaEvent) -> Result<f64> {
+        // Waits for both events; an asynchronous fault of the work before `end` shows here.
+        start.elapsed_ms(end).map(f64::from).map_err(|e| driver_error("timing GPU work (cuEventElapsedTime)", e))
+    }
 
     fn name(&self) -> &'static str {
         "cuda"
+    }
+
+    fn describe(&self) -> String {
+        format!("cuda: {}", Cuda::name(self))
     }
 
     fn alloc(&self, len: usize) -> Result<DeviceBuf> {

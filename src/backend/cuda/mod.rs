@@ -62,6 +62,10 @@ pub trait Executor {
     type Mem;
     /// Short name (`cuda`, `emu`).
     fn name(&self) -> &'static str;
+    /// The name and the hardware ([`Backend::describe`]).
+    fn describe(&self) -> String {
+        self.name().to_string()
+    }
     /// A zero-filled buffer of `len` f32.
     fn alloc(&self, len: usize) -> Result<Self::Mem>;
     /// Elements in `mem`.
@@ -75,6 +79,12 @@ pub trait Executor {
     /// Runs `kernel` with `args` (waits for completion where the executor checks
     /// each launch, as in tests and debug builds).
     fn launch(&self, kernel: Kernel, geom: &Geometry, args: &[Arg]) -> Result<()>;
+    /// A point in the queue of launches ([`Backend::Mark`]).
+    type Mark;
+    /// Marks where the launches given so far end.
+    fn mark(&self) -> Result<Self::Mark>;
+    /// Milliseconds from `start` to `end`; waits for `end`.
+    fn elapsed_ms(&self, start: &Self::Mark, end: &Self::Mark) -> Result<f64>;
 }
 
 /// The kernel backend over executor `E`.
@@ -188,9 +198,20 @@ pub(crate) fn flag(bit: i32, on: bool) -> i32 {
 
 impl<E: Executor> Backend for Kernels<E> {
     type Buf = E::Mem;
+    type Mark = E::Mark;
+
+    fn mark(&self) -> Result<E::Mark> {
+        self.exec.mark()
+    }
+    fn elapsed_ms(&self, start: &E::Mark, end: &E::Mark) -> Result<f64> {
+        self.exec.elapsed_ms(start, end)
+    }
 
     fn name(&self) -> &'static str {
         self.exec.name()
+    }
+    fn describe(&self) -> String {
+        self.exec.describe()
     }
     fn alloc(&self, len: usize) -> Result<E::Mem> {
         self.exec.alloc(len)

@@ -25,6 +25,7 @@ mod race;
 use std::ffi::{c_char, c_void, CStr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::backend::cuda::{Arg, Executor, Geometry, Kernel, Kernels};
 use crate::error::{Error, Result};
@@ -146,6 +147,16 @@ union ArgValue {
 
 impl Executor for Emu {
     type Mem = EmuMem;
+    // Every launch has finished when `launch` returns: the wall clock times it.
+    type Mark = Instant;
+
+    fn mark(&self) -> Result<Instant> {
+        Ok(Instant::now())
+    }
+
+    fn elapsed_ms(&self, start: &Instant, end: &Instant) -> Result<f64> {
+        Ok(end.saturating_duration_since(*start).as_secs_f64() * 1e3)
+    }
 
     fn name(&self) -> &'static str {
         "emu"
