@@ -19,7 +19,9 @@ What is measured (as lesionseg's src/profile.rs does):
   3. per layer (not under torch.compile): --steps more steps run stage by stage,
      each stage's input detached into a leaf, each stage timed forward and then,
      in reverse order, backward (torch.autograd.backward of its output with the
-     gradient its consumers accumulated in the leaf); medians over the steps. The
+     gradient its consumers accumulated in the leaf), between two marks (CUDA
+     events on a GPU, read after the step; the wall clock on the CPU), as
+     lesionseg's per-layer marks are; medians over the steps. The
      loss's forward goes in its forward column (lesionseg fuses value and gradient
      into one op, which it counts as backward); `adam` is optimizer.step().
      Concatenations are inside the decoder convs' rows (lesionseg has none).
@@ -214,9 +216,38 @@ def measure_peak(mode, device):
     return 2 * n**3 / best / 1e9, f"torch.mm {what} {n}x{n}x{n}, best of 5"
 
 
+class Marks:
+    """Marks in the device's queue of work, as lesionseg's Backend::mark: CUDA events
+    on a GPU (read back once the step is over, so timing adds no wait between
+    stages), the wall clock on the CPU."""
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+        self.pending = []  # (table, name, start, end)
+
+    def mark(self):
+        if self.cuda:
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            return e
+        return time.perf_counter()
+
+    def add(self, table, name, start, end):
+        self.pending.append((table, name, start, end))
+
+    def finish_step(self):
+        """Files the step's times (seconds) into their tables."""
+        if self.cuda:
+            torch.cuda.synchronize()
+        for table, name, start, end in self.pending:
+            secs = start.elapsed_time(end) / 1e3 if self.cuda else end - start
+            table.setdefault(name, []).append(secs)
+        self.pending = []
+
+
 def profile_layers(model, opt, x, t, mode, steps):
     """Per-stage forward and backward times (ms), medians over `steps` steps."""
-    dev = x.device
+    marks = Marks(x.device)
     fwd, bwd, macs = {}, {}, {}
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
@@ -224,34 +255,28 @@ def profile_layers(model, opt, x, t, mode, steps):
         with mode.autocast():
             for name, ins, fn, mac in model.stages:
                 args = [leaves[i] for i in ins]
-                sync(dev)
-                t0 = time.perf_counter()
+                t0 = marks.mark()
                 out = fn(*args)
-                sync(dev)
-                fwd.setdefault(name, []).append(time.perf_counter() - t0)
+                marks.add(fwd, name, t0, marks.mark())
                 if name not in macs:
                     f = mac(args, out) if mac else 0
                     macs[name] = (f, f if ins == ["input"] else 2 * f)
                 outs[name] = out
                 leaves[name] = out.detach().requires_grad_()
-            sync(dev)
-            t0 = time.perf_counter()
+            t0 = marks.mark()
             loss = losses(leaves["final"], leaves["head_mid"], leaves["head_last"], t)
-            sync(dev)
-            fwd.setdefault("loss", []).append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
+            marks.add(fwd, "loss", t0, marks.mark())
+        t0 = marks.mark()
         loss.backward()
-        sync(dev)
-        bwd.setdefault("loss", []).append(time.perf_counter() - t0)
+        marks.add(bwd, "loss", t0, marks.mark())
         for name, _ins, _fn, _mac in reversed(model.stages):
-            t0 = time.perf_counter()
+            t0 = marks.mark()
             torch.autograd.backward(outs[name], leaves[name].grad)
-            sync(dev)
-            bwd.setdefault(name, []).append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
+            marks.add(bwd, name, t0, marks.mark())
+        t0 = marks.mark()
         opt.step()
-        sync(dev)
-        bwd.setdefault("adam", []).append(time.perf_counter() - t0)
+        marks.add(bwd, "adam", t0, marks.mark())
+        marks.finish_step()
     order = [s[0] for s in model.stages]
     order.insert(order.index("center_up") + 1, order.pop(order.index("head_mid")))
     order += ["loss", "adam"]

@@ -18,15 +18,20 @@
 //! and report the bytes they must move at least (each operand read or written
 //! once), so "B/s" is their effective bandwidth.
 //!
-//! Every benchmark goes through the [`Backend`] trait and fences after each
-//! iteration (a one-element download), so [`op_benches`] and [`model_benches`] time
-//! an asynchronous backend correctly too: a `cuda` group is
-//! `op_benches(c, &gpu, "cuda", &scales)` with `gpu = device::open_cuda()`.
+//! Every benchmark goes through the [`Backend`] trait and is timed with its marks
+//! ([`Backend::mark`]): criterion's iterations run back to back between two marks,
+//! which on a GPU are CUDA events, so the `cuda_*` groups time the GPU's work, not
+//! the host's launches. They run when GPU 0 is usable (`cuda benchmarks SKIPPED`
+//! and the reason otherwise): every op at 512x512 batch 1 and 8, the training step
+//! at batch 8, inference at batch 1 and 16. `cargo bench --bench ops -- cuda_`
+//! runs only those.
 
 use std::time::Duration;
 
 use criterion::measurement::WallTime;
-use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput};
+use criterion::{
+    criterion_group, criterion_main, Bencher, BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput,
+};
 use lesionseg::backend::cpu::Cpu;
 use lesionseg::backend::{
     AdamParams, At, Backend, Conv2dParams, DeconvParams, GlobalPoolParams, GradIn, LossParams, MaxPoolParams,
@@ -131,9 +136,18 @@ fn random<B: Backend>(be: &B, len: usize, seed: u64) -> B::Buf {
     buf
 }
 
-/// Waits for `be` to finish what it was given (a no-op in effect on the CPU).
-fn fence<B: Backend>(be: &B, buf: &B::Buf) {
-    be.download(buf, 0, &mut [0.0]).expect("fence");
+/// Times criterion's iterations of `op` run back to back between two backend
+/// marks: CUDA events on a GPU (the time the GPU spent, with no host round trip
+/// per iteration), the wall clock on the CPU.
+fn timed<B: Backend>(bch: &mut Bencher<'_, WallTime>, be: &B, mut op: impl FnMut()) {
+    bch.iter_custom(|iters| {
+        let start = be.mark().expect("timing mark");
+        for _ in 0..iters {
+            op();
+        }
+        let end = be.mark().expect("timing mark");
+        Duration::from_secs_f64(be.elapsed_ms(&start, &end).expect("reading the timing marks") / 1e3)
+    })
 }
 
 /// Operand at the start of `buf`.
@@ -163,9 +177,8 @@ fn bench_op<B: Backend>(c: &mut Criterion, be: &B, dev: &str, layer: Layer, op: 
             let kind = if p.r == 1 { "conv1x1" } else { "conv3x3" };
             let mut g = group(c, dev, &format!("{kind}_forward"), Throughput::Elements(flops));
             g.bench_function(id.clone(), |bch| {
-                bch.iter(|| {
+                timed(bch, be, || {
                     be.conv2d_forward(at(&y), at(&x), at(&w), at(&b), &p).unwrap();
-                    fence(be, &y);
                 })
             });
             g.finish();
@@ -174,10 +187,9 @@ fn bench_op<B: Backend>(c: &mut Criterion, be: &B, dev: &str, layer: Layer, op: 
             let mut g =
                 group(c, dev, &format!("{kind}_backward"), Throughput::Elements(if skip { flops } else { 2 * flops }));
             g.bench_function(id, |bch| {
-                bch.iter(|| {
+                timed(bch, be, || {
                     let dxg = if skip { GradIn::Skip } else { GradIn::Write(at(&dx)) };
                     be.conv2d_backward(dxg, at(&dw), at(&db), at(&dy), at(&y), at(&x), at(&w), &p).unwrap();
-                    fence(be, &dw);
                 })
             });
             g.finish();
@@ -191,18 +203,16 @@ fn bench_op<B: Backend>(c: &mut Criterion, be: &B, dev: &str, layer: Layer, op: 
             let flops = 2 * p.macs() as u64;
             let mut g = group(c, dev, "deconv_forward", Throughput::Elements(flops));
             g.bench_function(id.clone(), |bch| {
-                bch.iter(|| {
+                timed(bch, be, || {
                     be.deconv_forward(at(&y), at(&x), at(&w), at(&b), &p).unwrap();
-                    fence(be, &y);
                 })
             });
             g.finish();
             let mut g = group(c, dev, "deconv_backward", Throughput::Elements(2 * flops));
             g.bench_function(id, |bch| {
-                bch.iter(|| {
+                timed(bch, be, || {
                     be.deconv_backward(GradIn::Write(at(&dx)), at(&dw), at(&db), at(&dy), at(&y), at(&x), at(&w), &p)
                         .unwrap();
-                    fence(be, &dw);
                 })
             });
             g.finish();
@@ -215,17 +225,15 @@ fn bench_op<B: Backend>(c: &mut Criterion, be: &B, dev: &str, layer: Layer, op: 
             // and adds into dx (read + write).
             let mut g = group(c, dev, "maxpool_forward", Throughput::Bytes(f4 * (elems + elems / 4)));
             g.bench_function(id.clone(), |bch| {
-                bch.iter(|| {
+                timed(bch, be, || {
                     be.maxpool_forward(at(&y), at(&x), &p).unwrap();
-                    fence(be, &y);
                 })
             });
             g.finish();
             let mut g = group(c, dev, "maxpool_backward", Throughput::Bytes(f4 * (3 * elems + elems / 4)));
             g.bench_function(id, |bch| {
-                bch.iter(|| {
+                timed(bch, be, || {
                     be.maxpool_backward(at(&dx), at(&dy), at(&x), &p).unwrap();
-                    fence(be, &dx);
                 })
             });
             g.finish();
@@ -239,26 +247,24 @@ fn bench_op<B: Backend>(c: &mut Criterion, be: &B, dev: &str, layer: Layer, op: 
             let name = if avg { "global_avg" } else { "global_max" };
             let mut g = group(c, dev, &format!("{name}_forward"), Throughput::Bytes(bytes));
             g.bench_function(id.clone(), |bch| {
-                bch.iter(|| {
+                timed(bch, be, || {
                     if avg {
                         be.global_avg_forward(at(&y), at(&x), &p).unwrap();
                     } else {
                         be.global_max_forward(at(&y), at(&x), &p).unwrap();
                     }
-                    fence(be, &y);
                 })
             });
             g.finish();
             // Average: writes dx; max: reads x again to find each argmax.
             let mut g = group(c, dev, &format!("{name}_backward"), Throughput::Bytes(bytes));
             g.bench_function(id, |bch| {
-                bch.iter(|| {
+                timed(bch, be, || {
                     if avg {
                         be.global_avg_backward(at(&dx), at(&dy), &p).unwrap();
                     } else {
                         be.global_max_backward(at(&dx), at(&dy), at(&x), &p).unwrap();
                     }
-                    fence(be, &dx);
                 })
             });
             g.finish();
@@ -274,9 +280,8 @@ fn bench_op<B: Backend>(c: &mut Criterion, be: &B, dev: &str, layer: Layer, op: 
             // Reads logits and targets, writes their gradient: one op, value and gradient.
             let mut g = group(c, dev, "loss", Throughput::Bytes(3 * f4 * masks as u64));
             g.bench_function(id, |bch| {
-                bch.iter(|| {
+                timed(bch, be, || {
                     be.loss(at(&dm), at(&dmid), at(&dlast), at(&logits), at(&mid), at(&last), at(&target), &p).unwrap();
-                    fence(be, &dm);
                 })
             });
             g.finish();
@@ -288,11 +293,10 @@ fn bench_op<B: Backend>(c: &mut Criterion, be: &B, dev: &str, layer: Layer, op: 
             // Reads parameter, gradient and both moments, writes three of them back.
             let mut g = group(c, dev, "adam", Throughput::Bytes(7 * f4 * len as u64));
             g.bench_function(id, |bch| {
-                bch.iter(|| {
+                timed(bch, be, || {
                     step += 1;
                     let p = AdamParams { len, lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, step };
                     be.adam(at(&param), at(&m), at(&v), at(&grad), &p).unwrap();
-                    fence(be, &param);
                 })
             });
             g.finish();
@@ -328,34 +332,33 @@ fn model_macs(s: Scale) -> (u64, u64) {
 }
 
 /// A training step (forward, loss, backward, Adam) at each of `train` and an
-/// inference pass at each of `infer`, width 1, random weights and data. The model
-/// is built on first use, so a filtered-out benchmark costs nothing.
-fn model_benches<B: Backend>(c: &mut Criterion, be: &B, dev: &str, train: &[Scale], infer: &[Scale]) {
+/// inference pass at each of `infer`, width 1, random weights and data, measured
+/// for `secs` (steps) and half that (inference). The model is built on first use,
+/// so a filtered-out benchmark costs nothing.
+fn model_benches<B: Backend>(c: &mut Criterion, be: &B, dev: &str, train: &[Scale], infer: &[Scale], secs: u64) {
     let trainer = |s: Scale| Trainer::new(be, s.n, s.size, 1.0, 7).expect("trainer");
     let mut g = c.benchmark_group(format!("{dev}_train_step"));
-    g.sampling_mode(SamplingMode::Flat).measurement_time(Duration::from_secs(20));
+    g.sampling_mode(SamplingMode::Flat).measurement_time(Duration::from_secs(secs));
     for &s in train {
         let mut t = None;
         g.throughput(Throughput::Elements(2 * model_macs(s).1));
         g.bench_function(BenchmarkId::from_parameter(s.label()), |bch| {
             let t = t.get_or_insert_with(|| trainer(s));
-            bch.iter(|| {
+            timed(bch, be, || {
                 t.train_step(be, &mut NoHook).unwrap();
-                t.fence(be).unwrap();
             })
         });
     }
     g.finish();
     let mut g = c.benchmark_group(format!("{dev}_inference"));
-    g.sampling_mode(SamplingMode::Flat).measurement_time(Duration::from_secs(10));
+    g.sampling_mode(SamplingMode::Flat).measurement_time(Duration::from_secs(secs.div_ceil(2)));
     for &s in infer {
         let mut t = None;
         g.throughput(Throughput::Elements(2 * model_macs(s).0));
         g.bench_function(BenchmarkId::from_parameter(s.label()), |bch| {
             let t = t.get_or_insert_with(|| trainer(s));
-            bch.iter(|| {
+            timed(bch, be, || {
                 t.infer(be, &mut NoHook).unwrap();
-                t.fence(be).unwrap();
             })
         });
     }
@@ -367,11 +370,32 @@ fn cpu(c: &mut Criterion) {
     let small = Scale { n: 1, size: 256 };
     if full() {
         op_benches(c, &Cpu, "cpu", &[n1, n8]);
-        model_benches(c, &Cpu, "cpu", &[n1], &[n1, n16]);
+        model_benches(c, &Cpu, "cpu", &[n1], &[n1, n16], 20);
     } else {
         op_benches(c, &Cpu, "cpu", &[small]);
-        model_benches(c, &Cpu, "cpu", &[small], &[small]);
+        model_benches(c, &Cpu, "cpu", &[small], &[small], 20);
     }
+}
+
+/// The same benchmarks on GPU 0, at the paper's sizes: every op at 512x512 batch 1
+/// and 8, a training step at batch 8 and inference at batch 1 and 16. Without a
+/// usable GPU it says why and benchmarks nothing (with `LESIONSEG_REQUIRE_GPU=1`,
+/// as `scripts/gpu-check.sh` sets, that is a failure instead).
+fn cuda(c: &mut Criterion) {
+    let gpu = match lesionseg::device::open_cuda() {
+        Ok(gpu) => gpu,
+        Err(e) => {
+            let required = std::env::var("LESIONSEG_REQUIRE_GPU").is_ok_and(|v| v == "1");
+            assert!(!required, "cuda benchmarks: LESIONSEG_REQUIRE_GPU=1 but no usable GPU: {e}");
+            println!("cuda benchmarks SKIPPED: no usable GPU ({e})");
+            return;
+        }
+    };
+    println!("cuda benchmarks on {}", gpu.describe());
+    let (n1, n8, n16) = (Scale { n: 1, size: 512 }, Scale { n: 8, size: 512 }, Scale { n: 16, size: 512 });
+    op_benches(c, &gpu, "cuda", &[n1, n8]);
+    // A step takes tens of milliseconds here: 6 s is a hundred or more of them.
+    model_benches(c, &gpu, "cuda", &[n8], &[n1, n16], 6);
 }
 
 fn config() -> Criterion {
@@ -387,6 +411,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = cpu
+    targets = cpu, cuda
 }
 criterion_main!(benches);

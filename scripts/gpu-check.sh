@@ -93,6 +93,8 @@ done
 # printed at the end. GPU_PERF=0 skips this part.
 perf_rows=()
 if [ "${GPU_PERF:-1}" = 1 ]; then
+  export LESIONSEG_SYNC=0  # timing: no wait after each launch
+
   for shape in "8 train" "1 infer"; do
     set -- $shape
     bs=$1
@@ -138,6 +140,17 @@ for bs, key, what in ((8, "step_median_ms", "training step"), (1, "forward_media
 print("ratio = lesionseg time / PyTorch time (> 1: lesionseg slower)")
 PY
 )
+  # Criterion on this card (CUDA-event timing): every op at 512x512 batch 1 and 8,
+  # the training step and inference; short measurements to fit the run. The full
+  # output goes to $OUT/bench-cuda.txt, every op's median to $OUT/bench-cuda-table.txt,
+  # the model's rows to the summary; GPU_BENCH=0 skips it.
+  if [ "${GPU_BENCH:-1}" = 1 ] && [ -x .gpu/bench-ops ]; then
+    bench_log="${OUT:-$TMP}/bench-cuda.txt"
+    step "criterion cuda_ benchmarks" bash -c "CRITERION_HOME=$TMP/criterion timeout 240 .gpu/bench-ops --bench cuda_ \
+      --warm-up-time 0.1 --measurement-time 0.3 --noplot > $bench_log 2>&1"
+    python3 bench/criterion_table.py "$bench_log" >"${OUT:-$TMP}/bench-cuda-table.txt" 2>&1
+    bench_table=$(python3 bench/criterion_table.py "$bench_log" --only cuda_train_step,cuda_inference 2>&1)
+  fi
 fi
 rm -rf "$TMP" "$LESIONSEG_CACHE_DIR"
 
@@ -151,6 +164,7 @@ summary() {
   echo "date:    $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "commit:  $(build_info commit) ($(build_info profile) build of $(build_info built))"
   printf '%s\n' "${results[@]}"
+  if [ -n "${bench_table:-}" ]; then echo; echo "$bench_table"; fi
   if [ -n "${perf_table:-}" ]; then echo; echo "$perf_table"; fi
   if [ $failed -eq 0 ]; then echo "RESULT:  PASS"; else echo "RESULT:  FAIL ($failed of ${#results[@]} steps)"; fi
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds, here (Rust toolchain; no GPU needed), what scripts/gpu-check.sh runs on a
 # GPU machine that has the NVIDIA driver but no Rust toolchain and no network: the
-# `lesionseg` binary and the GPU-relevant test executables, stripped, in .gpu/
+# `lesionseg` binary, the GPU-relevant test executables and the criterion
+# benchmarks (benches/ops.rs), stripped, in .gpu/
 # (git-ignored), with .gpu/BUILD_INFO (commit, date, profile, source path).
 #
 #   scripts/gpu-prebuild.sh           # release profile (what we time and ship)
@@ -31,6 +32,8 @@ for t in $GPU_TESTS; do
   if [ -f "tests/$t.rs" ]; then test_args+=(--test "$t"); else echo "note: no tests/$t.rs; skipping it"; fi
 done
 cargo test "${flags[@]}" --no-run "${test_args[@]}" --message-format=json-render-diagnostics >>.gpu/build.json
+# The criterion benchmarks (always the bench profile: optimised like release).
+cargo bench --no-run --bench ops --message-format=json-render-diagnostics >>.gpu/build.json
 
 # Pick the executables out of cargo's JSON messages: the binary, and each wanted
 # integration test (tests/<name>.rs) by its target name.
@@ -51,6 +54,8 @@ for line in open(".gpu/build.json"):
     elif target["kind"] == ["test"] and target["name"] in wanted:
         dst = ".gpu/tests/" + target["name"]
         found.add(target["name"])
+    elif target["kind"] == ["bench"] and target["name"] == "ops":
+        dst = ".gpu/bench-ops"
     else:
         continue
     # Debug info is most of the size; the GPU runner carries at most 64 MiB.
