@@ -12,8 +12,7 @@
 # warm-up) and the final figure is the median over rounds. The ratios
 # (lesionseg / PyTorch, > 1 means lesionseg is slower) come last.
 #
-# lesionseg runs through `lesionseg profile` when the CLI has it, else through
-# the `profile` example (the same library call). PyTorch runs
+# lesionseg runs through `lesionseg profile`. PyTorch runs
 # bench/pytorch_reference.py (system python3 with torch), fp32 NCHW (its default
 # eager path; add MODES=fp32,fp32-cl for channels_last too, reported separately).
 set -euo pipefail
@@ -30,13 +29,8 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
 echo "== building lesionseg (release)"
-cargo build --release --quiet --bin lesionseg --example profile
-bin=${CARGO_TARGET_DIR:-target}/release
-if "$bin/lesionseg" profile --help >/dev/null 2>&1; then
-  rust=("$bin/lesionseg" profile --device cpu)
-else
-  rust=("$bin/examples/profile")
-fi
+cargo build --release --quiet --bin lesionseg
+rust=("${CARGO_TARGET_DIR:-target}/release/lesionseg" profile --device cpu)
 echo "   lesionseg via: ${rust[*]}"
 
 echo "== machine"

@@ -178,9 +178,19 @@ enum Command {
         /// Channel width factor (1 = the paper's model).
         #[arg(long, default_value_t = 1.0)]
         width: f64,
-        /// Timed steps.
+        /// Untimed training steps first (caches, page faults, kernel compilation).
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// Timed steps (and inference passes, and hooked steps for the layer table).
         #[arg(long, default_value_t = 3)]
         steps: usize,
+        /// Skip the per-layer breakdown (and the peak measurement it needs).
+        #[arg(long)]
+        no_layers: bool,
+        /// Peak GFLOP/s for the percentage column (default: measured with a large
+        /// GEMM on the CPU, the datasheet fp32 peak on a known GPU).
+        #[arg(long)]
+        peak_gflops: Option<f64>,
         /// Print JSON instead of the table.
         #[arg(long)]
         json: bool,
@@ -244,12 +254,15 @@ fn main() -> ExitCode {
             predict(device, &o)
         }
         Command::Eval { pred, truth, json } => eval(&pred, &truth, json.as_deref()),
-        Command::Profile { device, batch_size, size, width, steps, json, nvtx } => {
+        Command::Profile { device, batch_size, size, width, warmup, steps, no_layers, peak_gflops, json, nvtx } => {
             let o = lesionseg::profile::ProfileOptions {
                 batch: batch_size,
                 size,
                 width,
+                warmup,
                 steps,
+                layers: !no_layers,
+                peak_gflops,
                 nvtx,
                 ..Default::default()
             };
