@@ -252,6 +252,54 @@ fn bitwise_deterministic_across_thread_counts() {
     }
 }
 
+/// A weight of over 2^20 elements has its gradient summed in place, block after
+/// block, by a multi-threaded GEMM (not in per-chunk partials): the same bits on 1
+/// and 3 threads, and sampled elements equal to a direct f64 sum.
+#[test]
+fn large_weight_gradient_summed_in_place() {
+    let mut rng = common::rng();
+    // 3·3·343·345 > 2^20 weights; 26·25 = 650 pixels: two blocks of 512.
+    let p = Conv2dParams { n: 1, h: 26, w: 25, c: 343, k: 345, r: 3, relu: false, x_pitch: 343, y_pitch: 347 };
+    assert!(p.weight_len() >= 1 << 20);
+    let pixels = p.n * p.h * p.w;
+    let x = common::uniform(&mut rng, view_len(pixels, p.c, p.x_pitch));
+    let w = common::uniform(&mut rng, p.weight_len());
+    let g = common::uniform(&mut rng, view_len(pixels, p.k, p.y_pitch));
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let (mut dw, mut db, mut dy) = (common::poisoned(w.len()), common::poisoned(p.k), g.clone());
+            conv2d_backward(None, false, &mut dw, &mut db, &mut dy, &g, &x, &w, &p);
+            (dw, db)
+        })
+    };
+    let ((dw, db), (dw3, db3)) = (run(1), run(3));
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    assert!(bits(&dw) == bits(&dw3) && bits(&db) == bits(&db3), "dw/db differ between 1 and 3 threads");
+    // dw[i][j][c][k] = Σ_pixels x[h+i-1, w+j-1, c] · dy[h, w, k]
+    for _ in 0..300 {
+        let (i, j, c, k) = (rng.gen_range(0..3), rng.gen_range(0..3), rng.gen_range(0..p.c), rng.gen_range(0..p.k));
+        let (mut want, mut scale) = (0.0f64, 0.0f64);
+        for h in 0..p.h as isize {
+            for wi in 0..p.w as isize {
+                let (ih, iw) = (h + i as isize - 1, wi + j as isize - 1);
+                if (0..p.h as isize).contains(&ih) && (0..p.w as isize).contains(&iw) {
+                    let xv = x[(ih as usize * p.w + iw as usize) * p.x_pitch + c] as f64;
+                    let t = xv * g[(h as usize * p.w + wi as usize) * p.y_pitch + k] as f64;
+                    (want, scale) = (want + t, scale + t.abs());
+                }
+            }
+        }
+        let got = dw[((i * 3 + j) * p.c + c) * p.k + k] as f64;
+        assert!((got - want).abs() <= 1e-5 * scale, "dw[{i}][{j}][{c}][{k}] = {got}, want {want}");
+    }
+    for k in 0..p.k {
+        let want: f64 = (0..pixels).map(|q| g[q * p.y_pitch + k] as f64).sum();
+        let scale: f64 = (0..pixels).map(|q| (g[q * p.y_pitch + k] as f64).abs()).sum();
+        assert!((db[k] as f64 - want).abs() <= 1e-5 * scale, "db[{k}] = {}, want {want}", db[k]);
+    }
+}
+
 /// Through the `Backend` trait: operands at offsets of one shared buffer, the same
 /// bits as the slice functions, and an operand past its buffer's end is an error.
 #[test]

@@ -27,6 +27,13 @@ pub(super) const BLOCK_PIXELS: usize = 512;
 /// same on every machine; 8 also bounds the extra memory to 8 weight tensors.
 const MAX_PARTIALS: usize = 8;
 
+/// Weight gradients of at least this many elements are summed in place, block after
+/// block with a multi-threaded GEMM, instead of in per-chunk partials: their partials
+/// would be tens of MiB each to allocate and add up (a 3x3 768→512 weight is 14 MiB),
+/// and their GEMMs are large enough to split over the threads by output tiles. The
+/// choice depends on the shape only, so the bits still do not depend on the threads.
+const IN_PLACE_WEIGHTS: usize = 1 << 20;
+
 /// A read-only strided matrix: element `(i, j)` is `data[i*rs + j*cs]`.
 #[derive(Clone, Copy)]
 pub(super) struct Mat<'a, T> {
@@ -124,7 +131,7 @@ pub(super) struct Gather<'a, T> {
     pub taps: &'a [(isize, isize)],
 }
 
-impl<T: Real> Gather<'_, T> {
+impl<T: Real + Send + Sync> Gather<'_, T> {
     /// Columns of the im2col matrix.
     pub fn width(&self) -> usize {
         self.taps.len() * self.channels
@@ -145,7 +152,17 @@ impl<T: Real> Gather<'_, T> {
             return Mat { data: &self.src[start..], rs: self.src_pitch, cs: 1 };
         }
         col.resize(rows * width, T::zero());
-        self.fill(&mut col[..rows * width], p0);
+        // A large gather (deep layers: 512 pixels of 3x3x768) is a few MiB of
+        // copying; split it over the threads (a copy: the threads change no bits).
+        const PAR_ROWS: usize = 32;
+        if rows * width >= 1 << 18 {
+            col[..rows * width]
+                .par_chunks_mut(PAR_ROWS * width)
+                .enumerate()
+                .for_each(|(i, c)| self.fill(c, p0 + i * PAR_ROWS));
+        } else {
+            self.fill(&mut col[..rows * width], p0);
+        }
         Mat { data: col, rs: width, cs: 1 }
     }
 
@@ -259,10 +276,13 @@ pub(super) fn add_col_sums<T: Real>(db: &mut [T], m: Mat<T>, rows: usize) {
 
 /// Weight and bias gradients summed over `nblocks` blocks of pixels, deterministically.
 ///
-/// The blocks are split into at most [`MAX_PARTIALS`] contiguous chunks (a number
-/// that depends only on `nblocks`); `accumulate(blocks, dw, db, par)` adds one
-/// chunk's contribution into zeroed buffers, the chunks run in parallel, and their
-/// partials are summed in chunk order. `dw` and `db` are overwritten.
+/// `accumulate(blocks, dw, db, par)` adds the contribution of a range of blocks, in
+/// order, into zeroed buffers. Weights of [`IN_PLACE_WEIGHTS`] or more get one call
+/// over all blocks with a multi-threaded GEMM. Smaller ones: the blocks are split
+/// into at most [`MAX_PARTIALS`] contiguous chunks (a number that depends only on
+/// `nblocks`), the chunks run in parallel into partials, and the partials are
+/// summed in chunk order. Either way the bits depend on the shapes only. `dw` and
+/// `db` are overwritten.
 pub(super) fn sum_partials<T: Real>(
     nblocks: usize,
     dw: &mut [T],
@@ -271,6 +291,12 @@ pub(super) fn sum_partials<T: Real>(
 ) {
     dw.fill(T::zero());
     db.fill(T::zero());
+    if dw.len() >= IN_PLACE_WEIGHTS {
+        // Large weights (the deep layers): one pass over the blocks in order, each
+        // product split over the threads by gemm, straight into dw.
+        accumulate(0..nblocks, dw, db, Parallelism::Rayon(0));
+        return;
+    }
     let nchunks = nblocks.min(MAX_PARTIALS);
     if nchunks == 0 {
         return;
