@@ -168,19 +168,22 @@ fn process_peak_rss() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// A layer pass: what the profile times.
+type Key = (Layer, Pass);
+
 /// Times each layer with the backend's marks (CUDA events on a GPU, the wall clock
 /// on the CPU): a mark where a layer's work begins and one where it ends, read
 /// back when the step is over, so timing adds no wait between layers.
 struct Recorder<'a, B: Backend> {
     be: &'a B,
     /// The open layer: its key and start mark.
-    open: Option<((Layer, Pass), B::Mark)>,
+    open: Option<(Key, B::Mark)>,
     /// (layer, pass, start, end) of the current step, in order.
-    marks: Vec<((Layer, Pass), B::Mark, B::Mark)>,
+    marks: Vec<(Key, B::Mark, B::Mark)>,
     /// (layer, pass) → MACs, counted in the first step.
-    macs: HashMap<(Layer, Pass), usize>,
+    macs: HashMap<Key, usize>,
     /// Every finished step: (layer, pass) → milliseconds.
-    steps: Vec<HashMap<(Layer, Pass), f64>>,
+    steps: Vec<HashMap<Key, f64>>,
     /// The first failed mark (a hook cannot return it): reported by `finish_step`.
     error: Option<Error>,
 }

@@ -166,19 +166,6 @@ fn check_view(what: &str, l: &Layout, got: &[f32], want: &[f32]) {
     l.assert_gaps(got, what);
 }
 
-/// Panics unless ‖got − want‖ ≤ `tol::F32`·‖scale‖: for sums whose result may cancel
-/// far below their terms, `scale` being the sums of the terms' magnitudes.
-fn assert_scaled(what: &str, got: &[f32], want: &[f32], scale: &[f32]) {
-    let norm = |v: &mut dyn Iterator<Item = f64>| v.map(|x| x * x).sum::<f64>().sqrt();
-    let err = norm(&mut got.iter().zip(want).map(|(&a, &b)| a as f64 - b as f64));
-    let bound = tol::F32 * norm(&mut scale.iter().map(|&v| v as f64));
-    assert!(
-        err <= bound,
-        "{what}: L2 error {err:.3e} > {bound:.3e} (tol × ‖Σ|terms|‖)\n{}",
-        common::describe(got, want)
-    );
-}
-
 /// The forward sweep on `be`; returns the outputs (for comparing backends).
 fn forward_sweep<B: Backend>(be: &B, cases: &[Case]) -> Vec<Vec<f32>> {
     cases
@@ -207,8 +194,8 @@ fn backward_sweep<B: Backend>(be: &B, cases: &[Case]) -> Vec<Vec<f32>> {
         // db[k] is one sum over every output pixel: with few channels its relative
         // L2 error is that of single, possibly cancelling sums, so it is measured
         // against Σ|dy| (the sum's condition) rather than against |db|.
-        let abs: Vec<f32> = (0..c.p.k).map(|k| wy.iter().skip(k).step_by(c.p.k).map(|v| v.abs()).sum()).collect();
-        assert_scaled(&what("db"), &c.b.channels(&got.db), &c.b.channels(&want.db), &abs);
+        let abs = common::channel_abs_sums(&wy, c.p.k);
+        common::assert_scaled(&what("db"), &c.b.channels(&got.db), &c.b.channels(&want.db), &abs, tol::F32);
         c.b.assert_gaps(&got.db, &what("db"));
         match mode {
             DxMode::Skip => c.x.assert_gaps(&got.dx, &what("dx (skipped)")),

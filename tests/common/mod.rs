@@ -137,6 +137,27 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
     assert!(err <= tol, "{what}: relative L2 error {err:.3e} > {tol:.1e}\n{}", describe(got, want));
 }
 
+/// Panics unless ‖got − want‖ ≤ `tol`·‖scale‖, for sums whose result may cancel far
+/// below their terms (a bias gradient: hundreds of random-sign values), `scale`
+/// being each sum's Σ|terms|. Against ‖want‖ alone such a sum fails now and then
+/// by rounding only, whenever its terms happen to nearly cancel.
+pub fn assert_scaled(what: &str, got: &[f32], want: &[f32], scale: &[f32], tol: f64) {
+    let norm = |v: &mut dyn Iterator<Item = f64>| v.map(|x| x * x).sum::<f64>().sqrt();
+    let err = if got.len() != want.len() || got.iter().chain(want).any(|v| v.is_nan()) {
+        f64::INFINITY
+    } else {
+        norm(&mut got.iter().zip(want).map(|(&a, &b)| a as f64 - b as f64))
+    };
+    let bound = tol * norm(&mut scale.iter().map(|&v| v as f64));
+    assert!(err <= bound, "{what}: L2 error {err:.3e} > {bound:.3e} (tol × ‖Σ|terms|‖)\n{}", describe(got, want));
+}
+
+/// Per channel of pixel-major `values` with `k` channels, Σ|value|: the scale of a
+/// per-channel sum for [`assert_scaled`].
+pub fn channel_abs_sums(values: &[f32], k: usize) -> Vec<f32> {
+    (0..k).map(|j| values.iter().skip(j).step_by(k).map(|v| v.abs()).sum()).collect()
+}
+
 /// f64 version of [`assert_close`].
 pub fn assert_close64(what: &str, got: &[f64], want: &[f64], tol: f64) {
     let err = rel_l2_64(got, want);
