@@ -7,11 +7,11 @@
 //! it (`enc3_2`, `dec4_conv`, …).
 //!
 //! - default (`cargo bench --bench ops`): every distinct shape at 256x256, batch 1;
-//!   a training step (batch 1, 256x256, width 1) and inference (batch 1). Short
-//!   measurements (10 samples, flat sampling): a few minutes on 2 cores.
+//!   a training step (batch 1, 256x256, width 1) and inference (batch 1 and 16).
+//!   Short measurements (10 samples, flat sampling): about 5 minutes on 2 cores.
 //! - `LESIONSEG_BENCH=full`: the paper's 512x512 at batch 1 and 8; training step at
 //!   512x512 batch 1; inference at batch 1 and 16. Hours on a 2-core CPU: meant
-//!   for bigger machines and the GPU backend.
+//!   for bigger machines.
 //!
 //! Throughput: convolutions report `Elements` = FLOPs (2 per multiply-accumulate),
 //! so criterion's "elem/s" reads as FLOP/s; pools, loss and Adam are memory-bound
@@ -373,7 +373,7 @@ fn cpu(c: &mut Criterion) {
         model_benches(c, &Cpu, "cpu", &[n1], &[n1, n16], 20);
     } else {
         op_benches(c, &Cpu, "cpu", &[small]);
-        model_benches(c, &Cpu, "cpu", &[small], &[small], 20);
+        model_benches(c, &Cpu, "cpu", &[small], &[small, Scale { n: 16, size: 256 }], 20);
     }
 }
 

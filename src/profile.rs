@@ -123,8 +123,8 @@ impl<B: Backend> Trainer<B> {
         be.download(&self.model.params, 0, &mut [0.0])
     }
 
-    /// The planned buffers' sizes.
-    pub fn memory(&self) -> Memory {
+    /// The planned buffers' sizes, and what the process and the device use now.
+    pub fn memory(&self, be: &B) -> Memory {
         let f = std::mem::size_of::<f32>() as u64;
         let (arena, params) = (self.ws.plan.len as u64 * f, self.model.table.len as u64 * f);
         let p = &self.ws.plan;
@@ -136,6 +136,7 @@ impl<B: Backend> Trainer<B> {
             gradients: params,
             optimizer: 2 * params,
             process_peak_rss: process_peak_rss(),
+            device_in_use: be.device_memory_in_use(),
         }
     }
 }
@@ -304,7 +305,7 @@ pub fn run<B: Backend>(be: &B, o: &ProfileOptions) -> Result<ProfileReport> {
         layers,
         peak_gflops,
         peak_source,
-        memory: t.memory(),
+        memory: t.memory(be),
         loss: loss.loss,
     })
 }

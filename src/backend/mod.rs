@@ -259,6 +259,11 @@ pub trait Backend {
     fn describe(&self) -> String {
         self.name().to_string()
     }
+    /// Bytes of device memory in use on the whole device (a GPU; `None` where the
+    /// memory is the host's).
+    fn device_memory_in_use(&self) -> Option<u64> {
+        None
+    }
 
     /// A zero-filled buffer of `len` elements.
     fn alloc(&self, len: usize) -> Result<Self::Buf>;

@@ -48,6 +48,10 @@ pub struct Memory {
     pub optimizer: u64,
     /// The process's peak resident set (Linux), which adds op scratch and code.
     pub process_peak_rss: Option<u64>,
+    /// Device memory in use on the whole GPU after the timed steps (ours, op
+    /// workspaces the stream-ordered allocator keeps, the CUDA context, and any
+    /// other process's); `None` on the CPU.
+    pub device_in_use: Option<u64>,
 }
 
 impl Memory {
@@ -175,6 +179,9 @@ pub fn format_table(r: &ProfileReport) -> String {
     if let Some(rss) = m.process_peak_rss {
         let _ = write!(s, "; process peak RSS {}", bytes(rss));
     }
+    if let Some(used) = m.device_in_use {
+        let _ = write!(s, "; GPU memory in use {} (whole device)", bytes(used));
+    }
     s.push('\n');
     s
 }
@@ -254,7 +261,7 @@ pub fn to_json(r: &ProfileReport) -> String {
     let m = &r.memory;
     let memory = format!(
         "{{\"activations\": {}, \"activation_grads\": {}, \"targets\": {}, \"parameters\": {}, \"gradients\": {}, \
-         \"optimizer\": {}, \"total\": {}, \"process_peak_rss\": {}}}",
+         \"optimizer\": {}, \"total\": {}, \"process_peak_rss\": {}, \"device_in_use\": {}}}",
         m.activations,
         m.activation_grads,
         m.targets,
@@ -262,7 +269,8 @@ pub fn to_json(r: &ProfileReport) -> String {
         m.gradients,
         m.optimizer,
         m.total(),
-        m.process_peak_rss.map_or("null".to_string(), |v| v.to_string())
+        m.process_peak_rss.map_or("null".to_string(), |v| v.to_string()),
+        m.device_in_use.map_or("null".to_string(), |v| v.to_string())
     );
     let fields = [
         ("engine", json_str(&r.engine)),

@@ -374,6 +374,10 @@ impl Executor for Cuda {
         format!("cuda: {}", Cuda::name(self))
     }
 
+    fn device_memory_in_use(&self) -> Option<u64> {
+        self.mem_info().ok().map(|(free, total)| total.saturating_sub(free) as u64)
+    }
+
     fn alloc(&self, len: usize) -> Result<DeviceBuf> {
         self.bind()?;
         let out_of_memory = || {

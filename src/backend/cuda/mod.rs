@@ -66,6 +66,10 @@ pub trait Executor {
     fn describe(&self) -> String {
         self.name().to_string()
     }
+    /// [`Backend::device_memory_in_use`].
+    fn device_memory_in_use(&self) -> Option<u64> {
+        None
+    }
     /// A zero-filled buffer of `len` f32.
     fn alloc(&self, len: usize) -> Result<Self::Mem>;
     /// Elements in `mem`.
@@ -212,6 +216,9 @@ impl<E: Executor> Backend for Kernels<E> {
     }
     fn describe(&self) -> String {
         self.exec.describe()
+    }
+    fn device_memory_in_use(&self) -> Option<u64> {
+        self.exec.device_memory_in_use()
     }
     fn alloc(&self, len: usize) -> Result<E::Mem> {
         self.exec.alloc(len)
