@@ -253,10 +253,10 @@ pub(super) fn relu_mask<T: Real>(dy: &mut [T], y: &[T], pixels: usize, k: usize,
     let chunk = BLOCK_PIXELS * pitch;
     dy[..len].par_chunks_mut(chunk).zip(y[..len].par_chunks(chunk)).for_each(|(d, y)| {
         for (d, y) in d.chunks_mut(pitch).zip(y.chunks(pitch)) {
+            // A select written back unconditionally (not a conditional store): it
+            // vectorises, where the branch on y compiled to one store per lane.
             for (d, &y) in d[..k].iter_mut().zip(&y[..k]) {
-                if y <= T::zero() {
-                    *d = T::zero();
-                }
+                *d = if y <= T::zero() { T::zero() } else { *d };
             }
         }
     });

@@ -79,16 +79,37 @@ pub fn maxpool_backward<T: Real>(dx: &mut [T], dy: &[T], x: &[T], p: &MaxPoolPar
     if dx.is_empty() || q == 0 {
         return;
     }
+    let (pitch, c) = (p.x_pitch, p.c);
     // Each task owns the two input rows of one output row, so the adds never race.
-    dx.par_chunks_mut(2 * w * p.x_pitch).enumerate().for_each(|(r, dx_rows)| {
+    dx.par_chunks_mut(2 * w * pitch).enumerate().for_each(|(r, dx_rows)| {
         for j in 0..q {
-            let win = window(x, 2 * r * w + 2 * j, w, p.x_pitch, p.c);
-            let dy_px = &dy[(r * q + j) * p.y_pitch..][..p.c];
-            for (ch, &g) in dy_px.iter().enumerate() {
-                // Window position k is row k/2, column k%2 of the window; dx_rows
-                // starts at the window's top row.
-                let k = window_max(&win, ch).1;
-                dx_rows[((k / 2) * w + 2 * j + k % 2) * p.x_pitch + ch] += g;
+            let win = window(x, 2 * r * w + 2 * j, w, pitch, c);
+            let dy_px = &dy[(r * q + j) * p.y_pitch..][..c];
+            // The window's four pixels of dx, in window order (rows 2r and 2r+1 of
+            // dx_rows, columns 2j and 2j+1).
+            let (d0, rest) = dx_rows[2 * j * pitch..].split_at_mut(pitch);
+            let (d1, rest) = rest.split_at_mut(w * pitch - pitch);
+            let (d2, d3) = rest.split_at_mut(pitch);
+            let (d0, d1, d2, d3) = (&mut d0[..c], &mut d1[..c], &mut d2[..c], &mut d3[..c]);
+            // The argmax as comparisons and selects (the scan of `window_max`, from
+            // position 0), and every position either takes g or keeps its value: no
+            // branch on the data, so the loop vectorises; the bits are those of a
+            // single add at the argmax.
+            let [x0, x1, x2, x3] = win;
+            for ch in 0..c {
+                let (a, b, e, f, g) = (x0[ch], x1[ch], x2[ch], x3[ch], dy_px[ch]);
+                let s1 = takes(b, a);
+                let m1 = if s1 { b } else { a };
+                let s2 = takes(e, m1);
+                let m2 = if s2 { e } else { m1 };
+                let s3 = takes(f, m2);
+                let (at3, at2) = (s3, s2 && !s3);
+                let at1 = s1 && !s2 && !s3;
+                let at0 = !(s1 || s2 || s3);
+                d0[ch] = if at0 { d0[ch] + g } else { d0[ch] };
+                d1[ch] = if at1 { d1[ch] + g } else { d1[ch] };
+                d2[ch] = if at2 { d2[ch] + g } else { d2[ch] };
+                d3[ch] = if at3 { d3[ch] + g } else { d3[ch] };
             }
         }
     });
