@@ -34,6 +34,8 @@
 // conv2d_bwd_filter_reduce_f32: dw = Σ_z dw_part[z], db = Σ_z db_part[z], one thread per
 //   output element, z ascending: no float atomics, so the bits depend only on the
 //   shapes (the launcher's split count), never on timing or the emulator's schedule.
+// conv2d_fwd_bf16: the forward pass with bf16 products on tensor cores (mma.m16n8k16,
+//   f32 accumulation, f32 in and out), for inference; its own header is at the end.
 // conv2d_relu_mask_f32: dy = 0 where y <= 0, in place, one thread per element (the
 //   Backend contract masks dy in place; masking once is also cheaper than masking at
 //   every one of the R·R·⌈C/64⌉ (dx) or ⌈R·R·C/64⌉ (dw) reads of each dy element).
@@ -442,3 +444,165 @@ KERNEL_BOUNDS(conv2d_relu_mask_f32, CONV_THREADS)(float* __restrict__ dy, const 
     if (y[at] <= 0.0f) dy[at] = 0.0f;
 }
 EMU_EXPORT(conv2d_relu_mask_f32)
+
+// conv2d_fwd_bf16 — the forward pass on tensor cores: the same implicit GEMM as
+// conv2d_fwd_f32 (same arguments, same `vec` bits, same tails), with the operands
+// rounded to bf16 as they are stored to shared memory and multiplied by
+// mma.m16n8k16 (bf16 × bf16, f32 accumulate); activations, weights, bias and the
+// output stay f32 in global memory. For inference (`Precision::Bf16`): about 3
+// significant digits per product, errors of ~1e-3 relative to the output scale.
+//   Block 128 threads (4 warps), output tile 64 pixels × 64 channels, grid as the f32
+//   kernel. Warp w computes the 32×32 quarter (rows 32(w%2), channels 32(w/2)): 2 × 4
+//   mma tiles of 16×8, 32 accumulators per thread.
+//   Reduction in K-tiles of 32, double-buffered in shared memory (static, 19,456 bytes):
+//     As[2][64][40]  A as bf16 (stored as 20 words of bf16 pairs), row = pixel, 32
+//                    reduction elements + 8 pad: rows 80
+//                    bytes apart, so the 8 rows of an ldmatrix phase hit 8 distinct
+//                    4-bank groups (conflict-free); read with ldmatrix.x4 (the A
+//                    fragment of a 16×16 block)
+//     Bs[2][32][72]  B as bf16 (36 words), row = reduction element, 64 channels + 8 pad (144
+//                    bytes: conflict-free likewise); read with ldmatrix.x4.trans (the
+//                    B fragments of two 8-channel tiles)
+//   Loads: thread t gathers pixel t/2, reduction quads 16(t%2) + 4j (j < 4), and reads
+//   weight row t/4, channels 4(t%4) + 16j; each quad is packed into two bf16x2 words. As in the f32 kernel, the next tile's global loads are in
+//   flight in registers while the current tile is multiplied; one barrier per tile.
+#define CB_TILE 64
+#define CB_BK 32
+#define CB_THREADS 128
+// Row lengths in 32-bit words (bf16 pairs, low element first): 40 and 72 bf16.
+#define CB_LDA ((CB_BK + 8) / 2)
+#define CB_LDB ((CB_TILE + 8) / 2)
+
+// Four f32 rounded to bf16 into two words: elements 0,1 and 2,3.
+DEVICE void stash4_bf16(u32* dst, float4 v) {
+    dst[0] = pack_bf16x2(v.x, v.y);
+    dst[1] = pack_bf16x2(v.z, v.w);
+}
+
+// acc[i][j] += A[wm + 16i .. +15][all 32] · B[all 32][wn + 8j .. +7] for one K-tile.
+// Columns below are in bf16 elements; a word holds two, so column q is word q/2.
+DEVICE void mma_tile_bf16(float acc[2][4][4], const u32 (*a_s)[CB_LDA], const u32 (*b_s)[CB_LDB], int lane, int wm,
+                          int wn) {
+    // ldmatrix: lane l addresses row l%8 of matrix l/8; matrix bit 0 selects the
+    // second 8 rows, bit 1 the second 8 columns.
+    const int l_row = (lane & 7) + ((lane >> 3) & 1) * 8, l_col = (lane >> 4) * 8;
+#pragma unroll
+    for (int ks = 0; ks < CB_BK; ks += 16) {
+        u32 af[2][4], bf[4][2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) ldmatrix_x4(af[i], &a_s[wm + 16 * i + l_row][(ks + l_col) / 2]);
+#pragma unroll
+        for (int jj = 0; jj < 2; ++jj) {
+            // Stored rows are reduction elements: .trans hands each lane channel l/4,
+            // elements 2(l%4)..+1, the col-major B fragment. Matrices 0,1: channels
+            // 0-7 (elements 0-7, 8-15); 2,3: channels 8-15.
+            u32 r4[4];
+            ldmatrix_x4_trans(r4, &b_s[ks + l_row][(wn + 16 * jj + l_col) / 2]);
+            bf[2 * jj][0] = r4[0], bf[2 * jj][1] = r4[1];
+            bf[2 * jj + 1][0] = r4[2], bf[2 * jj + 1][1] = r4[3];
+        }
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) mma_16816_bf16(acc[i][j], af[i], bf[j], acc[i][j]);
+        }
+    }
+}
+
+// y[N,H,W,K] (pixels y_pitch apart) = relu?(conv(x, w) + b) with bf16 products.
+// Grid (⌈N·H·W/64⌉, ⌈K/64⌉), 128 threads.
+KERNEL_BOUNDS(conv2d_fwd_bf16, CB_THREADS)(float* __restrict__ y, const float* __restrict__ x,
+                                           const float* __restrict__ w, const float* __restrict__ b, int n, int h,
+                                           int wd, int c, int k, int r, int x_pitch, int y_pitch, int relu,
+                                           int vec) {
+    SHARED(u32, As, [2][CB_TILE][CB_LDA]);
+    SHARED(u32, Bs, [2][CB_BK][CB_LDB]);
+    const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
+    const int M = n * h * wd, Kg = r * r * c;
+    const int m0 = blockIdx.x * CB_TILE, n0 = blockIdx.y * CB_TILE;
+    const bool vec_a = (vec & CONV_VEC_A) != 0, vec_b = (vec & CONV_VEC_B) != 0;
+    const int wm = (warp & 1) * 32, wn = (warp >> 1) * 32;
+
+    // Gather role: one pixel per thread for the whole reduction, decoded once.
+    const int a_row = t >> 1, a_k = (t & 1) * 16;
+    int ph = CONV_FAR, pw = 0, pbase = 0;
+    if (m0 + a_row < M) {
+        const int m = m0 + a_row;
+        pw = m % wd;
+        ph = (m / wd) % h;
+        pbase = m * x_pitch;
+    }
+    // Weight role: reduction row t/4 of the K-tile, channels 4(t%4) + 16j.
+    const int b_row = t >> 2, b_col = (t & 3) * 4;
+
+    float acc[2][4][4];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+        }
+    }
+
+    const int ntiles = (Kg + CB_BK - 1) / CB_BK;
+    float4 ra[4], rb[4];
+#define CB_FETCH(k0)                                                                                        \
+    do {                                                                                                    \
+        for (int j = 0; j < 4; ++j) {                                                                       \
+            ra[j] = gather4(x, pbase, ph, pw, (k0) + a_k + 4 * j, Kg, c, r, h, wd, x_pitch, vec_a);        \
+            rb[j] = weight_row4(w, (k0) + b_row, Kg, n0 + b_col + 16 * j, k, vec_b);                        \
+        }                                                                                                   \
+    } while (0)
+#define CB_STASH(buf)                                                                                       \
+    do {                                                                                                    \
+        for (int j = 0; j < 4; ++j) {                                                                       \
+            stash4_bf16(&As[buf][a_row][(a_k + 4 * j) / 2], ra[j]);                                          \
+            stash4_bf16(&Bs[buf][b_row][(b_col + 16 * j) / 2], rb[j]);                                       \
+        }                                                                                                   \
+    } while (0)
+
+    if (ntiles > 0) {
+        CB_FETCH(0);
+        CB_STASH(0);
+        __syncthreads();
+    }
+    for (int tile = 0; tile < ntiles; ++tile) {
+        const int cur = tile & 1;
+        const bool more = tile + 1 < ntiles;
+        if (more) CB_FETCH((tile + 1) * CB_BK);
+        mma_tile_bf16(acc, As[cur], Bs[cur], lane, wm, wn);
+        // Buffer cur^1 was last read in the previous iteration, before its barrier.
+        if (more) CB_STASH(cur ^ 1);
+        __syncthreads();
+    }
+#undef CB_FETCH
+#undef CB_STASH
+
+    // Epilogue: accumulator e of tile (i, j) is row g + 8(e/2), channel 2(l%4) + e%2
+    // of that 16×8 tile (the mma C layout); bias, ReLU, f32 stores.
+    const int g = lane >> 2, tq = lane & 3;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const int col = n0 + wn + 8 * j + 2 * tq;
+        if (col >= k) continue;
+        const bool second = col + 1 < k;
+        const float b0 = b[col], b1 = second ? b[col + 1] : 0.0f;
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const int m = m0 + wm + 16 * i + g + 8 * half;
+                if (m >= M) continue;
+                float v0 = acc[i][j][2 * half] + b0, v1 = acc[i][j][2 * half + 1] + b1;
+                // As the CPU reference: z <= 0 → 0, so a NaN stays visible.
+                if (relu && v0 <= 0.0f) v0 = 0.0f;
+                if (relu && v1 <= 0.0f) v1 = 0.0f;
+                float* o = y + m * y_pitch + col;
+                o[0] = v0;
+                if (second) o[1] = v1;
+            }
+        }
+    }
+}
+EMU_EXPORT(conv2d_fwd_bf16)

@@ -104,6 +104,10 @@ if [ "${GPU_PERF:-1}" = 1 ]; then
       "timeout 300 python3 bench/pytorch_reference.py --device cuda --batch-size $bs --size 512 --steps 5 --no-layers \
        --modes fp32,tf32,bf16,compile --json > $TMP/pt-$bs.json"
   done
+  # Inference with the bf16 tensor-core convolution forward (deconvs stay f32).
+  step "lesionseg profile --device cuda --precision bf16 --batch-size 1" bash -c \
+    "timeout 120 .gpu/lesionseg profile --device cuda --precision bf16 --batch-size 1 --size 512 --steps 5 \
+     --no-layers --json > $TMP/ls-1-bf16.json"
   perf_table=$(python3 - "$TMP" <<'PY' 2>&1
 import json, sys, os
 tmp = sys.argv[1]
@@ -137,6 +141,15 @@ for bs, key, what in ((8, "step_median_ms", "training step"), (1, "forward_media
         t = r.get(key)
         ratio = base / t if base and t else float("nan")
         print(f"  PyTorch {r.get('mode', '?'):<10} {what} (batch {bs}){'':<8} {t if t else float('nan'):>10.2f} {ratio:>7.2f}x")
+    if bs == 1:
+        bf = load(os.path.join(tmp, "ls-1-bf16.json"))
+        b16 = bf[0][key] if bf else None
+        print(f"lesionseg bf16-conv {what} (batch {bs}){'':<15} {b16 if b16 else float('nan'):>10.2f} {'':>8}")
+        for r in theirs:
+            t = r.get(key)
+            if r.get("mode") in ("bf16", "compile"):
+                ratio = b16 / t if b16 and t else float("nan")
+                print(f"  PyTorch {r.get('mode'):<10} {what} (batch {bs}){'':<8} {t if t else float('nan'):>10.2f} {ratio:>7.2f}x")
 print("ratio = lesionseg time / PyTorch time (> 1: lesionseg slower)")
 PY
 )

@@ -14,7 +14,7 @@
 
 use crate::backend::cpu::Cpu;
 use crate::backend::cuda::driver::{Cuda, KernelSources};
-use crate::backend::cuda::Kernels;
+use crate::backend::cuda::{Kernels, Precision};
 use crate::backend::emu::Emu;
 use crate::error::{Error, Result};
 
@@ -55,6 +55,23 @@ pub enum Opened {
 }
 
 impl Opened {
+    /// Sets the convolution forward arithmetic of the kernel backends; the cpu
+    /// backend computes in f32 only, so anything else there is an error.
+    pub fn set_precision(&mut self, p: Precision) -> Result<()> {
+        match self {
+            Opened::Cuda(k) => k.precision = p,
+            Opened::Emu(k) => k.precision = p,
+            Opened::Cpu(_) if p == Precision::F32 => {}
+            Opened::Cpu(_) => {
+                return Err(Error::Config(format!(
+                    "--precision {p}: the cpu backend computes in f32 only; use --device cuda (or emu to check \
+                     the kernels)"
+                )))
+            }
+        }
+        Ok(())
+    }
+
     /// `cpu`, `cuda`, `emu`.
     pub fn name(&self) -> &'static str {
         match self {
@@ -88,7 +105,7 @@ fn reason(e: &Error) -> String {
 
 /// GPU 0 as a kernel backend, or why not.
 pub fn open_cuda() -> Result<Kernels<Cuda>> {
-    Cuda::new(0).map(|exec| Kernels { exec })
+    Cuda::new(0).map(Kernels::new)
 }
 
 /// Opens the backend for `device`. The second value is a line for the user
@@ -108,7 +125,7 @@ pub fn open(device: Device) -> Result<(Opened, Option<String>)> {
             }
             Err(e) => Ok((Opened::Cpu(Cpu), Some(format!("device auto: no usable GPU ({}); using cpu", reason(&e))))),
         },
-        Device::Emu => Ok((Opened::Emu(Kernels { exec: Emu::new() }), None)),
+        Device::Emu => Ok((Opened::Emu(Kernels::new(Emu::new())), None)),
     }
 }
 
@@ -131,7 +148,7 @@ pub fn test_gpu_with(test: &str, sources: KernelSources) -> Option<Kernels<Cuda>
     match Cuda::with_sources(0, sources) {
         Ok(mut exec) => {
             exec.set_sync(true);
-            Some(Kernels { exec })
+            Some(Kernels::new(exec))
         }
         Err(e) => {
             let why = reason(&e);

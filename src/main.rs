@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use lesionseg::backend::cuda::Precision;
 use lesionseg::device::{self, Device, Opened};
 
 #[derive(Parser)]
@@ -147,6 +148,10 @@ enum Command {
         /// Also write each image with the attributes drawn in colour, with a legend.
         #[arg(long)]
         overlays: Option<PathBuf>,
+        /// Convolution forward arithmetic on the GPU kernels: f32, or bf16 on tensor
+        /// cores (inference; within 1e-2 of f32). The cpu backend is f32 only.
+        #[arg(long, default_value = "f32")]
+        precision: Precision,
         /// auto, cpu, cuda or emu.
         #[arg(long, default_value = "auto")]
         device: Device,
@@ -194,6 +199,10 @@ enum Command {
         /// Print JSON instead of the table.
         #[arg(long)]
         json: bool,
+        /// Convolution forward arithmetic on the GPU kernels: f32, or bf16 on tensor
+        /// cores (the forward passes; backward stays f32). The cpu backend is f32 only.
+        #[arg(long, default_value = "f32")]
+        precision: Precision,
         /// Name each layer's forward and backward (`enc3_2 forward`) and each timed
         /// step in NVTX ranges, for Nsight Systems / Nsight Compute: run under
         /// `nsys profile` or `ncu --nvtx` (they set NVTX_INJECTION64_PATH).
@@ -245,16 +254,28 @@ fn main() -> ExitCode {
             o.seed = seed;
             train(device, &o)
         }
-        Command::Predict { images, weights, out, threshold, size, batch_size, overlays, device } => {
+        Command::Predict { images, weights, out, threshold, size, batch_size, overlays, precision, device } => {
             let mut o = lesionseg::predict::PredictOptions::new(images, weights, out);
             o.threshold = threshold;
             o.size = size;
             o.batch_size = batch_size;
             o.overlays = overlays;
-            predict(device, &o)
+            predict(device, precision, &o)
         }
         Command::Eval { pred, truth, json } => eval(&pred, &truth, json.as_deref()),
-        Command::Profile { device, batch_size, size, width, warmup, steps, no_layers, peak_gflops, json, nvtx } => {
+        Command::Profile {
+            device,
+            batch_size,
+            size,
+            width,
+            warmup,
+            steps,
+            no_layers,
+            peak_gflops,
+            json,
+            precision,
+            nvtx,
+        } => {
             let o = lesionseg::profile::ProfileOptions {
                 batch: batch_size,
                 size,
@@ -266,7 +287,7 @@ fn main() -> ExitCode {
                 nvtx,
                 ..Default::default()
             };
-            profile(device, &o, json)
+            profile(device, precision, &o, json)
         }
         Command::Info => {
             print!("{}", lesionseg::info::report());
@@ -344,8 +365,9 @@ fn train(device: Device, o: &lesionseg::train::TrainOptions) -> lesionseg::Resul
     Ok(())
 }
 
-fn predict(device: Device, o: &lesionseg::predict::PredictOptions) -> lesionseg::Result<()> {
-    let opened = backend(device)?;
+fn predict(device: Device, precision: Precision, o: &lesionseg::predict::PredictOptions) -> lesionseg::Result<()> {
+    let mut opened = backend(device)?;
+    opened.set_precision(precision)?;
     let s = lesionseg::on_backend!(&opened, be => lesionseg::predict::run(be, o))?;
     println!("predict: {} images → {} masks in {} ({:.1} s)", s.images, s.masks, o.out.display(), s.seconds);
     if let Some(dir) = &o.overlays {
@@ -372,11 +394,17 @@ fn eval(pred: &Path, truth: &Path, json: Option<&Path>) -> lesionseg::Result<()>
     Ok(())
 }
 
-fn profile(device: Device, o: &lesionseg::profile::ProfileOptions, json: bool) -> lesionseg::Result<()> {
+fn profile(
+    device: Device,
+    precision: Precision,
+    o: &lesionseg::profile::ProfileOptions,
+    json: bool,
+) -> lesionseg::Result<()> {
     if o.nvtx {
         note_nvtx()?;
     }
-    let opened = backend(device)?;
+    let mut opened = backend(device)?;
+    opened.set_precision(precision)?;
     let r = lesionseg::on_backend!(&opened, be => lesionseg::profile::run(be, o))?;
     if json {
         println!("{}", lesionseg::profile::to_json(&r));

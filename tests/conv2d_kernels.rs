@@ -17,6 +17,7 @@ mod common;
 
 use common::{assert_close, rng, tol, SENTINEL};
 use lesionseg::backend::cpu::{view_len, Cpu};
+use lesionseg::backend::cuda::Precision;
 use lesionseg::backend::emu::{self, race_check};
 use lesionseg::backend::{At, Backend, Conv2dParams, GradIn};
 use lesionseg::Result;
@@ -388,6 +389,74 @@ fn emu_schedules_agree() {
         .unwrap_or_else(|e| panic!("{}: {e}", case.label()));
         report.check(0.0).unwrap_or_else(|e| panic!("{}: {e}", case.label()));
     }
+}
+
+/// `conv2d_fwd_bf16` against the CPU's f32 forward: within the bf16 tolerance
+/// (‖a−b‖/‖b‖ ≤ 1e-2) on every case of the sweep and on random shapes, nothing
+/// outside `y`'s view written, and the same bits under every thread order.
+fn check_bf16_forward<B: Backend>(be: &B, cases: &[Case]) {
+    let mut rng = rng();
+    for case in cases {
+        let what = format!("bf16 forward {}", case.label());
+        let d = Data::new(case, &mut rng);
+        let want = forward_on(&Cpu, case, &d).unwrap_or_else(|e| panic!("{what}: cpu: {e}"));
+        let got = forward_on(be, case, &d).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let p = &case.p;
+        let (g, w) = (
+            view(&got, case.y_off, case.pixels(), p.k, p.y_pitch),
+            view(&want, case.y_off, case.pixels(), p.k, p.y_pitch),
+        );
+        assert_close(&what, &g, &w, tol::BF16);
+        // Not f32 arithmetic: bf16 rounding must show (a kernel that silently ran the
+        // f32 path would pass the tolerance but not this).
+        if p.c * p.r * p.r >= 16 && w.iter().any(|v| *v != 0.0) {
+            assert!(common::rel_l2(&g, &w) > 1e-6, "{what}: identical to f32 to 1e-6: not bf16 products");
+        }
+        assert_outside_equal(&what, &got, &d.y, &[(case.y_off, case.pixels(), p.k, p.y_pitch)]);
+    }
+}
+
+fn bf16(mut be: emu::EmuBackend) -> emu::EmuBackend {
+    be.precision = Precision::Bf16;
+    be
+}
+
+#[test]
+fn emu_bf16_forward_matches_cpu() {
+    let mut cases = sweep();
+    cases.extend(random_cases(&mut rng(), 20));
+    check_bf16_forward(&bf16(emu::backend()), &cases);
+}
+
+#[test]
+fn emu_bf16_forward_schedules_agree() {
+    let mut rng = rng();
+    // Several tiles in pixels and channels, a reduction tail (3·3·13 = 117), both paths.
+    for case in [
+        Case::new(2, 9, 8, 13, 70, 3, true, 1, 2, false, Grad::Skip),
+        Case::new(1, 10, 13, 16, 68, 3, false, 0, 0, true, Grad::Skip),
+    ] {
+        let d = Data::new(&case, &mut rng);
+        let runs: Vec<Vec<u32>> = emu::SCHEDULES
+            .iter()
+            .map(|&s| {
+                let y = forward_on(&bf16(emu::backend_with(s)), &case, &d).unwrap();
+                y.iter().map(|v| v.to_bits()).collect()
+            })
+            .collect();
+        assert!(runs.iter().all(|r| *r == runs[0]), "{}: bf16 forward differs between thread orders", case.label());
+    }
+}
+
+#[test]
+fn cuda_bf16_forward_matches_cpu() {
+    let Some(mut gpu) = lesionseg::device::test_gpu("conv2d_kernels::cuda_bf16_forward_matches_cpu") else { return };
+    gpu.precision = Precision::Bf16;
+    let mut cases = sweep();
+    cases.extend(random_cases(&mut rng(), 100));
+    cases.push(Case::new(2, 32, 32, 64, 128, 3, true, 0, 0, true, Grad::Skip));
+    cases.push(Case::new(1, 16, 16, 256, 128, 3, true, 512, 64, true, Grad::Skip));
+    check_bf16_forward(&gpu, &cases);
 }
 
 /// Bad launches are errors, never undefined behaviour.

@@ -78,6 +78,47 @@ fn emulated_kernels_match_pytorch() {
     check_golden(&emu, "narrow_n1_64x96.safetensors");
 }
 
+/// The whole model with the bf16 tensor-core convolution forward against PyTorch's
+/// f32: the outputs (mask logits, both heads) and the losses within the bf16
+/// tolerance (relative L2 ≤ 1e-2). The bf16 path is for inference: gradients are
+/// not compared (bias gradients are sums that cancel far below their terms, and bf16
+/// rounding moves ReLU switch points, so they differ by more than 1e-2).
+fn check_golden_bf16<B: Backend>(be: &B) {
+    for case in ["narrow_n2_64x64.safetensors", "narrow_n1_64x96.safetensors"] {
+        let out_path = temp(&format!("out-{}-bf16-{case}", be.name()));
+        lesionseg::forward::run(be, &fixture("narrow_weights.safetensors"), &fixture(case), &out_path)
+            .unwrap_or_else(|e| panic!("{case} on {} bf16: {e}", be.name()));
+        let (got, want) = (weights::read_plain(&out_path).unwrap(), weights::read_plain(&fixture(case)).unwrap());
+        let mut worst = (0.0, String::new());
+        let compared = |n: &str| n != "input" && n != "target_mask" && !n.starts_with("grad.");
+        for (name, w) in want.iter().filter(|(n, _)| compared(n)) {
+            let g = got.get(name).unwrap_or_else(|| panic!("{case}: output lacks `{name}`"));
+            common::assert_close(&format!("{case} {name} (bf16)"), &g.data, &w.data, common::tol::BF16);
+            let err = common::rel_l2(&g.data, &w.data);
+            if err > worst.0 {
+                worst = (err, name.clone());
+            }
+        }
+        // bf16 products must show: an f32 run is within 1e-5 everywhere.
+        assert!(worst.0 > 1e-5, "{case}: worst relative error {:.1e}: were the products bf16?", worst.0);
+        eprintln!("{case} on {} bf16: worst relative L2 {:.2e} ({})", be.name(), worst.0, worst.1);
+    }
+}
+
+#[test]
+fn emulated_bf16_forward_matches_pytorch_within_bf16_tolerance() {
+    let mut emu = lesionseg::backend::emu::backend();
+    emu.precision = lesionseg::backend::cuda::Precision::Bf16;
+    check_golden_bf16(&emu);
+}
+
+#[test]
+fn gpu_bf16_forward_matches_pytorch_within_bf16_tolerance() {
+    let Some(mut gpu) = lesionseg::device::test_gpu("gpu_bf16_forward_matches_pytorch") else { return };
+    gpu.precision = lesionseg::backend::cuda::Precision::Bf16;
+    check_golden_bf16(&gpu);
+}
+
 /// The same on a real GPU when there is one (skipped with a printed reason otherwise).
 #[test]
 fn gpu_kernels_match_pytorch() {

@@ -88,7 +88,7 @@ pub fn gpu() -> Option<Kernels<Cuda>> {
     match Cuda::new(0) {
         Ok(mut exec) => {
             exec.set_sync(true);
-            Some(Kernels { exec })
+            Some(Kernels::new(exec))
         }
         Err(e) => {
             eprintln!("SKIPPED cuda half: {e}");

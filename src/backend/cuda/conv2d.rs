@@ -7,6 +7,9 @@
 //! → arguments → one launch. The geometry is computed here once, so the emulator runs
 //! exactly the grid the GPU runs.
 //!
+//! The forward pass runs `conv2d_fwd_f32`, or `conv2d_fwd_bf16` (tensor cores, same
+//! arguments and grid, 128 threads) when the backend's [`Precision`] is bf16.
+//!
 //! Path choice: the kernels take a `vec` bit set saying which operands may be moved
 //! 16 bytes at a time (channel count, pitch and element offset all multiples of 4,
 //! device address 16-byte aligned); anything else takes the scalar path, which handles
@@ -23,13 +26,16 @@
 //!    the kernel writes `dw` and `db` directly and no workspace is allocated;
 //! 3. `conv2d_bwd_data_f32`: `dx` written or added into, unless [`GradIn::Skip`].
 
-use super::{addresses, blocks, flag, int, vec4_ok, Arg, Executor, Geometry, Kernel, Kernels, Operand};
+use super::{addresses, blocks, flag, int, vec4_ok, Arg, Executor, Geometry, Kernel, Kernels, Operand, Precision};
 use crate::backend::cpu::view_len;
 use crate::backend::{At, Conv2dParams, GradIn};
 use crate::error::{Error, Result};
 
 const MODULE: &str = "conv2d";
 const FWD: Kernel = Kernel { module: MODULE, name: "conv2d_fwd_f32" };
+const FWD_BF16: Kernel = Kernel { module: MODULE, name: "conv2d_fwd_bf16" };
+/// Threads per block of `conv2d_fwd_bf16` (its `KERNEL_BOUNDS`; same tile and grid).
+const BF16_THREADS: u32 = 128;
 const BWD_DATA: Kernel = Kernel { module: MODULE, name: "conv2d_bwd_data_f32" };
 const BWD_FILTER: Kernel = Kernel { module: MODULE, name: "conv2d_bwd_filter_f32" };
 const BWD_FILTER_REDUCE: Kernel = Kernel { module: MODULE, name: "conv2d_bwd_filter_reduce_f32" };
@@ -130,11 +136,17 @@ pub fn forward<E: Executor>(
     let vec = flag(VEC_A, vec4_ok(p.c, p.x_pitch, xa))
         | flag(VEC_B, vec4_ok(p.k, p.k, wa))
         | flag(VEC_OUT, vec4_ok(p.k, p.y_pitch, ya));
-    let geom = geometry([blocks(s.pixels, TILE), blocks(p.k, TILE), 1]);
+    let mut geom = geometry([blocks(s.pixels, TILE), blocks(p.k, TILE), 1]);
     let mut args = vec![Arg::Ptr(ya), Arg::Ptr(xa), Arg::Ptr(wa), Arg::Ptr(ba)];
     args.extend(dims(OP, p)?);
     args.extend([int(OP, p.x_pitch)?, int(OP, p.y_pitch)?, Arg::I32(p.relu as i32), Arg::I32(vec)]);
-    k.exec.launch(FWD, &geom, &args)
+    match k.precision {
+        Precision::F32 => k.exec.launch(FWD, &geom, &args),
+        Precision::Bf16 => {
+            geom.block = [BF16_THREADS, 1, 1];
+            k.exec.launch(FWD_BF16, &geom, &args)
+        }
+    }
 }
 
 /// Launches the backward kernels (see the module doc): `dy` masked in place when

@@ -91,10 +91,50 @@ pub trait Executor {
     fn elapsed_ms(&self, start: &Self::Mark, end: &Self::Mark) -> Result<f64>;
 }
 
+/// The arithmetic of the convolution forward pass on the kernel backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 products and sums, as the CPU reference (within 1e-5).
+    #[default]
+    F32,
+    /// bf16 products with f32 sums on tensor cores (`conv2d_fwd_bf16`), for inference:
+    /// within 1e-2 of the reference. Backward passes and deconvolutions stay f32.
+    Bf16,
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" | "fp32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(Error::Config(format!("precision `{other}`: expected f32 or bf16"))),
+        }
+    }
+}
+
 /// The kernel backend over executor `E`.
 pub struct Kernels<E: Executor> {
     /// The executor.
     pub exec: E,
+    /// Arithmetic of the convolution forward pass.
+    pub precision: Precision,
+}
+
+impl<E: Executor> Kernels<E> {
+    /// The kernels on `exec`, f32 throughout.
+    pub fn new(exec: E) -> Self {
+        Kernels { exec, precision: Precision::F32 }
+    }
 }
 
 /// One operand of a launch: name (for messages), place, extent, whether it is written.
@@ -215,7 +255,10 @@ impl<E: Executor> Backend for Kernels<E> {
         self.exec.name()
     }
     fn describe(&self) -> String {
-        self.exec.describe()
+        match self.precision {
+            Precision::F32 => self.exec.describe(),
+            Precision::Bf16 => format!("{} (bf16 convolutions)", self.exec.describe()),
+        }
     }
     fn device_memory_in_use(&self) -> Option<u64> {
         self.exec.device_memory_in_use()

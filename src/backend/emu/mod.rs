@@ -32,7 +32,7 @@ use crate::error::{Error, Result};
 use mem::{Alloc, Registry};
 
 pub use mem::EmuMem;
-pub use race::{race_check, RaceReport};
+pub use race::{race_check, RaceReport, SCHEDULES};
 
 /// The launch descriptor the C++ entry points take (`EmuLaunch` in `host.h`).
 #[repr(C)]
@@ -276,10 +276,10 @@ pub type EmuBackend = Kernels<Emu>;
 
 /// The kernel backend on an emulator running threads in forward order.
 pub fn backend() -> EmuBackend {
-    Kernels { exec: Emu::new() }
+    Kernels::new(Emu::new())
 }
 
 /// The kernel backend on an emulator running threads in `schedule` order.
 pub fn backend_with(schedule: Schedule) -> EmuBackend {
-    Kernels { exec: Emu::with_schedule(schedule) }
+    Kernels::new(Emu::with_schedule(schedule))
 }
