@@ -21,6 +21,7 @@
 //
 // Entry points (the launcher src/backend/cuda/deconv.rs computes every geometry):
 //   deconv_fwd_f32          grid (⌈M/64⌉, ⌈K/64⌉, 4 parities)
+//   deconv_fwd_bf16         the same on tensor cores (gemm_tile_bf16), for inference
 //   deconv_bwd_data_f32     dx = Σ over the 16 (parity, tap) pairs that read each
 //                           input pixel: a 4x4 stride-2 gather of dy, reduction 16·K,
 //                           grid (⌈M/64⌉, ⌈C/64⌉); writes or adds
@@ -44,6 +45,10 @@
 #define ROW 68           // shared row length: TILE + 4 (16-byte aligned rows)
 #define STAGE (SLICE * ROW)
 #define THREADS 256
+// The bf16 engine's shared rows: TILE + 8 bf16 = 144 bytes (16-byte aligned rows for
+// ldmatrix; the 8 rows of an ldmatrix phase land on 8 distinct 4-bank groups).
+#define ROW16 72
+#define STAGE16 (SLICE * ROW16)
 
 // Launcher flags: which operands may use 16-byte accesses.
 #define VEC_A 1
@@ -128,6 +133,28 @@ struct Staged {
             for (int q = 0; q < 4; ++q) tile[((t >> 6) + 4 * q) * ROW + (t & 63)] = r[q];
         }
     }
+    // The same two layouts rounded to bf16, rows ROW16 elements apart (the bf16 tile
+    // engine's shared tiles).
+    MEMBER void put_kmajor16(u16* tile, bool vec) const {
+        const int t = threadIdx.x;
+        if (vec) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) tile[(4 * (t & 3) + e) * ROW16 + (t >> 2)] = f32_to_bf16(r[e]);
+        } else {
+#pragma unroll
+            for (int q = 0; q < 4; ++q) tile[(t & 15) * ROW16 + (t >> 4) + 16 * q] = f32_to_bf16(r[q]);
+        }
+    }
+    MEMBER void put_nmajor16(u16* tile, bool vec) const {
+        const int t = threadIdx.x;
+        if (vec) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) tile[(t >> 4) * ROW16 + 4 * (t & 15) + e] = f32_to_bf16(r[e]);
+        } else {
+#pragma unroll
+            for (int q = 0; q < 4; ++q) tile[((t >> 6) + 4 * q) * ROW16 + (t & 63)] = f32_to_bf16(r[q]);
+        }
+    }
 };
 
 // Grid pixel m of an N x gh x gw grid: image base (n·sh·sw of the source grid), row, column.
@@ -175,6 +202,7 @@ struct PixelRows {
         }
     }
     MEMBER void put(float* tile) const { st.put_kmajor(tile, vec); }
+    MEMBER void put16(u16* tile) const { st.put_kmajor16(tile, vec); }
 };
 
 // GEMM operand: tile columns = reduction-free index col = tap·ch + c (fixed per
@@ -234,6 +262,7 @@ struct DenseRows {
         }
     }
     MEMBER void put(float* tile) const { st.put_nmajor(tile, vec); }
+    MEMBER void put16(u16* tile) const { st.put_nmajor16(tile, vec); }
 };
 
 // GEMM operand of the input gradient: B[kk][c] = w[t][c][k] with kk = t·K + k, the 16
@@ -308,6 +337,59 @@ DEVICE void gemm_tile(float acc[4][4], LA& la, LB& lb, int k0, int k1, float* as
     }
 }
 
+// gemm_tile on tensor cores: the same loaders, slices and pipeline, the operands
+// rounded to bf16 as they are stored ([k][row] and [k][col], ROW16 apart) and
+// multiplied by mma.m16n8k16 with f32 accumulation. Warp w (of 8) computes rows
+// 16(w%4)..+15 and columns 32(w/4)..+31 of the 64x64 tile: acc[j][e] is row
+// 16(w%4) + g + 8(e/2), column 32(w/4) + 8j + 2(l%4) + e%2 (g = l/4, l the lane).
+template <class LA, class LB>
+DEVICE void gemm_tile_bf16(float acc[4][4], LA& la, LB& lb, int k0, int k1, u16* as, u16* bs) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int wm = (warp & 3) * 16, wn = (warp >> 2) * 32;
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[j][e] = 0.0f;
+    const int slices = (k1 - k0 + SLICE - 1) / SLICE;
+    if (slices <= 0) return;
+    // ldmatrix.trans on [k][·] tiles: lane l addresses stored row (k) l%8 of matrix
+    // l/8. For A, matrix bit 0 is the second 8 rows of the tile (m), bit 1 the second
+    // 8 k: the order of the fragment a[0..3]. For B, bit 0 is the second 8 k, bit 1
+    // the second 8 columns: b[0], b[1] of two 8-column tiles.
+    const int a_k = (lane & 7) + ((lane >> 4) & 1) * 8, a_m = wm + ((lane >> 3) & 1) * 8;
+    const int b_k = (lane & 7) + ((lane >> 3) & 1) * 8, b_n = wn + ((lane >> 4) & 1) * 8;
+    la.fetch(k0);
+    lb.fetch(k0);
+    la.put16(as);
+    lb.put16(bs);
+    __syncthreads();
+    for (int s = 0; s < slices; ++s) {
+        const int cur = (s & 1) * STAGE16;
+        const bool more = s + 1 < slices;
+        if (more) {
+            la.fetch(k0 + (s + 1) * SLICE);
+            lb.fetch(k0 + (s + 1) * SLICE);
+        }
+        u32 af[4], bf[4][2];
+        ldmatrix_x4_trans(af, as + cur + a_k * ROW16 + a_m);
+#pragma unroll
+        for (int jj = 0; jj < 2; ++jj) {
+            u32 r4[4];
+            ldmatrix_x4_trans(r4, bs + cur + b_k * ROW16 + b_n + 16 * jj);
+            bf[2 * jj][0] = r4[0], bf[2 * jj][1] = r4[1];
+            bf[2 * jj + 1][0] = r4[2], bf[2 * jj + 1][1] = r4[3];
+        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j) mma_16816_bf16(acc[j], af, bf[j], acc[j]);
+        if (more) {
+            // The other stage was last read in slice s-1, before the previous barrier.
+            la.put16(as + (STAGE16 - cur));
+            lb.put16(bs + (STAGE16 - cur));
+            __syncthreads();
+        }
+    }
+}
+
 }  // namespace
 
 // Forward, one parity per blockIdx.z: y[n, 2i+a, 2j+b, k] = act(b[k] + Σ A·w[a][b]).
@@ -359,6 +441,52 @@ KERNEL(deconv_fwd_f32)(float* __restrict__ y, const float* __restrict__ x, const
     }
 }
 EMU_EXPORT(deconv_fwd_f32)
+
+// deconv_fwd_f32 with bf16 products on tensor cores (gemm_tile_bf16): same arguments,
+// grid and block; for inference (`Precision::Bf16`), within ~1e-3 of f32.
+KERNEL(deconv_fwd_bf16)(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ w,
+                        const float* __restrict__ bias, int n, int h, int wd, int c, int k, int x_pitch,
+                        int y_pitch, int relu, int flags) {
+    SHARED(u16, as, [2 * STAGE16]);
+    SHARED(u16, bs, [2 * STAGE16]);
+    const int ab = blockIdx.z, a = ab >> 1, b = ab & 1;
+    const int m0 = blockIdx.x * TILE, n0 = blockIdx.y * TILE, m_total = n * h * wd;
+    PixelRows la;
+    la.src = Source{x, x_pitch, c, h, wd, 0, a, b};
+    la.kg = 4 * c;
+    la.vec = (flags & VEC_A) != 0;
+    la.init(m0, m_total, h, wd);
+    DenseRows lb;
+    lb.p = w + ab * 4 * c * k, lb.rows = 4 * c, lb.cols = k, lb.ld = k, lb.n0 = n0;
+    lb.vec = (flags & VEC_B) != 0;
+    float acc[4][4];
+    gemm_tile_bf16(acc, la, lb, 0, 4 * c, as, bs);
+
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2;
+    const int wm = (warp & 3) * 16, wn = (warp >> 2) * 32;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const int col = n0 + wn + 8 * j + 2 * (lane & 3);
+        if (col >= k) continue;
+        const bool second = col + 1 < k;
+        const float b0 = bias[col], b1 = second ? bias[col + 1] : 0.0f;
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int m = m0 + wm + g + 8 * half;
+            if (m >= m_total) continue;
+            int base, pi, pj;
+            split_pixel(m, h, wd, 2 * h, 2 * wd, base, pi, pj);
+            float* out = y + (base + (2 * pi + a) * 2 * wd + 2 * pj + b) * y_pitch + col;
+            float z0 = acc[j][2 * half] + b0, z1 = acc[j][2 * half + 1] + b1;
+            // `<=` keeps a NaN (as the CPU reference does) instead of clamping it.
+            if (relu && z0 <= 0.0f) z0 = 0.0f;
+            if (relu && z1 <= 0.0f) z1 = 0.0f;
+            out[0] = z0;
+            if (second) out[1] = z1;
+        }
+    }
+}
+EMU_EXPORT(deconv_fwd_bf16)
 
 // Input gradient: dx[n,i,j,c] (=|+=) Σ_{t,k} dy[n, 2i+oy_t, 2j+ox_t, k] · w[t][c][k], the
 // 16 taps t = (a,b,ty,tx) of tap_offset mode 2. One thread writes each element.

@@ -104,7 +104,7 @@ if [ "${GPU_PERF:-1}" = 1 ]; then
       "timeout 300 python3 bench/pytorch_reference.py --device cuda --batch-size $bs --size 512 --steps 5 --no-layers \
        --modes fp32,tf32,bf16,compile --json > $TMP/pt-$bs.json"
   done
-  # Inference with the bf16 tensor-core convolution forward (deconvs stay f32).
+  # Inference with the bf16 tensor-core forward passes (convolutions and deconvolutions).
   step "lesionseg profile --device cuda --precision bf16 --batch-size 1" bash -c \
     "timeout 120 .gpu/lesionseg profile --device cuda --precision bf16 --batch-size 1 --size 512 --steps 5 \
      --no-layers --json > $TMP/ls-1-bf16.json"

@@ -17,6 +17,7 @@ mod common;
 use common::kernels::{download, gpu, upload, Layout};
 use common::{assert_close, rng, tol};
 use lesionseg::backend::cpu::Cpu;
+use lesionseg::backend::cuda::Precision;
 use lesionseg::backend::emu::{self, race_check};
 use lesionseg::backend::{At, Backend, DeconvParams, GradIn};
 use rand::Rng;
@@ -239,6 +240,49 @@ fn backward_matches_cpu() {
     eprintln!("emu backward sweep: {:.2?}", t.elapsed());
     if let Some(g) = gpu() {
         assert_same_bits("deconv_backward cuda vs emu", &backward_sweep(&g, &cases), &emu_out);
+    }
+}
+
+/// `deconv_fwd_bf16` (the forward with bf16 products on tensor cores) against the
+/// CPU's f32: within the bf16 tolerance on every case, its rounding visible (not the
+/// f32 path), gaps untouched, and the same bits under every thread order.
+fn check_bf16_forward<B: Backend>(be: &B, cases: &[Case]) {
+    for c in cases {
+        let what = format!("{} deconv_forward bf16 {:?}", be.name(), c.p);
+        let (got, want) = (forward_on(be, c), forward_on(&Cpu, c));
+        let (g, w) = (c.y.channels(&got), c.y.channels(&want));
+        assert_close(&what, &g, &w, tol::BF16);
+        if c.p.c >= 4 && w.iter().any(|v| *v != 0.0) {
+            assert!(common::rel_l2(&g, &w) > 1e-6, "{what}: identical to f32 to 1e-6: not bf16 products");
+        }
+        c.y.assert_gaps(&got, &what);
+    }
+}
+
+fn bf16(mut be: emu::EmuBackend) -> emu::EmuBackend {
+    be.precision = Precision::Bf16;
+    be
+}
+
+#[test]
+fn bf16_forward_matches_cpu() {
+    let cases = cases(&mut rng());
+    check_bf16_forward(&bf16(emu::backend()), &cases);
+    if let Some(mut g) = gpu() {
+        g.precision = Precision::Bf16;
+        check_bf16_forward(&g, &cases);
+    }
+}
+
+#[test]
+fn bf16_forward_is_race_free() {
+    let mut rng = rng();
+    for c in [case(&mut rng, 2, 12, 11, 5, 7, true, false), case(&mut rng, 1, 5, 4, 8, 72, true, true)] {
+        let runs: Vec<Vec<u32>> = emu::SCHEDULES
+            .iter()
+            .map(|&s| forward_on(&bf16(emu::backend_with(s)), &c).iter().map(|v| v.to_bits()).collect())
+            .collect();
+        assert!(runs.iter().all(|r| *r == runs[0]), "deconv bf16 {:?}: differs between thread orders", c.p);
     }
 }
 

@@ -11,7 +11,7 @@
 
 use super::{
     act_len, addresses, blocks, fits, flag, int, stride_geometry, vec4_ok, Arg, Executor, Geometry, Kernel, Kernels,
-    Operand,
+    Operand, Precision,
 };
 use crate::backend::{At, Backend, DeconvParams, GradIn};
 use crate::error::{Error, Result};
@@ -49,7 +49,8 @@ fn gemm_geometry(op: &str, x: usize, y: usize, z: usize) -> Result<Geometry> {
     Ok(Geometry { grid: [x as u32, y as u32, z as u32], block: [THREADS, 1, 1], smem_bytes: 0 })
 }
 
-/// Launches `deconv_fwd_f32`: grid (⌈N·H·W/64⌉, ⌈K/64⌉, 4 parities).
+/// Launches `deconv_fwd_f32` (or `deconv_fwd_bf16` when the backend's [`Precision`] is
+/// bf16: the same arguments and geometry): grid (⌈N·H·W/64⌉, ⌈K/64⌉, 4 parities).
 pub fn forward<E: Executor>(
     k: &Kernels<E>,
     y: At<Kernels<E>>,
@@ -91,7 +92,11 @@ pub fn forward<E: Executor>(
         Arg::I32(p.relu as i32),
         Arg::I32(flags),
     ];
-    k.exec.launch(kernel("deconv_fwd_f32"), &geom, &args)
+    let name = match k.precision {
+        Precision::F32 => "deconv_fwd_f32",
+        Precision::Bf16 => "deconv_fwd_bf16",
+    };
+    k.exec.launch(kernel(name), &geom, &args)
 }
 
 /// Launches the backward: `deconv_relu_mask_f32` (with `p.relu`), the weight
