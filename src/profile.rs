@@ -48,7 +48,7 @@ pub struct ProfileOptions {
     /// Seed of the weights and the data.
     pub seed: u64,
     /// Peak GFLOP/s for the percentage column; `None` measures it on the CPU and
-    /// looks a GPU up in [`gpu_fp32_peak`] (when there is a layer table to use it).
+    /// looks a GPU up in [`gpu_peak`] (when there is a layer table to use it).
     pub peak_gflops: Option<f64>,
     /// Put every layer pass and every timed step in an NVTX range (when a tool such
     /// as Nsight Systems is attached; see [`crate::nvtx`]).
@@ -257,8 +257,8 @@ pub fn run<B: Backend>(be: &B, o: &ProfileOptions) -> Result<ProfileReport> {
             let (p, how) = measure_cpu_peak();
             (Some(p), how)
         }
-        None => match gpu_fp32_peak(&be.describe()) {
-            Some((p, card)) => (Some(p), format!("fp32 (non-tensor) datasheet peak of the {card}")),
+        None => match gpu_peak(&be.describe()) {
+            Some((p, what)) => (Some(p), what),
             None => (None, format!("unknown for {}", be.describe())),
         },
     };
@@ -349,11 +349,36 @@ const GPU_FP32_TFLOPS: &[(&str, f64)] = &[
     ("T4", 8.1),
 ];
 
-/// The fp32 peak in GFLOP/s of a GPU described as `desc` (`cuda: NVIDIA H100 80GB
-/// HBM3`), and the table entry it matched; `None` for a GPU not in the table.
-pub fn gpu_fp32_peak(desc: &str) -> Option<(f64, &'static str)> {
+/// Datasheet dense bf16 tensor-core peaks (f32 accumulate, boost clock, no
+/// sparsity), TFLOP/s, as [`GPU_FP32_TFLOPS`]: the ceiling of `--precision bf16`.
+const GPU_BF16_TFLOPS: &[(&str, f64)] = &[
+    ("GH200", 989.4),
+    ("H200 NVL", 835.0),
+    ("H200", 989.4),
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.4),
+    ("A100", 312.0),
+    ("A800", 312.0),
+    ("A40", 149.7),
+    ("A30", 165.0),
+    ("L40S", 362.0),
+    ("L4", 121.0),
+];
+
+/// The peak in GFLOP/s of a GPU described as `desc` (`cuda: NVIDIA H100 80GB HBM3`,
+/// with ` (bf16 convolutions)` for the tensor-core path), and the table entry it
+/// matched with the kind of peak; `None` for a GPU not in the table.
+pub fn gpu_peak(desc: &str) -> Option<(f64, String)> {
     let name = desc.strip_prefix("cuda: ")?;
-    GPU_FP32_TFLOPS.iter().find(|(part, _)| name.contains(part)).map(|&(part, tf)| (tf * 1e3, part))
+    let (table, kind) = match name.strip_suffix(" (bf16 convolutions)") {
+        Some(_) => (GPU_BF16_TFLOPS, "dense bf16 tensor-core"),
+        None => (GPU_FP32_TFLOPS, "fp32 (non-tensor)"),
+    };
+    table
+        .iter()
+        .find(|(part, _)| name.contains(part))
+        .map(|&(part, tf)| (tf * 1e3, format!("{kind} datasheet peak of the {part}")))
 }
 
 /// The practical f32 peak of this CPU: the best of 5 products of two 2048×2048
@@ -409,15 +434,24 @@ mod tests {
 
     #[test]
     fn gpu_peaks_come_from_the_table_by_name() {
-        assert_eq!(gpu_fp32_peak("cuda: NVIDIA H100 80GB HBM3"), Some((66_900.0, "H100")));
-        assert_eq!(gpu_fp32_peak("cuda: NVIDIA H100 PCIe"), Some((51_200.0, "H100 PCIe")));
-        assert_eq!(gpu_fp32_peak("cuda: NVIDIA H200"), Some((66_900.0, "H200")));
-        assert_eq!(gpu_fp32_peak("cuda: NVIDIA GH200 480GB").map(|p| p.1), Some("GH200"));
-        assert_eq!(gpu_fp32_peak("cuda: NVIDIA L4").map(|p| p.1), Some("L4"));
-        assert_eq!(gpu_fp32_peak("cuda: NVIDIA A100-SXM4-80GB").map(|p| p.1), Some("A100"));
-        assert_eq!(gpu_fp32_peak("cuda: Some Future GPU"), None);
-        assert_eq!(gpu_fp32_peak("cpu"), None);
-        assert_eq!(gpu_fp32_peak("emu"), None);
+        let peak = |d: &str| gpu_peak(d).map(|p| p.0);
+        let entry = |d: &str| gpu_peak(d).map(|p| p.1);
+        assert_eq!(peak("cuda: NVIDIA H100 80GB HBM3"), Some(66_900.0));
+        assert_eq!(
+            entry("cuda: NVIDIA H100 80GB HBM3").as_deref(),
+            Some("fp32 (non-tensor) datasheet peak of the H100")
+        );
+        assert_eq!(peak("cuda: NVIDIA H100 PCIe"), Some(51_200.0));
+        assert_eq!(peak("cuda: NVIDIA H200"), Some(66_900.0));
+        assert!(entry("cuda: NVIDIA GH200 480GB").unwrap().ends_with("GH200"));
+        assert!(entry("cuda: NVIDIA L4").unwrap().ends_with("L4"));
+        assert!(entry("cuda: NVIDIA A100-SXM4-80GB").unwrap().ends_with("A100"));
+        assert_eq!(peak("cuda: NVIDIA H100 80GB HBM3 (bf16 convolutions)"), Some(989_400.0));
+        assert!(entry("cuda: NVIDIA H200 (bf16 convolutions)").unwrap().starts_with("dense bf16"));
+        assert_eq!(peak("cuda: Some Future GPU"), None);
+        assert_eq!(peak("cpu"), None);
+        assert_eq!(peak("emu"), None);
+        assert_eq!(peak("emu (bf16 convolutions)"), None);
     }
 
     #[test]
