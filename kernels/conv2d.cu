@@ -479,6 +479,26 @@ DEVICE void stash4_bf16(u32* dst, float4 v) {
     dst[1] = pack_bf16x2(v.z, v.w);
 }
 
+// Vector-path gather without divisions: four channels ch..ch+3 of tap (tr, ts) of the
+// pixel at (ph, pw); zeros in the padding and once the tap row is past R (the
+// reduction's end, as Kg % 4 == 0 on this path).
+DEVICE float4 gather4_tap(const float* a, int pbase, int ph, int pw, int tr, int ts, int ch, int R, int H, int W,
+                          int pitch) {
+    const int pad = R >> 1, dr = tr - pad, ds = ts - pad;
+    if (tr >= R || (unsigned)(ph + dr) >= (unsigned)H || (unsigned)(pw + ds) >= (unsigned)W) return zero4();
+    return ld4(a + pbase + (dr * W + ds) * pitch + ch);
+}
+
+// Moves a reduction index, kept as (tap row tr, tap column ts, channel ch) of a
+// `c`-channel R×R gather, forward by `by` elements.
+DEVICE void step_tap(int& tr, int& ts, int& ch, int c, int R, int by) {
+    ch += by;
+    while (ch >= c) {
+        ch -= c;
+        if (++ts == R) ts = 0, ++tr;
+    }
+}
+
 // acc[i][j] += A[wm + 16i .. +15][all 32] · B[all 32][wn + 8j .. +7] for one K-tile.
 // Columns below are in bf16 elements; a word holds two, so column q is word q/2.
 DEVICE void mma_tile_bf16(float acc[2][4][4], const u32 (*a_s)[CB_LDA], const u32 (*b_s)[CB_LDB], int lane, int wm,
@@ -534,6 +554,18 @@ KERNEL_BOUNDS(conv2d_fwd_bf16, CB_THREADS)(float* __restrict__ y, const float* _
     }
     // Weight role: reduction row t/4 of the K-tile, channels 4(t%4) + 16j.
     const int b_row = t >> 2, b_col = (t & 3) * 4;
+    // On the vector path each gathered quad is 4 channels of one tap; its (tap row,
+    // tap column, channel) is decoded once here and stepped by CB_BK after every
+    // fetch (integer division is dozens of instructions on a GPU; this loop would
+    // otherwise do two per quad per tile). The scalar path divides (gather4).
+    int q_tr[4], q_ts[4], q_ch[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const int kg = a_k + 4 * j, tap = kg / c;
+        q_ch[j] = kg - tap * c;
+        q_tr[j] = tap / r;
+        q_ts[j] = tap - q_tr[j] * r;
+    }
 
     float acc[2][4][4];
 #pragma unroll
@@ -550,7 +582,12 @@ KERNEL_BOUNDS(conv2d_fwd_bf16, CB_THREADS)(float* __restrict__ y, const float* _
 #define CB_FETCH(k0)                                                                                        \
     do {                                                                                                    \
         for (int j = 0; j < 4; ++j) {                                                                       \
-            ra[j] = gather4(x, pbase, ph, pw, (k0) + a_k + 4 * j, Kg, c, r, h, wd, x_pitch, vec_a);        \
+            if (vec_a) {                                                                                    \
+                ra[j] = gather4_tap(x, pbase, ph, pw, q_tr[j], q_ts[j], q_ch[j], r, h, wd, x_pitch);        \
+                step_tap(q_tr[j], q_ts[j], q_ch[j], c, r, CB_BK);                                           \
+            } else {                                                                                        \
+                ra[j] = gather4(x, pbase, ph, pw, (k0) + a_k + 4 * j, Kg, c, r, h, wd, x_pitch, false);     \
+            }                                                                                               \
             rb[j] = weight_row4(w, (k0) + b_row, Kg, n0 + b_col + 16 * j, k, vec_b);                        \
         }                                                                                                   \
     } while (0)
