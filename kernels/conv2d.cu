@@ -445,33 +445,37 @@ KERNEL_BOUNDS(conv2d_relu_mask_f32, CONV_THREADS)(float* __restrict__ dy, const 
 }
 EMU_EXPORT(conv2d_relu_mask_f32)
 
-// conv2d_fwd_bf16 — the forward pass on tensor cores: the same implicit GEMM as
-// conv2d_fwd_f32 (same arguments, same `vec` bits, same tails), with the operands
-// rounded to bf16 as they are stored to shared memory and multiplied by
-// mma.m16n8k16 (bf16 × bf16, f32 accumulate); activations, weights, bias and the
-// output stay f32 in global memory. For inference (`Precision::Bf16`): about 3
-// significant digits per product, errors of ~1e-3 relative to the output scale.
+// conv2d_fwd_bf16, conv2d_bwd_data_bf16 — the forward pass and the input gradient
+// on tensor cores: the same implicit GEMMs as conv2d_fwd_f32 / conv2d_bwd_data_f32
+// (same arguments, same `vec` bits, same tails), with the operands rounded to bf16 as
+// they are stored to shared memory and multiplied by mma.m16n8k16 (bf16 × bf16, f32
+// accumulate); activations, weights, bias and outputs stay f32 in global memory.
+// About 3 significant digits per product: errors of ~1e-3 relative to the output
+// scale (`Precision::Bf16`).
 //   Block 128 threads (4 warps), output tile 64 pixels × 64 channels, grid as the f32
-//   kernel. Warp w computes the 32×32 quarter (rows 32(w%2), channels 32(w/2)): 2 × 4
+//   kernels. Warp w computes the 32×32 quarter (rows 32(w%2), channels 32(w/2)): 2 × 4
 //   mma tiles of 16×8, 32 accumulators per thread.
 //   Reduction in K-tiles of 32, double-buffered in shared memory (static, 19,456 bytes):
-//     As[2][64][40]  A as bf16 (stored as 20 words of bf16 pairs), row = pixel, 32
-//                    reduction elements + 8 pad: rows 80
-//                    bytes apart, so the 8 rows of an ldmatrix phase hit 8 distinct
-//                    4-bank groups (conflict-free); read with ldmatrix.x4 (the A
-//                    fragment of a 16×16 block)
-//     Bs[2][32][72]  B as bf16 (36 words), row = reduction element, 64 channels + 8 pad (144
-//                    bytes: conflict-free likewise); read with ldmatrix.x4.trans (the
-//                    B fragments of two 8-channel tiles)
-//   Loads: thread t gathers pixel t/2, reduction quads 16(t%2) + 4j (j < 4), and reads
-//   weight row t/4, channels 4(t%4) + 16j; each quad is packed into two bf16x2 words. As in the f32 kernel, the next tile's global loads are in
-//   flight in registers while the current tile is multiplied; one barrier per tile.
+//     As[2][64][40]  A as bf16 (20 words of bf16 pairs per row), row = pixel, 32
+//                    reduction elements + 8 pad: rows 80 bytes apart, so the 8 rows
+//                    of an ldmatrix phase hit 8 distinct 4-bank groups (conflict-
+//                    free); read with ldmatrix.x4 (the A fragment of a 16×16 block)
+//     Bs[2][32][72]  B as bf16 elements, row = reduction element, 64 channels + 8 pad
+//                    (144 bytes: conflict-free likewise); read with ldmatrix.x4.trans
+//                    (the B fragments of two 8-channel tiles)
+//   Loads: thread t gathers pixel t/2, reduction quads 16(t%2) + 4j (j < 4), packed
+//   into two bf16x2 words each. Forward B: weight row t/4, channels 4(t%4) + 16j,
+//   stored along the row; input-gradient B: channel t%64 of w' (flipped, transposed),
+//   reduction quads t/64 + 2j, stored down the column. As in the f32 kernels, the next
+//   tile's global loads are in flight in registers while the current tile is
+//   multiplied; one barrier per tile.
 #define CB_TILE 64
 #define CB_BK 32
 #define CB_THREADS 128
-// Row lengths in 32-bit words (bf16 pairs, low element first): 40 and 72 bf16.
+// Row lengths: A in 32-bit words (bf16 pairs, low element first), 40 bf16; B in
+// bf16 elements, 72.
 #define CB_LDA ((CB_BK + 8) / 2)
-#define CB_LDB ((CB_TILE + 8) / 2)
+#define CB_LDB16 (CB_TILE + 8)
 
 // Four f32 rounded to bf16 into two words: elements 0,1 and 2,3.
 DEVICE void stash4_bf16(u32* dst, float4 v) {
@@ -500,9 +504,9 @@ DEVICE void step_tap(int& tr, int& ts, int& ch, int c, int R, int by) {
 }
 
 // acc[i][j] += A[wm + 16i .. +15][all 32] · B[all 32][wn + 8j .. +7] for one K-tile.
-// Columns below are in bf16 elements; a word holds two, so column q is word q/2.
-DEVICE void mma_tile_bf16(float acc[2][4][4], const u32 (*a_s)[CB_LDA], const u32 (*b_s)[CB_LDB], int lane, int wm,
-                          int wn) {
+// Columns below are in bf16 elements; an A word holds two, so A column q is word q/2.
+DEVICE void mma_tile_bf16(float acc[2][4][4], const u32 (*a_s)[CB_LDA], const u16 (*b_s)[CB_LDB16], int lane,
+                          int wm, int wn) {
     // ldmatrix: lane l addresses row l%8 of matrix l/8; matrix bit 0 selects the
     // second 8 rows, bit 1 the second 8 columns.
     const int l_row = (lane & 7) + ((lane >> 3) & 1) * 8, l_col = (lane >> 4) * 8;
@@ -517,7 +521,7 @@ DEVICE void mma_tile_bf16(float acc[2][4][4], const u32 (*a_s)[CB_LDA], const u3
             // elements 2(l%4)..+1, the col-major B fragment. Matrices 0,1: channels
             // 0-7 (elements 0-7, 8-15); 2,3: channels 8-15.
             u32 r4[4];
-            ldmatrix_x4_trans(r4, &b_s[ks + l_row][(wn + 16 * jj + l_col) / 2]);
+            ldmatrix_x4_trans(r4, &b_s[ks + l_row][wn + 16 * jj + l_col]);
             bf[2 * jj][0] = r4[0], bf[2 * jj][1] = r4[1];
             bf[2 * jj + 1][0] = r4[2], bf[2 * jj + 1][1] = r4[3];
         }
@@ -529,16 +533,20 @@ DEVICE void mma_tile_bf16(float acc[2][4][4], const u32 (*a_s)[CB_LDA], const u3
     }
 }
 
-// y[N,H,W,K] (pixels y_pitch apart) = relu?(conv(x, w) + b) with bf16 products.
-// Grid (⌈N·H·W/64⌉, ⌈K/64⌉), 128 threads.
-KERNEL_BOUNDS(conv2d_fwd_bf16, CB_THREADS)(float* __restrict__ y, const float* __restrict__ x,
-                                           const float* __restrict__ w, const float* __restrict__ b, int n, int h,
-                                           int wd, int c, int k, int r, int x_pitch, int y_pitch, int relu,
-                                           int vec) {
-    SHARED(u32, As, [2][CB_TILE][CB_LDA]);
-    SHARED(u32, Bs, [2][CB_BK][CB_LDB]);
+// The forward pass (BWD = false) and the input gradient (BWD = true) on tensor cores:
+// conv_gemm's two products with bf16 operands. Argument roles as in conv_gemm
+// (act/a_ch/a_pitch gathered, out/o_ch/o_pitch written). B tiles are stored
+// [reduction][channel] in both: the forward reads a weight row of 4 channels per
+// quad (stored along the row); the input gradient reads w' = the flipped transposed
+// weight, 4 consecutive reduction elements of one channel per quad (stored down a
+// column), so Bs is kept in 16-bit elements.
+template <bool BWD>
+DEVICE void conv_gemm_bf16(u32 (*As)[CB_TILE][CB_LDA], u16 (*Bs)[CB_BK][CB_LDB16], float* __restrict__ out,
+                           const float* __restrict__ act, const float* __restrict__ w,
+                           const float* __restrict__ bias, int N, int H, int W, int a_ch, int o_ch, int R,
+                           int a_pitch, int o_pitch, int relu, int add, int vec) {
     const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
-    const int M = n * h * wd, Kg = r * r * c;
+    const int M = N * H * W, Kg = R * R * a_ch;
     const int m0 = blockIdx.x * CB_TILE, n0 = blockIdx.y * CB_TILE;
     const bool vec_a = (vec & CONV_VEC_A) != 0, vec_b = (vec & CONV_VEC_B) != 0;
     const int wm = (warp & 1) * 32, wn = (warp >> 1) * 32;
@@ -548,12 +556,10 @@ KERNEL_BOUNDS(conv2d_fwd_bf16, CB_THREADS)(float* __restrict__ y, const float* _
     int ph = CONV_FAR, pw = 0, pbase = 0;
     if (m0 + a_row < M) {
         const int m = m0 + a_row;
-        pw = m % wd;
-        ph = (m / wd) % h;
-        pbase = m * x_pitch;
+        pw = m % W;
+        ph = (m / W) % H;
+        pbase = m * a_pitch;
     }
-    // Weight role: reduction row t/4 of the K-tile, channels 4(t%4) + 16j.
-    const int b_row = t >> 2, b_col = (t & 3) * 4;
     // On the vector path each gathered quad is 4 channels of one tap; its (tap row,
     // tap column, channel) is decoded once here and stepped by CB_BK after every
     // fetch (integer division is dozens of instructions on a GPU; this loop would
@@ -561,11 +567,14 @@ KERNEL_BOUNDS(conv2d_fwd_bf16, CB_THREADS)(float* __restrict__ y, const float* _
     int q_tr[4], q_ts[4], q_ch[4];
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-        const int kg = a_k + 4 * j, tap = kg / c;
-        q_ch[j] = kg - tap * c;
-        q_tr[j] = tap / r;
-        q_ts[j] = tap - q_tr[j] * r;
+        const int kg = a_k + 4 * j, tap = kg / a_ch;
+        q_ch[j] = kg - tap * a_ch;
+        q_tr[j] = tap / R;
+        q_ts[j] = tap - q_tr[j] * R;
     }
+    // B role. Forward: reduction row t/4 of the K-tile, channels 4(t%4) + 16j.
+    // Input gradient: channel t%64, reduction quads (t/64) + 2j (elements 4·that..+3).
+    const int b_row = BWD ? 4 * (t >> 6) : t >> 2, b_col = BWD ? t & 63 : (t & 3) * 4;
 
     float acc[2][4][4];
 #pragma unroll
@@ -583,19 +592,28 @@ KERNEL_BOUNDS(conv2d_fwd_bf16, CB_THREADS)(float* __restrict__ y, const float* _
     do {                                                                                                    \
         for (int j = 0; j < 4; ++j) {                                                                       \
             if (vec_a) {                                                                                    \
-                ra[j] = gather4_tap(x, pbase, ph, pw, q_tr[j], q_ts[j], q_ch[j], r, h, wd, x_pitch);        \
-                step_tap(q_tr[j], q_ts[j], q_ch[j], c, r, CB_BK);                                           \
+                ra[j] = gather4_tap(act, pbase, ph, pw, q_tr[j], q_ts[j], q_ch[j], R, H, W, a_pitch);       \
+                step_tap(q_tr[j], q_ts[j], q_ch[j], a_ch, R, CB_BK);                                        \
             } else {                                                                                        \
-                ra[j] = gather4(x, pbase, ph, pw, (k0) + a_k + 4 * j, Kg, c, r, h, wd, x_pitch, false);     \
+                ra[j] = gather4(act, pbase, ph, pw, (k0) + a_k + 4 * j, Kg, a_ch, R, H, W, a_pitch, false); \
             }                                                                                               \
-            rb[j] = weight_row4(w, (k0) + b_row, Kg, n0 + b_col + 16 * j, k, vec_b);                        \
+            if (BWD)                                                                                        \
+                rb[j] = wflip4(w, (k0) + b_row + 8 * j, Kg, n0 + b_col, o_ch, a_ch, R * R, vec_b);          \
+            else                                                                                            \
+                rb[j] = weight_row4(w, (k0) + b_row, Kg, n0 + b_col + 16 * j, o_ch, vec_b);                 \
         }                                                                                                   \
     } while (0)
 #define CB_STASH(buf)                                                                                       \
     do {                                                                                                    \
         for (int j = 0; j < 4; ++j) {                                                                       \
             stash4_bf16(&As[buf][a_row][(a_k + 4 * j) / 2], ra[j]);                                          \
-            stash4_bf16(&Bs[buf][b_row][(b_col + 16 * j) / 2], rb[j]);                                       \
+            const float e4[4] = {rb[j].x, rb[j].y, rb[j].z, rb[j].w};                                       \
+            for (int e = 0; e < 4; ++e) {                                                                   \
+                if (BWD)                                                                                    \
+                    Bs[buf][b_row + 8 * j + e][b_col] = f32_to_bf16(e4[e]);                                 \
+                else                                                                                        \
+                    Bs[buf][b_row][b_col + 16 * j + e] = f32_to_bf16(e4[e]);                                \
+            }                                                                                               \
         }                                                                                                   \
     } while (0)
 
@@ -617,14 +635,15 @@ KERNEL_BOUNDS(conv2d_fwd_bf16, CB_THREADS)(float* __restrict__ y, const float* _
 #undef CB_STASH
 
     // Epilogue: accumulator e of tile (i, j) is row g + 8(e/2), channel 2(l%4) + e%2
-    // of that 16×8 tile (the mma C layout); bias, ReLU, f32 stores.
+    // of that 16×8 tile (the mma C layout). Forward: bias and ReLU; input gradient:
+    // written or added. f32 stores.
     const int g = lane >> 2, tq = lane & 3;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
         const int col = n0 + wn + 8 * j + 2 * tq;
-        if (col >= k) continue;
-        const bool second = col + 1 < k;
-        const float b0 = b[col], b1 = second ? b[col + 1] : 0.0f;
+        if (col >= o_ch) continue;
+        const bool second = col + 1 < o_ch;
+        const float b0 = BWD ? 0.0f : bias[col], b1 = !BWD && second ? bias[col + 1] : 0.0f;
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
 #pragma unroll
@@ -633,13 +652,35 @@ KERNEL_BOUNDS(conv2d_fwd_bf16, CB_THREADS)(float* __restrict__ y, const float* _
                 if (m >= M) continue;
                 float v0 = acc[i][j][2 * half] + b0, v1 = acc[i][j][2 * half + 1] + b1;
                 // As the CPU reference: z <= 0 → 0, so a NaN stays visible.
-                if (relu && v0 <= 0.0f) v0 = 0.0f;
-                if (relu && v1 <= 0.0f) v1 = 0.0f;
-                float* o = y + m * y_pitch + col;
-                o[0] = v0;
-                if (second) o[1] = v1;
+                if (!BWD && relu && v0 <= 0.0f) v0 = 0.0f;
+                if (!BWD && relu && v1 <= 0.0f) v1 = 0.0f;
+                float* o = out + m * o_pitch + col;
+                o[0] = BWD && add ? o[0] + v0 : v0;
+                if (second) o[1] = BWD && add ? o[1] + v1 : v1;
             }
         }
     }
 }
+
+// y[N,H,W,K] (pixels y_pitch apart) = relu?(conv(x, w) + b) with bf16 products.
+// Grid (⌈N·H·W/64⌉, ⌈K/64⌉), 128 threads.
+KERNEL_BOUNDS(conv2d_fwd_bf16, CB_THREADS)(float* __restrict__ y, const float* __restrict__ x,
+                                           const float* __restrict__ w, const float* __restrict__ b, int n, int h,
+                                           int wd, int c, int k, int r, int x_pitch, int y_pitch, int relu,
+                                           int vec) {
+    SHARED(u32, As, [2][CB_TILE][CB_LDA]);
+    SHARED(u16, Bs, [2][CB_BK][CB_LDB16]);
+    conv_gemm_bf16<false>(As, Bs, y, x, w, b, n, h, wd, c, k, r, x_pitch, y_pitch, relu, 0, vec);
+}
 EMU_EXPORT(conv2d_fwd_bf16)
+
+// dx[N,H,W,C] (x_pitch) = (add ? dx : 0) + conv(dy, w') with bf16 products, dy already
+// ReLU-masked. Same arguments as conv2d_bwd_data_f32. Grid (⌈N·H·W/64⌉, ⌈C/64⌉), 128 threads.
+KERNEL_BOUNDS(conv2d_bwd_data_bf16, CB_THREADS)(float* __restrict__ dx, const float* __restrict__ dy,
+                                                const float* __restrict__ w, int n, int h, int wd, int c, int k,
+                                                int r, int x_pitch, int y_pitch, int add, int vec) {
+    SHARED(u32, As, [2][CB_TILE][CB_LDA]);
+    SHARED(u16, Bs, [2][CB_BK][CB_LDB16]);
+    conv_gemm_bf16<true>(As, Bs, dx, dy, w, nullptr, n, h, wd, k, c, r, y_pitch, x_pitch, 0, add, vec);
+}
+EMU_EXPORT(conv2d_bwd_data_bf16)

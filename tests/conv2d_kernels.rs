@@ -416,6 +416,77 @@ fn check_bf16_forward<B: Backend>(be: &B, cases: &[Case]) {
     }
 }
 
+/// The backward with bf16 precision against the CPU's f32: `dx` (the bf16 input
+/// gradient kernel) within the bf16 tolerance with its rounding visible, written or
+/// added as asked and nothing outside its view touched; `dw`/`db` (f32 kernels in
+/// both precisions) within the f32 tolerance; the ReLU-masked `dy` bit-exact.
+fn check_bf16_backward<B: Backend>(be: &B, cases: &[Case]) {
+    let mut rng = rng();
+    for case in cases {
+        let what = format!("bf16 backward {}", case.label());
+        let d = Data::new(case, &mut rng);
+        let y = forward_on(&Cpu, case, &d).unwrap();
+        let [want_dx, want_g, want_dy] = backward_on(&Cpu, case, &d, &y).unwrap();
+        let [got_dx, got_g, got_dy] = backward_on(be, case, &d, &y).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let p = &case.p;
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert!(bits(&got_dy) == bits(&want_dy), "{what}: masked dy differs");
+        let wl = p.weight_len();
+        assert_close(&format!("{what}: dw"), &got_g[2..2 + wl], &want_g[2..2 + wl], tol::F32);
+        let pixels = case.pixels();
+        let x_view = (case.x_off, pixels, p.c, p.x_pitch);
+        if case.grad == Grad::Skip {
+            assert!(bits(&got_dx) == bits(&d.dx), "{what}: dx changed although skipped");
+            continue;
+        }
+        let (g, w) =
+            (view(&got_dx, case.x_off, pixels, p.c, p.x_pitch), view(&want_dx, case.x_off, pixels, p.c, p.x_pitch));
+        assert_close(&format!("{what}: dx"), &g, &w, tol::BF16);
+        // Rounding visible (an f32 run is within 1e-6), unless added into a larger dx.
+        if case.grad == Grad::Write && p.k * p.r * p.r >= 16 && w.iter().any(|v| *v != 0.0) {
+            assert!(common::rel_l2(&g, &w) > 1e-6, "{what}: dx identical to f32 to 1e-6: not bf16 products");
+        }
+        assert_outside_equal(&format!("{what}: dx"), &got_dx, &d.dx, &[x_view]);
+    }
+}
+
+#[test]
+fn emu_bf16_backward_matches_cpu() {
+    let mut cases = sweep();
+    cases.extend(random_cases(&mut rng(), 20));
+    check_bf16_backward(&bf16(emu::backend()), &cases);
+}
+
+#[test]
+fn emu_bf16_backward_schedules_agree() {
+    let mut rng = rng();
+    for case in [
+        Case::new(2, 9, 8, 70, 13, 3, true, 2, 1, false, Grad::Add),
+        Case::new(1, 10, 13, 68, 16, 3, true, 0, 0, true, Grad::Write),
+    ] {
+        let d = Data::new(&case, &mut rng);
+        let y = forward_on(&Cpu, &case, &d).unwrap();
+        let runs: Vec<Vec<u32>> = emu::SCHEDULES
+            .iter()
+            .map(|&s| {
+                let [dx, ..] = backward_on(&bf16(emu::backend_with(s)), &case, &d, &y).unwrap();
+                dx.iter().map(|v| v.to_bits()).collect()
+            })
+            .collect();
+        assert!(runs.iter().all(|r| *r == runs[0]), "{}: bf16 dx differs between thread orders", case.label());
+    }
+}
+
+#[test]
+fn cuda_bf16_backward_matches_cpu() {
+    let Some(mut gpu) = lesionseg::device::test_gpu("conv2d_kernels::cuda_bf16_backward_matches_cpu") else { return };
+    gpu.precision = Precision::Bf16;
+    let mut cases = sweep();
+    cases.extend(random_cases(&mut rng(), 100));
+    cases.push(Case::new(1, 16, 16, 256, 128, 3, true, 512, 64, true, Grad::Add));
+    check_bf16_backward(&gpu, &cases);
+}
+
 fn bf16(mut be: emu::EmuBackend) -> emu::EmuBackend {
     be.precision = Precision::Bf16;
     be

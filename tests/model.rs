@@ -78,11 +78,14 @@ fn emulated_kernels_match_pytorch() {
     check_golden(&emu, "narrow_n1_64x96.safetensors");
 }
 
-/// The whole model with the bf16 tensor-core convolution forward against PyTorch's
-/// f32: the outputs (mask logits, both heads) and the losses within the bf16
-/// tolerance (relative L2 ≤ 1e-2). The bf16 path is for inference: gradients are
-/// not compared (bias gradients are sums that cancel far below their terms, and bf16
-/// rounding moves ReLU switch points, so they differ by more than 1e-2).
+/// The whole model with bf16 precision (tensor-core forward passes and input
+/// gradients) against PyTorch's f32: the outputs (mask logits, both heads) and the
+/// losses within the bf16 tolerance (relative L2 ≤ 1e-2). Gradients are printed, not
+/// asserted: they pass through the model's max operations (2x2 pools, the global max
+/// head), whose argmax a 1e-4 change of an activation can move, and then differ
+/// wholesale. Measured on the fixtures: the whole gradient within 1.7e-3 for the
+/// batch of 2, but 1.4e-1 for the 64x96 image, with f32 input-gradient kernels
+/// too (so not the bf16 backward kernel, which `tests/conv2d_kernels.rs` checks).
 fn check_golden_bf16<B: Backend>(be: &B) {
     for case in ["narrow_n2_64x64.safetensors", "narrow_n1_64x96.safetensors"] {
         let out_path = temp(&format!("out-{}-bf16-{case}", be.name()));
@@ -101,7 +104,19 @@ fn check_golden_bf16<B: Backend>(be: &B) {
         }
         // bf16 products must show: an f32 run is within 1e-5 everywhere.
         assert!(worst.0 > 1e-5, "{case}: worst relative error {:.1e}: were the products bf16?", worst.0);
-        eprintln!("{case} on {} bf16: worst relative L2 {:.2e} ({})", be.name(), worst.0, worst.1);
+        // The gradient as one vector (every parameter's and the input's, concatenated).
+        let (mut g_all, mut w_all) = (Vec::new(), Vec::new());
+        for (name, w) in want.iter().filter(|(n, _)| n.starts_with("grad.")) {
+            g_all.extend_from_slice(&got[name].data);
+            w_all.extend_from_slice(&w.data);
+        }
+        let grad_err = common::rel_l2(&g_all, &w_all);
+        eprintln!(
+            "{case} on {} bf16: worst output relative L2 {:.2e} ({}), whole gradient {grad_err:.2e}",
+            be.name(),
+            worst.0,
+            worst.1
+        );
     }
 }
 

@@ -7,8 +7,9 @@
 //! → arguments → one launch. The geometry is computed here once, so the emulator runs
 //! exactly the grid the GPU runs.
 //!
-//! The forward pass runs `conv2d_fwd_f32`, or `conv2d_fwd_bf16` (tensor cores, same
-//! arguments and grid, 128 threads) when the backend's [`Precision`] is bf16.
+//! The forward pass and the input gradient run `conv2d_fwd_f32` / `conv2d_bwd_data_f32`,
+//! or their `_bf16` twins (tensor cores, same arguments and grid, 128 threads) when
+//! the backend's [`Precision`] is bf16. The weight gradient is f32 either way.
 //!
 //! Path choice: the kernels take a `vec` bit set saying which operands may be moved
 //! 16 bytes at a time (channel count, pitch and element offset all multiples of 4,
@@ -34,9 +35,11 @@ use crate::error::{Error, Result};
 const MODULE: &str = "conv2d";
 const FWD: Kernel = Kernel { module: MODULE, name: "conv2d_fwd_f32" };
 const FWD_BF16: Kernel = Kernel { module: MODULE, name: "conv2d_fwd_bf16" };
-/// Threads per block of `conv2d_fwd_bf16` (its `KERNEL_BOUNDS`; same tile and grid).
+/// Threads per block of `conv2d_fwd_bf16` and `conv2d_bwd_data_bf16` (their
+/// `KERNEL_BOUNDS`; same tiles and grids as the f32 kernels).
 const BF16_THREADS: u32 = 128;
 const BWD_DATA: Kernel = Kernel { module: MODULE, name: "conv2d_bwd_data_f32" };
+const BWD_DATA_BF16: Kernel = Kernel { module: MODULE, name: "conv2d_bwd_data_bf16" };
 const BWD_FILTER: Kernel = Kernel { module: MODULE, name: "conv2d_bwd_filter_f32" };
 const BWD_FILTER_REDUCE: Kernel = Kernel { module: MODULE, name: "conv2d_bwd_filter_reduce_f32" };
 const RELU_MASK: Kernel = Kernel { module: MODULE, name: "conv2d_relu_mask_f32" };
@@ -270,7 +273,8 @@ fn weight_grad<E: Executor>(
     Ok(())
 }
 
-/// `conv2d_bwd_data_f32`: `dx (+)= conv(dy, w')`, one 64-pixel × 64-channel tile per block.
+/// `conv2d_bwd_data_f32` (or `_bf16`): `dx (+)= conv(dy, w')`, one 64-pixel × 64-channel
+/// tile per block.
 fn data_grad<E: Executor>(
     k: &Kernels<E>,
     dxa: u64,
@@ -287,9 +291,15 @@ fn data_grad<E: Executor>(
     let vec = flag(VEC_A, vec4_ok(p.k, p.y_pitch, dya))
         | flag(VEC_B, vec4_ok(p.k, p.k, wa))
         | flag(VEC_OUT, vec4_ok(p.c, p.x_pitch, dxa));
-    let geom = geometry([blocks(pixels, TILE), blocks(p.c, TILE), 1]);
+    let mut geom = geometry([blocks(pixels, TILE), blocks(p.c, TILE), 1]);
     let mut args = vec![Arg::Ptr(dxa), Arg::Ptr(dya), Arg::Ptr(wa)];
     args.extend(dims(OP, p)?);
     args.extend([int(OP, p.x_pitch)?, int(OP, p.y_pitch)?, Arg::I32(add as i32), Arg::I32(vec)]);
-    k.exec.launch(BWD_DATA, &geom, &args)
+    match k.precision {
+        Precision::F32 => k.exec.launch(BWD_DATA, &geom, &args),
+        Precision::Bf16 => {
+            geom.block = [BF16_THREADS, 1, 1];
+            k.exec.launch(BWD_DATA_BF16, &geom, &args)
+        }
+    }
 }
