@@ -684,3 +684,179 @@ KERNEL_BOUNDS(conv2d_bwd_data_bf16, CB_THREADS)(float* __restrict__ dx, const fl
     conv_gemm_bf16<true>(As, Bs, dx, dy, w, nullptr, n, h, wd, k, c, r, y_pitch, x_pitch, 0, add, vec);
 }
 EMU_EXPORT(conv2d_bwd_data_bf16)
+
+// conv2d_bwd_filter_bf16 — the weight gradient on tensor cores: conv2d_bwd_filter_f32's
+// split-K product dw_part[z] = im2col(x)ᵀ · dy over pixel chunk z (same arguments,
+// grid and partial layout; conv2d_bwd_filter_reduce_f32 sums the partials), with both
+// operands rounded to bf16 in shared memory and multiplied by mma.m16n8k16 with f32
+// accumulation. db stays exact f32: each thread sums the f32 dy values it loads, and
+// the block adds the 32 per-thread sums of each channel in a fixed order.
+//   Block 128 threads (4 warps), output tile 64 filter rows (tap, c) × 64 channels,
+//   warp w the 32×32 quarter (rows 32(w%2), channels 32(w/2)).
+//   K-tiles of 32 pixels, double-buffered: As[2][32][72], Bs[2][32][72] bf16, both
+//   [pixel][row or channel] (18,432 bytes), read with ldmatrix.x4.trans: for A, matrix
+//   bit 0 is the second 8 filter rows and bit 1 the second 8 pixels (the A fragment
+//   order); for B, bit 0 the second 8 pixels, bit 1 the second 8 channels.
+//   Loads: thread t reads pixel t/4 of the tile; filter rows row0 + 4(t%4) + 16j and
+//   channels k0 + 4(t%4) + 16j (j < 4), fixed for the whole reduction: on the vector
+//   path each row quad is 4 channels of one tap, decoded once.
+KERNEL_BOUNDS(conv2d_bwd_filter_bf16, CB_THREADS)(float* __restrict__ dw_part, float* __restrict__ db_part,
+                                                  const float* __restrict__ x, const float* __restrict__ dy,
+                                                  int n, int h, int wd, int c, int k, int r, int x_pitch,
+                                                  int y_pitch, int chunk, int vec) {
+    SHARED(u16, As, [2][CB_BK][CB_LDB16]);
+    SHARED(u16, Bs, [2][CB_BK][CB_LDB16]);
+    SHARED(float, db_red, [CB_BK][CB_TILE]);
+    const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
+    const int P = n * h * wd, Kg = r * r * c;
+    const int row0 = blockIdx.x * CB_TILE, k0 = blockIdx.y * CB_TILE, z = blockIdx.z;
+    const int p_begin = z * chunk, p_end = min(P, p_begin + chunk);
+    const bool vec_a = (vec & CONV_VEC_A) != 0, vec_b = (vec & CONV_VEC_B) != 0;
+    const bool db_block = blockIdx.x == 0;
+    const int wm = (warp & 1) * 32, wn = (warp >> 1) * 32;
+
+    // Load role: pixel l_pix of each tile; row/channel quads l_col + 16j.
+    const int l_pix = t >> 2, l_col = (t & 3) * 4;
+    // Vector path: the tap offset of each row quad, decoded once (dr CONV_FAR past Kg:
+    // it fails every bounds test).
+    int off[4], dr[4], ds[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const int kg = row0 + l_col + 16 * j;
+        off[j] = 0, dr[j] = CONV_FAR, ds[j] = 0;
+        if (vec_a && kg < Kg) {
+            const ConvTap tp = conv_tap(kg, c, r);
+            off[j] = (tp.dr * wd + tp.ds) * x_pitch + tp.ch;
+            dr[j] = tp.dr, ds[j] = tp.ds;
+        }
+    }
+
+    float acc[2][4][4];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+        }
+    }
+    float db_acc[4][4];  // [quad j][element]: channel k0 + l_col + 16j + e
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) db_acc[j][e] = 0.0f;
+    }
+
+    const int ntiles = p_end > p_begin ? (p_end - p_begin + CB_BK - 1) / CB_BK : 0;
+    float4 ra[4], rb[4];
+#define WB_FETCH(p0)                                                                                         \
+    do {                                                                                                     \
+        const int p = (p0) + l_pix;                                                                          \
+        for (int j = 0; j < 4; ++j) ra[j] = zero4(), rb[j] = zero4();                                        \
+        if (p < p_end) {                                                                                     \
+            const int pw = p % wd, ph = (p / wd) % h;                                                        \
+            for (int j = 0; j < 4; ++j) {                                                                    \
+                if (vec_a) {                                                                                 \
+                    if ((unsigned)(ph + dr[j]) < (unsigned)h && (unsigned)(pw + ds[j]) < (unsigned)wd)      \
+                        ra[j] = ld4(x + p * x_pitch + off[j]);                                               \
+                } else {                                                                                     \
+                    ra[j] = gather4(x, p * x_pitch, ph, pw, row0 + l_col + 16 * j, Kg, c, r, h, wd, x_pitch, \
+                                    false);                                                                  \
+                }                                                                                            \
+                const int kc = k0 + l_col + 16 * j;                                                          \
+                const float* yp = dy + p * y_pitch + kc;                                                     \
+                if (vec_b)                                                                                   \
+                    rb[j] = kc < k ? ld4(yp) : zero4();                                                      \
+                else                                                                                         \
+                    rb[j] = make_float4(kc < k ? yp[0] : 0.0f, kc + 1 < k ? yp[1] : 0.0f,                    \
+                                        kc + 2 < k ? yp[2] : 0.0f, kc + 3 < k ? yp[3] : 0.0f);               \
+            }                                                                                                \
+        }                                                                                                    \
+    } while (0)
+#define WB_STASH(buf)                                                                                        \
+    do {                                                                                                     \
+        for (int j = 0; j < 4; ++j) {                                                                        \
+            const float av[4] = {ra[j].x, ra[j].y, ra[j].z, ra[j].w};                                        \
+            const float bv[4] = {rb[j].x, rb[j].y, rb[j].z, rb[j].w};                                        \
+            for (int e = 0; e < 4; ++e) {                                                                    \
+                As[buf][l_pix][l_col + 16 * j + e] = f32_to_bf16(av[e]);                                     \
+                Bs[buf][l_pix][l_col + 16 * j + e] = f32_to_bf16(bv[e]);                                     \
+                db_acc[j][e] += bv[e];                                                                       \
+            }                                                                                                \
+        }                                                                                                    \
+    } while (0)
+
+    // ldmatrix.trans lane addresses (see the header): A rows are pixels, columns filter rows.
+    const int a_k = (lane & 7) + ((lane >> 4) & 1) * 8, a_m = ((lane >> 3) & 1) * 8;
+    const int b_k = (lane & 7) + ((lane >> 3) & 1) * 8, b_n = ((lane >> 4) & 1) * 8;
+    if (ntiles > 0) {
+        WB_FETCH(p_begin);
+        WB_STASH(0);
+        __syncthreads();
+    }
+    for (int tile = 0; tile < ntiles; ++tile) {
+        const int cur = tile & 1;
+        const bool more = tile + 1 < ntiles;
+        if (more) WB_FETCH(p_begin + (tile + 1) * CB_BK);
+#pragma unroll
+        for (int ks = 0; ks < CB_BK; ks += 16) {
+            u32 af[2][4], bf[4][2];
+#pragma unroll
+            for (int i = 0; i < 2; ++i) ldmatrix_x4_trans(af[i], &As[cur][ks + a_k][wm + 16 * i + a_m]);
+#pragma unroll
+            for (int jj = 0; jj < 2; ++jj) {
+                u32 r4[4];
+                ldmatrix_x4_trans(r4, &Bs[cur][ks + b_k][wn + 16 * jj + b_n]);
+                bf[2 * jj][0] = r4[0], bf[2 * jj][1] = r4[1];
+                bf[2 * jj + 1][0] = r4[2], bf[2 * jj + 1][1] = r4[3];
+            }
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+#pragma unroll
+                for (int j = 0; j < 4; ++j) mma_16816_bf16(acc[i][j], af[i], bf[j], acc[i][j]);
+            }
+        }
+        // Buffer cur^1 was last read in the previous iteration, before its barrier.
+        if (more) WB_STASH(cur ^ 1);
+        __syncthreads();
+    }
+#undef WB_FETCH
+#undef WB_STASH
+
+    // db: the 32 threads with the same channels (one per pixel row) add their sums in
+    // pixel-row order, then one thread per channel writes the block's partial.
+    if (db_block) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) db_red[l_pix][l_col + 16 * j + e] = db_acc[j][e];
+        }
+        __syncthreads();
+        if (t < CB_TILE && k0 + t < k) {
+            float s = 0.0f;
+            for (int row = 0; row < CB_BK; ++row) s += db_red[row][t];
+            db_part[z * k + k0 + t] = s;
+        }
+    }
+
+    // Epilogue: the partial tile, dense [z][Kg][K]; every element inside Kg × K is
+    // written (zeros for an empty chunk), so nothing needs clearing first.
+    const int g = lane >> 2, tq = lane & 3;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const int col = k0 + wn + 8 * j + 2 * tq;
+        if (col >= k) continue;
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const int row = row0 + wm + 16 * i + g + 8 * half;
+                if (row >= Kg) continue;
+                float* o = dw_part + (z * Kg + row) * k + col;
+                o[0] = acc[i][j][2 * half];
+                if (col + 1 < k) o[1] = acc[i][j][2 * half + 1];
+            }
+        }
+    }
+}
+EMU_EXPORT(conv2d_bwd_filter_bf16)

@@ -416,10 +416,10 @@ fn check_bf16_forward<B: Backend>(be: &B, cases: &[Case]) {
     }
 }
 
-/// The backward with bf16 precision against the CPU's f32: `dx` (the bf16 input
-/// gradient kernel) within the bf16 tolerance with its rounding visible, written or
-/// added as asked and nothing outside its view touched; `dw`/`db` (f32 kernels in
-/// both precisions) within the f32 tolerance; the ReLU-masked `dy` bit-exact.
+/// The backward with bf16 precision against the CPU's f32: `dx` and `dw` (bf16
+/// products) within the bf16 tolerance with their rounding visible, `dx` written or
+/// added as asked; `db` (an f32 sum in both precisions) within the f32 tolerance
+/// (scaled by Σ|dy|); nothing outside the views touched; the masked `dy` bit-exact.
 fn check_bf16_backward<B: Backend>(be: &B, cases: &[Case]) {
     let mut rng = rng();
     for case in cases {
@@ -431,9 +431,17 @@ fn check_bf16_backward<B: Backend>(be: &B, cases: &[Case]) {
         let p = &case.p;
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert!(bits(&got_dy) == bits(&want_dy), "{what}: masked dy differs");
-        let wl = p.weight_len();
-        assert_close(&format!("{what}: dw"), &got_g[2..2 + wl], &want_g[2..2 + wl], tol::F32);
-        let pixels = case.pixels();
+        let (wl, pixels) = (p.weight_len(), case.pixels());
+        let (gw, ww) = (&got_g[2..2 + wl], &want_g[2..2 + wl]);
+        assert_close(&format!("{what}: dw"), gw, ww, tol::BF16);
+        if pixels >= 4 && ww.iter().any(|v| *v != 0.0) {
+            assert!(common::rel_l2(gw, ww) > 1e-6, "{what}: dw identical to f32 to 1e-6: not bf16 products");
+        }
+        let db_off = 2 + wl + 3;
+        let db_scale = common::channel_abs_sums(&view(&want_dy, case.y_off, pixels, p.k, p.y_pitch), p.k);
+        let (got_db, want_db) = (&got_g[db_off..db_off + p.k], &want_g[db_off..db_off + p.k]);
+        common::assert_scaled(&format!("{what}: db"), got_db, want_db, &db_scale, tol::F32);
+        assert_outside_equal(&format!("{what}: dw/db"), &got_g, &d.grads, &[(2, 1, wl, wl), (db_off, 1, p.k, p.k)]);
         let x_view = (case.x_off, pixels, p.c, p.x_pitch);
         if case.grad == Grad::Skip {
             assert!(bits(&got_dx) == bits(&d.dx), "{what}: dx changed although skipped");
@@ -469,11 +477,11 @@ fn emu_bf16_backward_schedules_agree() {
         let runs: Vec<Vec<u32>> = emu::SCHEDULES
             .iter()
             .map(|&s| {
-                let [dx, ..] = backward_on(&bf16(emu::backend_with(s)), &case, &d, &y).unwrap();
-                dx.iter().map(|v| v.to_bits()).collect()
+                let [dx, grads, _] = backward_on(&bf16(emu::backend_with(s)), &case, &d, &y).unwrap();
+                dx.iter().chain(&grads).map(|v| v.to_bits()).collect()
             })
             .collect();
-        assert!(runs.iter().all(|r| *r == runs[0]), "{}: bf16 dx differs between thread orders", case.label());
+        assert!(runs.iter().all(|r| *r == runs[0]), "{}: bf16 dx/dw/db differ between thread orders", case.label());
     }
 }
 

@@ -9,7 +9,8 @@
 //!
 //! The forward pass and the input gradient run `conv2d_fwd_f32` / `conv2d_bwd_data_f32`,
 //! or their `_bf16` twins (tensor cores, same arguments and grid, 128 threads) when
-//! the backend's [`Precision`] is bf16. The weight gradient is f32 either way.
+//! the backend's [`Precision`] is bf16; so does the weight gradient
+//! (`conv2d_bwd_filter_bf16`, whose bias gradient stays an f32 sum).
 //!
 //! Path choice: the kernels take a `vec` bit set saying which operands may be moved
 //! 16 bytes at a time (channel count, pitch and element offset all multiples of 4,
@@ -35,12 +36,13 @@ use crate::error::{Error, Result};
 const MODULE: &str = "conv2d";
 const FWD: Kernel = Kernel { module: MODULE, name: "conv2d_fwd_f32" };
 const FWD_BF16: Kernel = Kernel { module: MODULE, name: "conv2d_fwd_bf16" };
-/// Threads per block of `conv2d_fwd_bf16` and `conv2d_bwd_data_bf16` (their
-/// `KERNEL_BOUNDS`; same tiles and grids as the f32 kernels).
+/// Threads per block of the `conv2d_*_bf16` kernels (their `KERNEL_BOUNDS`; same
+/// tiles, grids and split-K chunks as the f32 kernels).
 const BF16_THREADS: u32 = 128;
 const BWD_DATA: Kernel = Kernel { module: MODULE, name: "conv2d_bwd_data_f32" };
 const BWD_DATA_BF16: Kernel = Kernel { module: MODULE, name: "conv2d_bwd_data_bf16" };
 const BWD_FILTER: Kernel = Kernel { module: MODULE, name: "conv2d_bwd_filter_f32" };
+const BWD_FILTER_BF16: Kernel = Kernel { module: MODULE, name: "conv2d_bwd_filter_bf16" };
 const BWD_FILTER_REDUCE: Kernel = Kernel { module: MODULE, name: "conv2d_bwd_filter_reduce_f32" };
 const RELU_MASK: Kernel = Kernel { module: MODULE, name: "conv2d_relu_mask_f32" };
 
@@ -220,7 +222,8 @@ fn wgrad_splits(pixels: usize, tiles: usize) -> (usize, usize) {
     (pixels.div_ceil(chunk).max(1), chunk)
 }
 
-/// `conv2d_bwd_filter_f32` (+ `conv2d_bwd_filter_reduce_f32` when split): `dw`, `db`.
+/// `conv2d_bwd_filter_f32` or `_bf16` (+ `conv2d_bwd_filter_reduce_f32` when split):
+/// `dw`, `db`.
 fn weight_grad<E: Executor>(
     k: &Kernels<E>,
     dwa: u64,
@@ -258,11 +261,17 @@ fn weight_grad<E: Executor>(
     let vec = flag(VEC_A, vec4_ok(p.c, p.x_pitch, xa))
         | flag(VEC_B, vec4_ok(p.k, p.y_pitch, dya))
         | flag(VEC_OUT, vec4_ok(p.k, p.k, part));
-    let geom = geometry([tiles[0], tiles[1], splits as u32]);
+    let mut geom = geometry([tiles[0], tiles[1], splits as u32]);
     let mut args = vec![Arg::Ptr(part), Arg::Ptr(db_part), Arg::Ptr(xa), Arg::Ptr(dya)];
     args.extend(dims(OP, p)?);
     args.extend([int(OP, p.x_pitch)?, int(OP, p.y_pitch)?, int(OP, chunk)?, Arg::I32(vec)]);
-    k.exec.launch(BWD_FILTER, &geom, &args)?;
+    match k.precision {
+        Precision::F32 => k.exec.launch(BWD_FILTER, &geom, &args)?,
+        Precision::Bf16 => {
+            geom.block = [BF16_THREADS, 1, 1];
+            k.exec.launch(BWD_FILTER_BF16, &geom, &args)?
+        }
+    }
 
     if let Some(ws) = &workspace {
         let geom = geometry([blocks(wlen + p.k, THREADS as usize), 1, 1]);
