@@ -104,10 +104,13 @@ if [ "${GPU_PERF:-1}" = 1 ]; then
       "timeout 300 python3 bench/pytorch_reference.py --device cuda --batch-size $bs --size 512 --steps 5 --no-layers \
        --modes fp32,tf32,bf16,compile --json > $TMP/pt-$bs.json"
   done
-  # Inference with the bf16 tensor-core forward passes (convolutions and deconvolutions).
-  step "lesionseg profile --device cuda --precision bf16 --batch-size 1" bash -c \
-    "timeout 120 .gpu/lesionseg profile --device cuda --precision bf16 --batch-size 1 --size 512 --steps 5 \
-     --no-layers --json > $TMP/ls-1-bf16.json"
+  # --precision bf16: tensor-core convolutions (forward, both gradients) and deconvolution
+  # forward passes; deconvolution gradients stay f32.
+  for bs in 8 1; do
+    step "lesionseg profile --device cuda --precision bf16 --batch-size $bs" bash -c \
+      "timeout 120 .gpu/lesionseg profile --device cuda --precision bf16 --batch-size $bs --size 512 --steps 5 \
+       --no-layers --json > $TMP/ls-$bs-bf16.json"
+  done
   perf_table=$(python3 - "$TMP" <<'PY' 2>&1
 import json, sys, os
 tmp = sys.argv[1]
@@ -141,10 +144,10 @@ for bs, key, what in ((8, "step_median_ms", "training step"), (1, "forward_media
         t = r.get(key)
         ratio = base / t if base and t else float("nan")
         print(f"  PyTorch {r.get('mode', '?'):<10} {what} (batch {bs}){'':<8} {t if t else float('nan'):>10.2f} {ratio:>7.2f}x")
-    if bs == 1:
-        bf = load(os.path.join(tmp, "ls-1-bf16.json"))
+    if True:  # the bf16 rows, against the tensor-core modes
+        bf = load(os.path.join(tmp, f"ls-{bs}-bf16.json"))
         b16 = bf[0][key] if bf else None
-        print(f"lesionseg bf16-conv {what} (batch {bs}){'':<15} {b16 if b16 else float('nan'):>10.2f} {'':>8}")
+        print(f"lesionseg bf16 {what} (batch {bs}){'':<20} {b16 if b16 else float('nan'):>10.2f} {'':>8}")
         for r in theirs:
             t = r.get(key)
             if r.get("mode") in ("bf16", "compile"):

@@ -123,6 +123,11 @@ enum Command {
         /// ranges (run under `nsys profile`, which sets NVTX_INJECTION64_PATH).
         #[arg(long)]
         nvtx: bool,
+        /// Convolution arithmetic on the GPU kernels: f32, or bf16 products on tensor
+        /// cores (f32 accumulation, f32 weights and Adam; deconvolution gradients
+        /// stay f32). The cpu backend is f32 only.
+        #[arg(long, default_value = "f32")]
+        precision: Precision,
     },
     /// Predict the five attribute masks of every JPEG/PNG in a folder, at each
     /// image's original size, as ISIC_<id>_attribute_<attribute>.png (0/255).
@@ -238,6 +243,7 @@ fn main() -> ExitCode {
             seed,
             device,
             nvtx,
+            precision,
         } => {
             let mut o = lesionseg::train::TrainOptions::new(data, out);
             o.nvtx = nvtx;
@@ -252,7 +258,7 @@ fn main() -> ExitCode {
             o.skip_bad = skip_bad;
             o.time_limit = time_limit.map(|m| std::time::Duration::from_secs_f64(m * 60.0));
             o.seed = seed;
-            train(device, &o)
+            train(device, precision, &o)
         }
         Command::Predict { images, weights, out, threshold, size, batch_size, overlays, precision, device } => {
             let mut o = lesionseg::predict::PredictOptions::new(images, weights, out);
@@ -337,11 +343,12 @@ fn synth(out: &Path, count: usize, size: usize, seed: u64) -> lesionseg::Result<
     Ok(())
 }
 
-fn train(device: Device, o: &lesionseg::train::TrainOptions) -> lesionseg::Result<()> {
+fn train(device: Device, precision: Precision, o: &lesionseg::train::TrainOptions) -> lesionseg::Result<()> {
     if o.nvtx {
         note_nvtx()?;
     }
-    let opened = backend(device)?;
+    let mut opened = backend(device)?;
+    opened.set_precision(precision)?;
     let s = lesionseg::on_backend!(&opened, be => lesionseg::train::run(be, o))?;
     use lesionseg::train::Stop;
     let why = match s.stop {

@@ -112,3 +112,32 @@ fn bad_training_data_is_named_or_skipped() {
     assert!(out.status.success(), "--skip-bad run failed: {}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("2 skipped"), "summary reports the skips: {stdout}");
 }
+
+/// `--precision bf16` trains through the emulated tensor-core kernels (a finite loss,
+/// checkpoints written) and is one clear error on the cpu backend, which is f32 only.
+#[test]
+fn bf16_precision_trains_on_the_kernels_and_is_refused_on_the_cpu() {
+    let (data, run) = (temp("bf16-data"), temp("bf16-run"));
+    let _ = std::fs::remove_dir_all(&run);
+    let d = data.to_str().unwrap();
+    let synth = Command::new(env!("CARGO_BIN_EXE_lesionseg"))
+        .args(["synth", "--out", d, "--count", "6", "--size", "64"])
+        .output()
+        .unwrap();
+    assert!(synth.status.success(), "{}", String::from_utf8_lossy(&synth.stderr));
+    let args = ["train", "--data", d, "--out", run.to_str().unwrap(), "--size", "32", "--width", "0.0625"];
+    let small = ["--epochs", "1", "--batch-size", "2", "--precision", "bf16"];
+    let err = fails(&[&args[..], &small[..], &["--device", "cpu"]].concat());
+    assert!(err.contains("--precision bf16") && err.contains("--device cuda"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_lesionseg"))
+        .args([&args[..], &small[..], &["--device", "emu"]].concat())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    // train_loss and val_loss (AUCs are undefined on one validation image).
+    let last: Vec<&str> = metrics.lines().last().unwrap().split(',').collect();
+    let losses: Vec<f64> = last[3..5].iter().map(|v| v.parse().unwrap()).collect();
+    assert!(losses.iter().all(|l| l.is_finite() && *l > 0.0), "{metrics}");
+    assert!(run.join("last.safetensors").exists(), "no checkpoint in {}", run.display());
+}
