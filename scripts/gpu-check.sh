@@ -144,15 +144,15 @@ for bs, key, what in ((8, "step_median_ms", "training step"), (1, "forward_media
         t = r.get(key)
         ratio = base / t if base and t else float("nan")
         print(f"  PyTorch {r.get('mode', '?'):<10} {what} (batch {bs}){'':<8} {t if t else float('nan'):>10.2f} {ratio:>7.2f}x")
-    if True:  # the bf16 rows, against the tensor-core modes
-        bf = load(os.path.join(tmp, f"ls-{bs}-bf16.json"))
-        b16 = bf[0][key] if bf else None
-        print(f"lesionseg bf16 {what} (batch {bs}){'':<20} {b16 if b16 else float('nan'):>10.2f} {'':>8}")
-        for r in theirs:
-            t = r.get(key)
-            if r.get("mode") in ("bf16", "compile"):
-                ratio = b16 / t if b16 and t else float("nan")
-                print(f"  PyTorch {r.get('mode'):<10} {what} (batch {bs}){'':<8} {t if t else float('nan'):>10.2f} {ratio:>7.2f}x")
+    # The bf16 rows, against the tensor-core modes.
+    bf = load(os.path.join(tmp, f"ls-{bs}-bf16.json"))
+    b16 = bf[0][key] if bf else None
+    print(f"lesionseg bf16 {what} (batch {bs}){'':<20} {b16 if b16 else float('nan'):>10.2f} {'':>8}")
+    for r in theirs:
+        t = r.get(key)
+        if r.get("mode") in ("bf16", "compile"):
+            ratio = b16 / t if b16 and t else float("nan")
+            print(f"  PyTorch {r.get('mode'):<10} {what} (batch {bs}){'':<8} {t if t else float('nan'):>10.2f} {ratio:>7.2f}x")
 print("ratio = lesionseg time / PyTorch time (> 1: lesionseg slower)")
 PY
 )
