@@ -21,7 +21,9 @@
 //
 // Entry points (the launcher src/backend/cuda/deconv.rs computes every geometry):
 //   deconv_fwd_f32          grid (⌈M/64⌉, ⌈K/64⌉, 4 parities)
-//   deconv_fwd_bf16         the same on tensor cores (gemm_tile_bf16), for inference
+//   deconv_fwd_bf16, deconv_bwd_data_bf16, deconv_bwd_filter_bf16
+//                           the same three GEMMs on tensor cores (gemm_tile_bf16):
+//                           bf16 operands, f32 accumulation (`Precision::Bf16`)
 //   deconv_bwd_data_f32     dx = Σ over the 16 (parity, tap) pairs that read each
 //                           input pixel: a 4x4 stride-2 gather of dy, reduction 16·K,
 //                           grid (⌈M/64⌉, ⌈C/64⌉); writes or adds
@@ -238,6 +240,7 @@ struct PixelCols {
         }
     }
     MEMBER void put(float* tile) const { st.put_nmajor(tile, vec); }
+    MEMBER void put16(u16* tile) const { st.put_nmajor16(tile, vec); }
 };
 
 // GEMM operand: a dense row-major [rows][cols] matrix, ld apart (the forward's w[a][b]).
@@ -290,6 +293,7 @@ struct WeightT {
         }
     }
     MEMBER void put(float* tile) const { st.put_kmajor(tile, vec); }
+    MEMBER void put16(u16* tile) const { st.put_kmajor16(tile, vec); }
 };
 
 // The 64x64 tile product acc = A[rows][k0..k1) · B[k0..k1)[cols] on the two-stage
@@ -392,6 +396,11 @@ DEVICE void gemm_tile_bf16(float acc[4][4], LA& la, LB& lb, int k0, int k1, u16*
 
 }  // namespace
 
+// Where accumulator e of mma tile j of this thread lands in gemm_tile_bf16's 64x64
+// block tile: row (tile-relative) and column.
+DEVICE int bf16_row(int e) { return ((threadIdx.x >> 5) & 3) * 16 + ((threadIdx.x & 31) >> 2) + 8 * (e >> 1); }
+DEVICE int bf16_col(int j, int e) { return (threadIdx.x >> 7) * 32 + 8 * j + 2 * (threadIdx.x & 3) + (e & 1); }
+
 // Forward, one parity per blockIdx.z: y[n, 2i+a, 2j+b, k] = act(b[k] + Σ A·w[a][b]).
 // x [N,H,W,C] x_pitch apart, y [N,2H,2W,K] y_pitch apart, w [2][2][2][2][C][K], bias [K].
 KERNEL(deconv_fwd_f32)(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ w,
@@ -462,27 +471,18 @@ KERNEL(deconv_fwd_bf16)(float* __restrict__ y, const float* __restrict__ x, cons
     float acc[4][4];
     gemm_tile_bf16(acc, la, lb, 0, 4 * c, as, bs);
 
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2;
-    const int wm = (warp & 3) * 16, wn = (warp >> 2) * 32;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-        const int col = n0 + wn + 8 * j + 2 * (lane & 3);
-        if (col >= k) continue;
-        const bool second = col + 1 < k;
-        const float b0 = bias[col], b1 = second ? bias[col + 1] : 0.0f;
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const int m = m0 + wm + g + 8 * half;
-            if (m >= m_total) continue;
+        for (int e = 0; e < 4; ++e) {
+            const int m = m0 + bf16_row(e), col = n0 + bf16_col(j, e);
+            if (m >= m_total || col >= k) continue;
             int base, pi, pj;
             split_pixel(m, h, wd, 2 * h, 2 * wd, base, pi, pj);
-            float* out = y + (base + (2 * pi + a) * 2 * wd + 2 * pj + b) * y_pitch + col;
-            float z0 = acc[j][2 * half] + b0, z1 = acc[j][2 * half + 1] + b1;
+            float z = acc[j][e] + bias[col];
             // `<=` keeps a NaN (as the CPU reference does) instead of clamping it.
-            if (relu && z0 <= 0.0f) z0 = 0.0f;
-            if (relu && z1 <= 0.0f) z1 = 0.0f;
-            out[0] = z0;
-            if (second) out[1] = z1;
+            if (relu && z <= 0.0f) z = 0.0f;
+            y[(base + (2 * pi + a) * 2 * wd + 2 * pj + b) * y_pitch + col] = z;
         }
     }
 }
@@ -570,6 +570,69 @@ KERNEL(deconv_bwd_filter_f32)(float* __restrict__ part, const float* __restrict_
     }
 }
 EMU_EXPORT(deconv_bwd_filter_f32)
+
+// deconv_bwd_data_f32 on tensor cores (gemm_tile_bf16): same arguments and grid.
+KERNEL(deconv_bwd_data_bf16)(float* __restrict__ dx, const float* __restrict__ dy, const float* __restrict__ w,
+                             int n, int h, int wd, int c, int k, int x_pitch, int y_pitch, int add, int flags) {
+    SHARED(u16, as, [2 * STAGE16]);
+    SHARED(u16, bs, [2 * STAGE16]);
+    const int m0 = blockIdx.x * TILE, n0 = blockIdx.y * TILE, m_total = n * h * wd;
+    PixelRows la;
+    la.src = Source{dy, y_pitch, k, 2 * h, 2 * wd, 2, 0, 0};
+    la.kg = 16 * k;
+    la.vec = (flags & VEC_A) != 0;
+    la.init(m0, m_total, h, wd);
+    WeightT lb;
+    lb.p = w, lb.c_total = c, lb.k_total = k, lb.n0 = n0;
+    lb.vec = (flags & VEC_B) != 0;
+    float acc[4][4];
+    gemm_tile_bf16(acc, la, lb, 0, 16 * k, as, bs);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int m = m0 + bf16_row(e), ch = n0 + bf16_col(j, e);
+            if (m >= m_total || ch >= c) continue;
+            float* out = dx + m * x_pitch + ch;
+            *out = add ? *out + acc[j][e] : acc[j][e];
+        }
+    }
+}
+EMU_EXPORT(deconv_bwd_data_bf16)
+
+// deconv_bwd_filter_f32 on tensor cores (gemm_tile_bf16): same arguments, grid and
+// partial layout (every element of the tile inside [4C][K] written).
+KERNEL(deconv_bwd_filter_bf16)(float* __restrict__ part, const float* __restrict__ dy, const float* __restrict__ x,
+                               int n, int h, int wd, int c, int k, int x_pitch, int y_pitch, int chunk_len,
+                               int flags) {
+    SHARED(u16, as, [2 * STAGE16]);
+    SHARED(u16, bs, [2 * STAGE16]);
+    const int ab = blockIdx.z & 3, chunk = blockIdx.z >> 2, a = ab >> 1, b = ab & 1;
+    const int m0 = blockIdx.x * TILE, n0 = blockIdx.y * TILE, m_total = n * h * wd;
+    const int p0 = chunk * chunk_len, p1 = min(m_total, p0 + chunk_len);
+    PixelCols la;
+    la.src = Source{x, x_pitch, c, h, wd, 0, a, b};
+    la.gh = h, la.gw = wd, la.p_end = p1;
+    la.vec = (flags & VEC_A) != 0;
+    la.init(m0, 4 * c);
+    PixelCols lb;
+    lb.src = Source{dy, y_pitch, k, 2 * h, 2 * wd, 1, a, b};
+    lb.gh = h, lb.gw = wd, lb.p_end = p1;
+    lb.vec = (flags & VEC_B) != 0;
+    lb.init(n0, k);
+    float acc[4][4];
+    gemm_tile_bf16(acc, la, lb, p0, p1, as, bs);
+    float* out = part + (chunk * 4 + ab) * 4 * c * k;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int row = m0 + bf16_row(e), col = n0 + bf16_col(j, e);
+            if (row < 4 * c && col < k) out[row * k + col] = acc[j][e];
+        }
+    }
+}
+EMU_EXPORT(deconv_bwd_filter_bf16)
 
 // Bias gradient partials: part[chunk·K + k] = Σ dy[p, k] over output pixels
 // p ∈ [chunk·chunk_len, +chunk_len). Block 256 = 32 channels x 8 pixel lanes

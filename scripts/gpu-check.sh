@@ -104,8 +104,7 @@ if [ "${GPU_PERF:-1}" = 1 ]; then
       "timeout 300 python3 bench/pytorch_reference.py --device cuda --batch-size $bs --size 512 --steps 5 --no-layers \
        --modes fp32,tf32,bf16,compile --json > $TMP/pt-$bs.json"
   done
-  # --precision bf16: tensor-core convolutions (forward, both gradients) and deconvolution
-  # forward passes; deconvolution gradients stay f32.
+  # --precision bf16: every convolution and deconvolution GEMM on tensor cores.
   for bs in 8 1; do
     step "lesionseg profile --device cuda --precision bf16 --batch-size $bs" bash -c \
       "timeout 120 .gpu/lesionseg profile --device cuda --precision bf16 --batch-size $bs --size 512 --steps 5 \

@@ -124,8 +124,8 @@ enum Command {
         #[arg(long)]
         nvtx: bool,
         /// Convolution arithmetic on the GPU kernels: f32, or bf16 products on tensor
-        /// cores (f32 accumulation, f32 weights and Adam; deconvolution gradients
-        /// stay f32). The cpu backend is f32 only.
+        /// cores for every convolution and deconvolution, forward and backward (f32
+        /// accumulation, f32 weights, biases and Adam). The cpu backend is f32 only.
         #[arg(long, default_value = "f32")]
         precision: Precision,
     },
@@ -153,8 +153,8 @@ enum Command {
         /// Also write each image with the attributes drawn in colour, with a legend.
         #[arg(long)]
         overlays: Option<PathBuf>,
-        /// Convolution forward arithmetic on the GPU kernels: f32, or bf16 on tensor
-        /// cores (inference; within 1e-2 of f32). The cpu backend is f32 only.
+        /// Convolution arithmetic on the GPU kernels: f32, or bf16 products on tensor
+        /// cores (within 1e-2 of f32). The cpu backend is f32 only.
         #[arg(long, default_value = "f32")]
         precision: Precision,
         /// auto, cpu, cuda or emu.
@@ -204,8 +204,9 @@ enum Command {
         /// Print JSON instead of the table.
         #[arg(long)]
         json: bool,
-        /// Convolution forward arithmetic on the GPU kernels: f32, or bf16 on tensor
-        /// cores (the forward passes; backward stays f32). The cpu backend is f32 only.
+        /// Convolution arithmetic on the GPU kernels: f32, or bf16 products on tensor
+        /// cores for every convolution and deconvolution, forward and backward. The
+        /// cpu backend is f32 only.
         #[arg(long, default_value = "f32")]
         precision: Precision,
         /// Name each layer's forward and backward (`enc3_2 forward`) and each timed

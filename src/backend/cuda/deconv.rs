@@ -8,6 +8,10 @@
 //! allocates the workspaces it needs, computes each geometry once (the GPU and the
 //! emulator run the same one) and launches each kernel once. The number of split-K
 //! chunks depends only on the shape, so results are the same bits on every run.
+//!
+//! With the backend's [`Precision`] bf16 the three GEMM kernels are their `_bf16`
+//! twins (same arguments and geometry; tensor cores); the mask, the bias gradient
+//! and the partial sums stay f32.
 
 use super::{
     act_len, addresses, blocks, fits, flag, int, stride_geometry, vec4_ok, Arg, Executor, Geometry, Kernel, Kernels,
@@ -225,7 +229,11 @@ fn weight_grad<E: Executor>(k: &Kernels<E>, s: &Operands, p: &DeconvParams) -> R
         int(op, chunk_len)?,
         Arg::I32(flags),
     ];
-    k.exec.launch(kernel("deconv_bwd_filter_f32"), &geom, &args)?;
+    let name = match k.precision {
+        Precision::F32 => "deconv_bwd_filter_f32",
+        Precision::Bf16 => "deconv_bwd_filter_bf16",
+    };
+    k.exec.launch(kernel(name), &geom, &args)?;
     if chunks > 1 {
         sum_partials(k, op, s.dw, part, len, chunks)?;
     }
@@ -279,5 +287,9 @@ fn input_grad<E: Executor>(k: &Kernels<E>, dxa: u64, add: bool, s: &Operands, p:
         Arg::I32(add as i32),
         Arg::I32(flags),
     ];
-    k.exec.launch(kernel("deconv_bwd_data_f32"), &geom, &args)
+    let name = match k.precision {
+        Precision::F32 => "deconv_bwd_data_f32",
+        Precision::Bf16 => "deconv_bwd_data_bf16",
+    };
+    k.exec.launch(kernel(name), &geom, &args)
 }

@@ -97,9 +97,10 @@ pub enum Precision {
     /// f32 products and sums, as the CPU reference (within 1e-5).
     #[default]
     F32,
-    /// bf16 products with f32 sums on tensor cores (`conv2d_fwd_bf16`,
-    /// `deconv_fwd_bf16`) in the forward passes, for inference: within 1e-2 of the
-    /// reference. Backward passes stay f32.
+    /// bf16 products with f32 sums on tensor cores (the `*_bf16` kernels of
+    /// `conv2d.cu` and `deconv.cu`) in every convolution and deconvolution GEMM,
+    /// forward and backward: within 1e-2 of the reference. Bias gradients, masks,
+    /// pools, the loss and Adam stay f32.
     Bf16,
 }
 
