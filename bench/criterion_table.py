@@ -11,7 +11,7 @@ import argparse
 import re
 import sys
 
-NAME = re.compile(r"^([a-z0-9_]+/\S+)(?:\s+time:.*)?$")
+NAME = re.compile(r"^([a-z0-9_-]+/\S+)(?:\s+time:.*)?$")
 TIME = re.compile(r"time:\s+\[\S+ \S+ (\S+ \S+) \S+ \S+\]")
 THRPT = re.compile(r"thrpt:\s+\[\S+ \S+ (\S+ \S+) \S+ \S+\]")
 

@@ -24,7 +24,8 @@
 //! the host's launches. They run when GPU 0 is usable (`cuda benchmarks SKIPPED`
 //! and the reason otherwise): every op at 512x512 batch 1 and 8, the training step
 //! at batch 8, inference at batch 1 and 16. `cargo bench --bench ops -- cuda_`
-//! runs only those.
+//! runs only those; the `cuda-bf16_*` groups (`-- cuda-bf16_`) time the convolutions,
+//! deconvolutions, training step and inference with `Precision::Bf16`.
 
 use std::time::Duration;
 
@@ -33,6 +34,7 @@ use criterion::{
     criterion_group, criterion_main, Bencher, BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
 use lesionseg::backend::cpu::Cpu;
+use lesionseg::backend::cuda::Precision;
 use lesionseg::backend::{
     AdamParams, At, Backend, Conv2dParams, DeconvParams, GlobalPoolParams, GradIn, LossParams, MaxPoolParams,
 };
@@ -391,11 +393,21 @@ fn cuda(c: &mut Criterion) {
             return;
         }
     };
+    let mut gpu = gpu;
     println!("cuda benchmarks on {}", gpu.describe());
     let (n1, n8, n16) = (Scale { n: 1, size: 512 }, Scale { n: 8, size: 512 }, Scale { n: 16, size: 512 });
     op_benches(c, &gpu, "cuda", &[n1, n8]);
     // A step takes tens of milliseconds here: 6 s is a hundred or more of them.
     model_benches(c, &gpu, "cuda", &[n8], &[n1, n16], 6);
+    // The same with bf16 tensor-core convolutions (`cuda-bf16_*`; `-- cuda_` leaves them
+    // out, `-- cuda-bf16_` runs only them): the ops bf16 changes, at batch 8.
+    gpu.precision = Precision::Bf16;
+    for (layer, op) in distinct(model_ops(&UNetConfig::paper(), n8)) {
+        if matches!(op, Op::Conv(_) | Op::Deconv(_)) {
+            bench_op(c, &gpu, "cuda-bf16", layer, &op, &n8.label());
+        }
+    }
+    model_benches(c, &gpu, "cuda-bf16", &[n8], &[n1, n16], 6);
 }
 
 fn config() -> Criterion {

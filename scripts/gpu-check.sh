@@ -161,10 +161,13 @@ PY
   # the model's rows to the summary; GPU_BENCH=0 skips it.
   if [ "${GPU_BENCH:-1}" = 1 ] && [ -x .gpu/bench-ops ]; then
     bench_log="${OUT:-$TMP}/bench-cuda.txt"
-    step "criterion cuda_ benchmarks" bash -c "CRITERION_HOME=$TMP/criterion timeout 240 .gpu/bench-ops --bench cuda_ \
-      --warm-up-time 0.1 --measurement-time 0.3 --noplot > $bench_log 2>&1"
+    # GPU_BENCH_BF16=1 adds the cuda-bf16_ groups (about a minute more).
+    filter=cuda_
+    [ "${GPU_BENCH_BF16:-0}" = 1 ] && filter='cuda(_|-bf16_)'
+    step "criterion $filter benchmarks" bash -c "CRITERION_HOME=$TMP/criterion timeout 300 .gpu/bench-ops \
+      --bench '$filter' --warm-up-time 0.1 --measurement-time 0.3 --noplot > $bench_log 2>&1"
     python3 bench/criterion_table.py "$bench_log" >"${OUT:-$TMP}/bench-cuda-table.txt" 2>&1
-    bench_table=$(python3 bench/criterion_table.py "$bench_log" --only cuda_train_step,cuda_inference 2>&1)
+    bench_table=$(python3 bench/criterion_table.py "$bench_log" --only _train_step,_inference 2>&1)
   fi
 fi
 rm -rf "$TMP" "$LESIONSEG_CACHE_DIR"
