@@ -22,7 +22,9 @@
 //   16-byte aligned and put the 4 reduction quads of the transposed stores 4 banks
 //   apart (2-way conflicts at worst instead of 4-way with 64).
 //   Gather: thread t reads pixel m0 + t/4, reduction elements 4(t%4)..+3 of the tile:
-//   4 threads cover 16 consecutive channels of one pixel (64 contiguous bytes).
+//   4 threads cover 16 consecutive channels of one pixel (64 contiguous bytes). On the
+//   vector path the quad's tap and channel are stepped from tile to tile (step_tap),
+//   not divided out of the reduction index at every load.
 //
 // conv2d_bwd_filter_f32: the same 64×64 tile and micro-tile, but rows are (tap, c)
 //   and the reduction runs over pixels: split-K, block z reduces pixels
@@ -110,6 +112,26 @@ DEVICE float4 gather4(const float* a, int pbase, int ph, int pw, int kg, int Kg,
                        gather1(a, pbase, ph, pw, kg + 3, Kg, ch, R, H, W, pitch));
 }
 
+// Vector-path gather without divisions: four channels ch..ch+3 of tap (tr, ts) of the
+// pixel at (ph, pw); zeros in the padding and once the tap row is past R (the
+// reduction's end, as Kg % 4 == 0 on this path).
+DEVICE float4 gather4_tap(const float* a, int pbase, int ph, int pw, int tr, int ts, int ch, int R, int H, int W,
+                          int pitch) {
+    const int pad = R >> 1, dr = tr - pad, ds = ts - pad;
+    if (tr >= R || (unsigned)(ph + dr) >= (unsigned)H || (unsigned)(pw + ds) >= (unsigned)W) return zero4();
+    return ld4(a + pbase + (dr * W + ds) * pitch + ch);
+}
+
+// Moves a reduction index, kept as (tap row tr, tap column ts, channel ch) of a
+// `c`-channel R×R gather, forward by `by` elements.
+DEVICE void step_tap(int& tr, int& ts, int& ch, int c, int R, int by) {
+    ch += by;
+    while (ch >= c) {
+        ch -= c;
+        if (++ts == R) ts = 0, ++tr;
+    }
+}
+
 // Forward B: w[kg][n..n+3] (row-major [R·R·C][K]), zero past K and past Kg.
 DEVICE float4 weight_row4(const float* w, int kg, int Kg, int n, int K, bool vec) {
     if (kg >= Kg) return zero4();
@@ -189,6 +211,15 @@ DEVICE void conv_gemm(ConvTile* As, ConvTile* Bs, float* __restrict__ out, const
     // Forward weight role: row t/16 of the K-tile, channels 4(t%16)..+3 (16 threads
     // read 256 contiguous bytes of a weight row).
     const int b_row = t >> 4, b_col = (t & 15) << 2;
+    // Vector path: the gathered quad's tap (row, column) and channel, decoded once and
+    // stepped by CONV_BK after every fetch instead of divided out at every load.
+    int q_tr, q_ts, q_ch;
+    {
+        const int tap = g_q / a_ch;
+        q_ch = g_q - tap * a_ch;
+        q_tr = tap / R;
+        q_ts = tap - q_tr * R;
+    }
 
     float acc[4][4];
 #pragma unroll
@@ -202,7 +233,12 @@ DEVICE void conv_gemm(ConvTile* As, ConvTile* Bs, float* __restrict__ out, const
     // Registers ← K-tile k0 (global loads; they complete while the tile before is multiplied).
 #define CONV_FETCH(k0)                                                                          \
     do {                                                                                        \
-        ra = gather4(act, pbase, ph, pw, (k0) + g_q, Kg, a_ch, R, H, W, a_pitch, vec_a);        \
+        if (vec_a) {                                                                            \
+            ra = gather4_tap(act, pbase, ph, pw, q_tr, q_ts, q_ch, R, H, W, a_pitch);           \
+            step_tap(q_tr, q_ts, q_ch, a_ch, R, CONV_BK);                                       \
+        } else {                                                                                \
+            ra = gather4(act, pbase, ph, pw, (k0) + g_q, Kg, a_ch, R, H, W, a_pitch, false);   \
+        }                                                                                       \
         if (BWD)                                                                                \
             rb = wflip4(w, (k0) + g_q, Kg, n0 + g_row, o_ch, a_ch, R * R, vec_b);               \
         else                                                                                    \
@@ -481,26 +517,6 @@ EMU_EXPORT(conv2d_relu_mask_f32)
 DEVICE void stash4_bf16(u32* dst, float4 v) {
     dst[0] = pack_bf16x2(v.x, v.y);
     dst[1] = pack_bf16x2(v.z, v.w);
-}
-
-// Vector-path gather without divisions: four channels ch..ch+3 of tap (tr, ts) of the
-// pixel at (ph, pw); zeros in the padding and once the tap row is past R (the
-// reduction's end, as Kg % 4 == 0 on this path).
-DEVICE float4 gather4_tap(const float* a, int pbase, int ph, int pw, int tr, int ts, int ch, int R, int H, int W,
-                          int pitch) {
-    const int pad = R >> 1, dr = tr - pad, ds = ts - pad;
-    if (tr >= R || (unsigned)(ph + dr) >= (unsigned)H || (unsigned)(pw + ds) >= (unsigned)W) return zero4();
-    return ld4(a + pbase + (dr * W + ds) * pitch + ch);
-}
-
-// Moves a reduction index, kept as (tap row tr, tap column ts, channel ch) of a
-// `c`-channel R×R gather, forward by `by` elements.
-DEVICE void step_tap(int& tr, int& ts, int& ch, int c, int R, int by) {
-    ch += by;
-    while (ch >= c) {
-        ch -= c;
-        if (++ts == R) ts = 0, ++tr;
-    }
 }
 
 // acc[i][j] += A[wm + 16i .. +15][all 32] · B[all 32][wn + 8j .. +7] for one K-tile.
