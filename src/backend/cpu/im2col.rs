@@ -6,10 +6,11 @@
 //! of the transposed conv) has the same shape: each output pixel `(n, oh, ow)` reads
 //! a fixed list of input pixels (`taps`), concatenates their channels into one row
 //! of an im2col matrix, and multiplies that row by a `[taps*C, K]` weight matrix.
-//! The output pixels are cut into blocks of [`BLOCK_PIXELS`]; each rayon task builds
-//! the im2col of its block in its own buffer and runs a single-threaded GEMM on it.
-//! This keeps the im2col in cache instead of streaming a whole-image matrix through
-//! memory (DESIGN.md, "CPU backend notes": ~85% of oneDNN against ~74%).
+//! The output pixels are cut into blocks of [`GATHER_BLOCK_PIXELS`] (weight
+//! gradients: [`BLOCK_PIXELS`]); each rayon task builds the im2col of its block in
+//! its own buffer and runs a single-threaded GEMM on it. This keeps the im2col in
+//! cache instead of streaming a whole-image matrix through memory (DESIGN.md, "CPU
+//! backend notes": ~85% of oneDNN against ~74%).
 
 use std::ops::Range;
 
@@ -18,9 +19,15 @@ use rayon::prelude::*;
 
 use super::{view_len, Real};
 
-/// Output pixels per im2col block. With 3x3x512 inputs a block's im2col is 9 MiB in
-/// f32; smaller blocks lose GEMM efficiency, larger ones fall out of cache.
+/// Pixels per block of the weight gradients' reduction (the depth of each of their
+/// GEMMs): with 3x3x512 inputs a block's im2col is 9 MiB in f32.
 pub(super) const BLOCK_PIXELS: usize = 512;
+
+/// Output pixels per im2col block of the forward and input-gradient products. 256
+/// measured faster than 512 (interleaved runs on 2 cores: the forward pass 5–12%,
+/// the 512x512 training step 3–4%; 1024 and 2048 slower still): a 3x3x256 block's
+/// im2col (2.3 MiB) stays in cache while gemm packs it.
+pub(super) const GATHER_BLOCK_PIXELS: usize = 256;
 
 /// Most weight-gradient partials summed at the end of a backward pass. A fixed cap
 /// (not the thread count) keeps the summation order, and so the bits of `dw`, the
@@ -219,18 +226,21 @@ pub(super) fn gather_matmul<T: Real>(
     if len == 0 {
         return;
     }
-    let nblocks = pixels.div_ceil(BLOCK_PIXELS);
+    let nblocks = pixels.div_ceil(GATHER_BLOCK_PIXELS);
     let par = inner_par(nblocks);
     let rhs = Mat { data: wmat, rs: k, cs: 1 };
     // Blocks of whole pixels: chunk i holds pixels i*BLOCK.. of the view, so the
     // chunks are disjoint and each task writes only its own output rows.
-    out[..len].par_chunks_mut(BLOCK_PIXELS * out_pitch).enumerate().for_each_init(Vec::new, |col, (bi, block)| {
-        let p0 = bi * BLOCK_PIXELS;
-        let rows = BLOCK_PIXELS.min(pixels - p0);
-        let lhs = g.rows(col, p0, rows);
-        matmul(block, out_pitch, accumulate, lhs, rhs, rows, k, g.width(), par);
-        epilogue(block, rows);
-    });
+    out[..len].par_chunks_mut(GATHER_BLOCK_PIXELS * out_pitch).enumerate().for_each_init(
+        Vec::new,
+        |col, (bi, block)| {
+            let p0 = bi * GATHER_BLOCK_PIXELS;
+            let rows = GATHER_BLOCK_PIXELS.min(pixels - p0);
+            let lhs = g.rows(col, p0, rows);
+            matmul(block, out_pitch, accumulate, lhs, rhs, rows, k, g.width(), par);
+            epilogue(block, rows);
+        },
+    );
 }
 
 /// `y[p, 0..k] = relu?(y[p] + b)` for the `rows` pixels of `block`, `pitch` apart.
