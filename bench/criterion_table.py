@@ -41,8 +41,12 @@ def main():
     ap.add_argument("log")
     ap.add_argument("--only", help="comma-separated parts of names to keep")
     a = ap.parse_args()
-    with open(a.log, errors="replace") as f:
-        rows = parse(f)
+    try:
+        with open(a.log, errors="replace") as f:
+            rows = parse(f)
+    except OSError as e:
+        print(f"no criterion log: {e}")
+        return 1
     if a.only:
         keep = a.only.split(",")
         rows = [r for r in rows if any(k in r["name"] for k in keep)]

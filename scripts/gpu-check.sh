@@ -4,11 +4,19 @@
 # (tests/gpu.rs in full: executor, testing.cu kernels, the narrow model against the
 # CPU and `forward --device cuda` against the PyTorch goldens; the kernel tests
 # tests/*_kernels.rs except the emulator-only ones, whose names contain "emu"), and
-# the `forward` command on the committed narrow fixtures — then prints a short
-# summary last.
+# the `forward` command on the committed narrow fixtures; then the performance side
+# by side (`lesionseg profile --device cuda`, f32 and `--precision bf16`, and
+# bench/pytorch_reference.py in fp32/TF32/bf16/compile at 512x512: training step at
+# batch 8, inference at batch 1) and the criterion `cuda_` benchmarks — then prints a
+# short summary last: card, date, commit, PASS/FAIL/SKIP per step, the criterion
+# training-step and inference rows, the ratio table. Full logs and the summary go to
+# $OUT when it is set.
 #
 #   scripts/gpu-check.sh                              # everything above
 #   GPU_TEST_FILTER=cuda_matches scripts/gpu-check.sh # only kernel tests matching this
+#   GPU_PERF=0     no performance part     GPU_BENCH=0       no criterion benchmarks
+#   GPU_BENCH_BF16=1  also the cuda-bf16_ criterion groups
+#   GPU_CHECK_BUDGET=480  steps that would start after this many seconds are skipped
 #
 # NVRTC is looked for in LESIONSEG_NVRTC, CUDA_HOME/CUDA_PATH, /usr/local/cuda*,
 # Python nvidia wheels and the linker path (by the binary itself; found here first
@@ -40,6 +48,7 @@ export LESIONSEG_BIN="$ROOT/.gpu/lesionseg"  # the binary tests/gpu.rs runs
 export LESIONSEG_ROOT="$ROOT"                # where tests/gpu.rs finds tests/fixtures
 export LESIONSEG_REQUIRE_GPU=1               # no GPU is a failure here, not a skip
 export LESIONSEG_SYNC=1                      # a faulting kernel is named at its launch
+[ -n "${OUT:-}" ] && mkdir -p "$OUT"           # where the logs and the summary go
 LESIONSEG_CACHE_DIR=$(mktemp -d)             # compile every kernel afresh
 export LESIONSEG_CACHE_DIR
 TMP=$(mktemp -d)
@@ -55,9 +64,17 @@ if [ -n "$built_root" ] && [ "$built_root" != "$ROOT" ] && [ ! -e "$built_root" 
 fi
 
 results=()
+# A time budget (seconds, default 480): a step that would start after it is recorded
+# as skipped, so the summary always prints even when the steps run long (the device
+# runner's limit would otherwise kill the script before it).
+BUDGET=${GPU_CHECK_BUDGET:-480}
 step() {
   local name=$1
   shift
+  if [ "$SECONDS" -ge "$BUDGET" ]; then
+    results+=("SKIP  $name (the ${BUDGET}s budget was spent; GPU_CHECK_BUDGET raises it)")
+    return 0
+  fi
   echo
   echo "======== $name"
   local start=$SECONDS
@@ -166,25 +183,32 @@ PY
     [ "${GPU_BENCH_BF16:-0}" = 1 ] && filter='cuda(_|-bf16_)'
     step "criterion $filter benchmarks" bash -c "CRITERION_HOME=$TMP/criterion timeout 300 .gpu/bench-ops \
       --bench '$filter' --warm-up-time 0.1 --measurement-time 0.3 --noplot > $bench_log 2>&1"
-    python3 bench/criterion_table.py "$bench_log" >"${OUT:-$TMP}/bench-cuda-table.txt" 2>&1
-    bench_table=$(python3 bench/criterion_table.py "$bench_log" --only _train_step,_inference 2>&1)
+    if [ -f "$bench_log" ]; then
+      python3 bench/criterion_table.py "$bench_log" >"${OUT:-$TMP}/bench-cuda-table.txt" 2>&1
+      bench_table=$(python3 bench/criterion_table.py "$bench_log" --only _train_step,_inference 2>&1)
+    fi
   fi
 fi
 rm -rf "$TMP" "$LESIONSEG_CACHE_DIR"
 
 card=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
-failed=0
-for r in "${results[@]}"; do [[ $r == FAIL* ]] && failed=$((failed + 1)); done
+failed=0 skipped=0
+for r in "${results[@]}"; do
+  [[ $r == FAIL* ]] && failed=$((failed + 1))
+  [[ $r == SKIP* ]] && skipped=$((skipped + 1))
+done
+skip_note=""
+[ $skipped -gt 0 ] && skip_note=", $skipped skipped for time"
 summary() {
   echo
-  echo "================ GPU check summary"
+  echo "================ GPU check summary (${SECONDS}s)"
   echo "card:    ${card:-unknown (nvidia-smi failed)}"
   echo "date:    $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "commit:  $(build_info commit) ($(build_info profile) build of $(build_info built))"
   printf '%s\n' "${results[@]}"
   if [ -n "${bench_table:-}" ]; then echo; echo "$bench_table"; fi
   if [ -n "${perf_table:-}" ]; then echo; echo "$perf_table"; fi
-  if [ $failed -eq 0 ]; then echo "RESULT:  PASS"; else echo "RESULT:  FAIL ($failed of ${#results[@]} steps)"; fi
+  if [ $failed -eq 0 ]; then echo "RESULT:  PASS$skip_note"; else echo "RESULT:  FAIL ($failed of ${#results[@]} steps$skip_note)"; fi
 }
 # The summary also goes to $OUT (the device tool brings that folder back), ready to be
 # appended to bench/RESULTS.md with the card, date and commit it names.
