@@ -401,6 +401,41 @@ DEVICE void gemm_tile_bf16(float acc[4][4], LA& la, LB& lb, int k0, int k1, u16*
 DEVICE int bf16_row(int e) { return ((threadIdx.x >> 5) & 3) * 16 + ((threadIdx.x & 31) >> 2) + 8 * (e >> 1); }
 DEVICE int bf16_col(int j, int e) { return (threadIdx.x >> 7) * 32 + 8 * j + 2 * (threadIdx.x & 3) + (e & 1); }
 
+// The operands of each GEMM, shared by the f32 kernels and their bf16 twins.
+// Forward, parity ab: A = im2col_ab(x) (rows = input-grid pixels), B = w[a][b].
+DEVICE void forward_operands(PixelRows& la, DenseRows& lb, const float* x, const float* w, int ab, int m0, int n0,
+                             int n, int h, int wd, int c, int k, int x_pitch, int flags) {
+    la.src = Source{x, x_pitch, c, h, wd, 0, ab >> 1, ab & 1};
+    la.kg = 4 * c;
+    la.vec = (flags & VEC_A) != 0;
+    la.init(m0, n * h * wd, h, wd);
+    lb.p = w + ab * 4 * c * k, lb.rows = 4 * c, lb.cols = k, lb.ld = k, lb.n0 = n0;
+    lb.vec = (flags & VEC_B) != 0;
+}
+// Input gradient: A = the 16-tap gather of dy, B = the weight blocks transposed.
+DEVICE void data_grad_operands(PixelRows& la, WeightT& lb, const float* dy, const float* w, int m0, int n0, int n,
+                               int h, int wd, int c, int k, int y_pitch, int flags) {
+    la.src = Source{dy, y_pitch, k, 2 * h, 2 * wd, 2, 0, 0};
+    la.kg = 16 * k;
+    la.vec = (flags & VEC_A) != 0;
+    la.init(m0, n * h * wd, h, wd);
+    lb.p = w, lb.c_total = c, lb.k_total = k, lb.n0 = n0;
+    lb.vec = (flags & VEC_B) != 0;
+}
+// Weight gradient of parity ab over grid pixels [.., p_end): A = im2col_ab(x)ᵀ,
+// B = dy of the parity.
+DEVICE void filter_grad_operands(PixelCols& la, PixelCols& lb, const float* x, const float* dy, int ab, int m0,
+                                 int n0, int p_end, int h, int wd, int c, int k, int x_pitch, int y_pitch, int flags) {
+    la.src = Source{x, x_pitch, c, h, wd, 0, ab >> 1, ab & 1};
+    la.gh = h, la.gw = wd, la.p_end = p_end;
+    la.vec = (flags & VEC_A) != 0;
+    la.init(m0, 4 * c);
+    lb.src = Source{dy, y_pitch, k, 2 * h, 2 * wd, 1, ab >> 1, ab & 1};
+    lb.gh = h, lb.gw = wd, lb.p_end = p_end;
+    lb.vec = (flags & VEC_B) != 0;
+    lb.init(n0, k);
+}
+
 // Forward, one parity per blockIdx.z: y[n, 2i+a, 2j+b, k] = act(b[k] + Σ A·w[a][b]).
 // x [N,H,W,C] x_pitch apart, y [N,2H,2W,K] y_pitch apart, w [2][2][2][2][C][K], bias [K].
 KERNEL(deconv_fwd_f32)(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ w,
@@ -411,13 +446,8 @@ KERNEL(deconv_fwd_f32)(float* __restrict__ y, const float* __restrict__ x, const
     const int ab = blockIdx.z, a = ab >> 1, b = ab & 1;
     const int m0 = blockIdx.x * TILE, n0 = blockIdx.y * TILE, m_total = n * h * wd;
     PixelRows la;
-    la.src = Source{x, x_pitch, c, h, wd, 0, a, b};
-    la.kg = 4 * c;
-    la.vec = (flags & VEC_A) != 0;
-    la.init(m0, m_total, h, wd);
     DenseRows lb;
-    lb.p = w + ab * 4 * c * k, lb.rows = 4 * c, lb.cols = k, lb.ld = k, lb.n0 = n0;
-    lb.vec = (flags & VEC_B) != 0;
+    forward_operands(la, lb, x, w, ab, m0, n0, n, h, wd, c, k, x_pitch, flags);
     float acc[4][4];
     gemm_tile(acc, la, lb, 0, 4 * c, as, bs);
 
@@ -461,13 +491,8 @@ KERNEL(deconv_fwd_bf16)(float* __restrict__ y, const float* __restrict__ x, cons
     const int ab = blockIdx.z, a = ab >> 1, b = ab & 1;
     const int m0 = blockIdx.x * TILE, n0 = blockIdx.y * TILE, m_total = n * h * wd;
     PixelRows la;
-    la.src = Source{x, x_pitch, c, h, wd, 0, a, b};
-    la.kg = 4 * c;
-    la.vec = (flags & VEC_A) != 0;
-    la.init(m0, m_total, h, wd);
     DenseRows lb;
-    lb.p = w + ab * 4 * c * k, lb.rows = 4 * c, lb.cols = k, lb.ld = k, lb.n0 = n0;
-    lb.vec = (flags & VEC_B) != 0;
+    forward_operands(la, lb, x, w, ab, m0, n0, n, h, wd, c, k, x_pitch, flags);
     float acc[4][4];
     gemm_tile_bf16(acc, la, lb, 0, 4 * c, as, bs);
 
@@ -496,13 +521,8 @@ KERNEL(deconv_bwd_data_f32)(float* __restrict__ dx, const float* __restrict__ dy
     SHARED(float, bs, [2 * STAGE]);
     const int m0 = blockIdx.x * TILE, n0 = blockIdx.y * TILE, m_total = n * h * wd;
     PixelRows la;
-    la.src = Source{dy, y_pitch, k, 2 * h, 2 * wd, 2, 0, 0};
-    la.kg = 16 * k;
-    la.vec = (flags & VEC_A) != 0;
-    la.init(m0, m_total, h, wd);
     WeightT lb;
-    lb.p = w, lb.c_total = c, lb.k_total = k, lb.n0 = n0;
-    lb.vec = (flags & VEC_B) != 0;
+    data_grad_operands(la, lb, dy, w, m0, n0, n, h, wd, c, k, y_pitch, flags);
     float acc[4][4];
     gemm_tile(acc, la, lb, 0, 16 * k, as, bs);
 
@@ -537,19 +557,11 @@ KERNEL(deconv_bwd_filter_f32)(float* __restrict__ part, const float* __restrict_
                               int flags) {
     SHARED(float, as, [2 * STAGE]);
     SHARED(float, bs, [2 * STAGE]);
-    const int ab = blockIdx.z & 3, chunk = blockIdx.z >> 2, a = ab >> 1, b = ab & 1;
+    const int ab = blockIdx.z & 3, chunk = blockIdx.z >> 2;
     const int m0 = blockIdx.x * TILE, n0 = blockIdx.y * TILE, m_total = n * h * wd;
     const int p0 = chunk * chunk_len, p1 = min(m_total, p0 + chunk_len);
-    PixelCols la;
-    la.src = Source{x, x_pitch, c, h, wd, 0, a, b};
-    la.gh = h, la.gw = wd, la.p_end = p1;
-    la.vec = (flags & VEC_A) != 0;
-    la.init(m0, 4 * c);
-    PixelCols lb;
-    lb.src = Source{dy, y_pitch, k, 2 * h, 2 * wd, 1, a, b};
-    lb.gh = h, lb.gw = wd, lb.p_end = p1;
-    lb.vec = (flags & VEC_B) != 0;
-    lb.init(n0, k);
+    PixelCols la, lb;
+    filter_grad_operands(la, lb, x, dy, ab, m0, n0, p1, h, wd, c, k, x_pitch, y_pitch, flags);
     float acc[4][4];
     gemm_tile(acc, la, lb, p0, p1, as, bs);
 
@@ -578,13 +590,8 @@ KERNEL(deconv_bwd_data_bf16)(float* __restrict__ dx, const float* __restrict__ d
     SHARED(u16, bs, [2 * STAGE16]);
     const int m0 = blockIdx.x * TILE, n0 = blockIdx.y * TILE, m_total = n * h * wd;
     PixelRows la;
-    la.src = Source{dy, y_pitch, k, 2 * h, 2 * wd, 2, 0, 0};
-    la.kg = 16 * k;
-    la.vec = (flags & VEC_A) != 0;
-    la.init(m0, m_total, h, wd);
     WeightT lb;
-    lb.p = w, lb.c_total = c, lb.k_total = k, lb.n0 = n0;
-    lb.vec = (flags & VEC_B) != 0;
+    data_grad_operands(la, lb, dy, w, m0, n0, n, h, wd, c, k, y_pitch, flags);
     float acc[4][4];
     gemm_tile_bf16(acc, la, lb, 0, 16 * k, as, bs);
 #pragma unroll
@@ -607,19 +614,11 @@ KERNEL(deconv_bwd_filter_bf16)(float* __restrict__ part, const float* __restrict
                                int flags) {
     SHARED(u16, as, [2 * STAGE16]);
     SHARED(u16, bs, [2 * STAGE16]);
-    const int ab = blockIdx.z & 3, chunk = blockIdx.z >> 2, a = ab >> 1, b = ab & 1;
+    const int ab = blockIdx.z & 3, chunk = blockIdx.z >> 2;
     const int m0 = blockIdx.x * TILE, n0 = blockIdx.y * TILE, m_total = n * h * wd;
     const int p0 = chunk * chunk_len, p1 = min(m_total, p0 + chunk_len);
-    PixelCols la;
-    la.src = Source{x, x_pitch, c, h, wd, 0, a, b};
-    la.gh = h, la.gw = wd, la.p_end = p1;
-    la.vec = (flags & VEC_A) != 0;
-    la.init(m0, 4 * c);
-    PixelCols lb;
-    lb.src = Source{dy, y_pitch, k, 2 * h, 2 * wd, 1, a, b};
-    lb.gh = h, lb.gw = wd, lb.p_end = p1;
-    lb.vec = (flags & VEC_B) != 0;
-    lb.init(n0, k);
+    PixelCols la, lb;
+    filter_grad_operands(la, lb, x, dy, ab, m0, n0, p1, h, wd, c, k, x_pitch, y_pitch, flags);
     float acc[4][4];
     gemm_tile_bf16(acc, la, lb, p0, p1, as, bs);
     float* out = part + (chunk * 4 + ab) * 4 * c * k;
