@@ -132,13 +132,17 @@ DEVICE void step_tap(int& tr, int& ts, int& ch, int c, int R, int by) {
     }
 }
 
+// Channels kc..kc+3 of one pixel (`px` its channel 0), zero past `k`; `vec`: one
+// 16-byte load (k % 4 == 0, so the quad is wholly in or out).
+DEVICE float4 channel_quad(const float* px, int kc, int k, bool vec) {
+    if (vec) return kc < k ? ld4(px + kc) : zero4();
+    return make_float4(kc < k ? px[kc] : 0.0f, kc + 1 < k ? px[kc + 1] : 0.0f, kc + 2 < k ? px[kc + 2] : 0.0f,
+                       kc + 3 < k ? px[kc + 3] : 0.0f);
+}
+
 // Forward B: w[kg][n..n+3] (row-major [R·R·C][K]), zero past K and past Kg.
 DEVICE float4 weight_row4(const float* w, int kg, int Kg, int n, int K, bool vec) {
-    if (kg >= Kg) return zero4();
-    const float* row = w + kg * K;
-    if (vec) return n < K ? ld4(row + n) : zero4();  // K % 4 == 0: the quad is in or out
-    return make_float4(n < K ? row[n] : 0.0f, n + 1 < K ? row[n + 1] : 0.0f, n + 2 < K ? row[n + 2] : 0.0f,
-                       n + 3 < K ? row[n + 3] : 0.0f);
+    return kg < Kg ? channel_quad(w + kg * K, n, K, vec) : zero4();
 }
 
 // Input-gradient B: w'[kg][c] = w[R·R-1-tap][c][k] with kg = tap·K + k, for kg..kg+3.
@@ -390,12 +394,7 @@ KERNEL_BOUNDS(conv2d_bwd_filter_f32, CONV_THREADS)(float* __restrict__ dw_part, 
                                : 0.0f;                                                              \
                 ra = make_float4(e[0], e[1], e[2], e[3]);                                           \
             }                                                                                       \
-            const float* yp = dy + p * y_pitch + kc;                                                \
-            if (vec_b)                                                                              \
-                rb = kc < k ? ld4(yp) : zero4();                                                    \
-            else                                                                                    \
-                rb = make_float4(kc < k ? yp[0] : 0.0f, kc + 1 < k ? yp[1] : 0.0f,                  \
-                                 kc + 2 < k ? yp[2] : 0.0f, kc + 3 < k ? yp[3] : 0.0f);             \
+            rb = channel_quad(dy + p * y_pitch, kc, k, vec_b);                                     \
         }                                                                                           \
     } while (0)
 #define WGRAD_STASH(buf)                    \
@@ -779,13 +778,7 @@ KERNEL_BOUNDS(conv2d_bwd_filter_bf16, CB_THREADS)(float* __restrict__ dw_part, f
                     ra[j] = gather4(x, p * x_pitch, ph, pw, row0 + l_col + 16 * j, Kg, c, r, h, wd, x_pitch, \
                                     false);                                                                  \
                 }                                                                                            \
-                const int kc = k0 + l_col + 16 * j;                                                          \
-                const float* yp = dy + p * y_pitch + kc;                                                     \
-                if (vec_b)                                                                                   \
-                    rb[j] = kc < k ? ld4(yp) : zero4();                                                      \
-                else                                                                                         \
-                    rb[j] = make_float4(kc < k ? yp[0] : 0.0f, kc + 1 < k ? yp[1] : 0.0f,                    \
-                                        kc + 2 < k ? yp[2] : 0.0f, kc + 3 < k ? yp[3] : 0.0f);               \
+                rb[j] = channel_quad(dy + p * y_pitch, k0 + l_col + 16 * j, k, vec_b);                       \
             }                                                                                                \
         }                                                                                                    \
     } while (0)
