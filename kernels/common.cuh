@@ -74,6 +74,10 @@
 //              get the sum). Lanes of a partial last warp do not exist: a full-mask
 //              collective in such a warp is an error.
 //
+// Convolution  (the last section) the implicit-GEMM gathers of conv2d.cu and
+//              conv2d_bf16.cu: conv_tap, gather1/gather4, gather4_tap + step_tap,
+//              channel_quad, weight_row4, wflip1/wflip4, and zero4/ld4/st4.
+//
 // Not available on purpose: __activemask (meaningless under independent thread
 // scheduling), spin-waits on shared flags (they deadlock under the emulator's
 // cooperative scheduler and are rarely right on a GPU).
@@ -233,4 +237,115 @@ DEVICE float block_sum(float v, float* scratch) {
     __syncthreads();
     float t = (tid & 31) < nwarps ? scratch[tid & 31] : 0.0f;
     return warp_sum(t);
+}
+
+// ============================== implicit-GEMM convolution gathers ==============================
+// Shared by conv2d.cu (f32) and conv2d_bf16.cu (tensor cores): the im2col element of an
+// R×R "same" convolution read straight from NHWC memory, and the 16-byte helpers.
+// The kernels' `vec` bits: CONV_VEC_A / CONV_VEC_B — 16-byte loads of the gathered
+// operand / of the other one; CONV_VEC_OUT — 16-byte stores (see conv2d.cu).
+
+DEVICE float4 zero4() { return make_float4(0.0f, 0.0f, 0.0f, 0.0f); }
+DEVICE float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+DEVICE void st4(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
+
+#define CONV_VEC_A 1
+#define CONV_VEC_B 2
+#define CONV_VEC_OUT 4
+// A row "far outside the image": any tap offset keeps it out of [0, H), so pixels past
+// the end load zeros through the same bounds test as the padding (no extra branch).
+#define CONV_FAR (-(1 << 30))
+
+// One reduction index kg = tap·ch + channel of an R×R "same" convolution: the tap's
+// offset (dr, ds) from the output pixel and the channel.
+struct ConvTap {
+    int dr, ds, ch;
+};
+
+DEVICE ConvTap conv_tap(int kg, int ch, int R) {
+    const int tap = kg / ch, r = tap / R, pad = R >> 1;
+    ConvTap t;
+    t.dr = r - pad;
+    t.ds = tap - r * R - pad;
+    t.ch = kg - tap * ch;
+    return t;
+}
+
+
+// im2col(a)[pixel][kg]: the tap's neighbour of the pixel at (ph, pw) (element offset
+// pbase), zero in the padding and past the reduction end Kg.
+DEVICE float gather1(const float* a, int pbase, int ph, int pw, int kg, int Kg, int ch, int R, int H, int W,
+                     int pitch) {
+    if (kg >= Kg) return 0.0f;
+    const ConvTap t = conv_tap(kg, ch, R);
+    if ((unsigned)(ph + t.dr) >= (unsigned)H || (unsigned)(pw + t.ds) >= (unsigned)W) return 0.0f;
+    return a[pbase + (t.dr * W + t.ds) * pitch + t.ch];
+}
+
+// Four consecutive reduction elements kg..kg+3 of one pixel. On the vector path
+// ch % 4 == 0 and kg % 4 == 0, so they are 4 channels of one tap: one 16-byte load,
+// wholly inside or outside the image (and Kg % 4 == 0, wholly inside or past the end).
+DEVICE float4 gather4(const float* a, int pbase, int ph, int pw, int kg, int Kg, int ch, int R, int H, int W,
+                      int pitch, bool vec) {
+    if (vec) {
+        if (kg >= Kg) return zero4();
+        const ConvTap t = conv_tap(kg, ch, R);
+        if ((unsigned)(ph + t.dr) >= (unsigned)H || (unsigned)(pw + t.ds) >= (unsigned)W) return zero4();
+        return ld4(a + pbase + (t.dr * W + t.ds) * pitch + t.ch);
+    }
+    return make_float4(gather1(a, pbase, ph, pw, kg, Kg, ch, R, H, W, pitch),
+                       gather1(a, pbase, ph, pw, kg + 1, Kg, ch, R, H, W, pitch),
+                       gather1(a, pbase, ph, pw, kg + 2, Kg, ch, R, H, W, pitch),
+                       gather1(a, pbase, ph, pw, kg + 3, Kg, ch, R, H, W, pitch));
+}
+
+// Vector-path gather without divisions: four channels ch..ch+3 of tap (tr, ts) of the
+// pixel at (ph, pw); zeros in the padding and once the tap row is past R (the
+// reduction's end, as Kg % 4 == 0 on this path).
+DEVICE float4 gather4_tap(const float* a, int pbase, int ph, int pw, int tr, int ts, int ch, int R, int H, int W,
+                          int pitch) {
+    const int pad = R >> 1, dr = tr - pad, ds = ts - pad;
+    if (tr >= R || (unsigned)(ph + dr) >= (unsigned)H || (unsigned)(pw + ds) >= (unsigned)W) return zero4();
+    return ld4(a + pbase + (dr * W + ds) * pitch + ch);
+}
+
+// Moves a reduction index, kept as (tap row tr, tap column ts, channel ch) of a
+// `c`-channel R×R gather, forward by `by` elements.
+DEVICE void step_tap(int& tr, int& ts, int& ch, int c, int R, int by) {
+    ch += by;
+    while (ch >= c) {
+        ch -= c;
+        if (++ts == R) ts = 0, ++tr;
+    }
+}
+
+// Channels kc..kc+3 of one pixel (`px` its channel 0), zero past `k`; `vec`: one
+// 16-byte load (k % 4 == 0, so the quad is wholly in or out).
+DEVICE float4 channel_quad(const float* px, int kc, int k, bool vec) {
+    if (vec) return kc < k ? ld4(px + kc) : zero4();
+    return make_float4(kc < k ? px[kc] : 0.0f, kc + 1 < k ? px[kc + 1] : 0.0f, kc + 2 < k ? px[kc + 2] : 0.0f,
+                       kc + 3 < k ? px[kc + 3] : 0.0f);
+}
+
+// Forward B: w[kg][n..n+3] (row-major [R·R·C][K]), zero past K and past Kg.
+DEVICE float4 weight_row4(const float* w, int kg, int Kg, int n, int K, bool vec) {
+    return kg < Kg ? channel_quad(w + kg * K, n, K, vec) : zero4();
+}
+
+// Input-gradient B: w'[kg][c] = w[R·R-1-tap][c][k] with kg = tap·K + k, for kg..kg+3.
+// Consecutive kg are consecutive k: contiguous in w, so this is loaded like A (a quad
+// along the reduction) and stored transposed.
+DEVICE float wflip1(const float* w, int kg, int Kg, int c, int C, int K, int RR) {
+    if (kg >= Kg || c >= C) return 0.0f;
+    const int tap = kg / K;
+    return w[((RR - 1 - tap) * C + c) * K + (kg - tap * K)];
+}
+DEVICE float4 wflip4(const float* w, int kg, int Kg, int c, int C, int K, int RR, bool vec) {
+    if (vec) {
+        if (kg >= Kg || c >= C) return zero4();
+        const int tap = kg / K;
+        return ld4(w + ((RR - 1 - tap) * C + c) * K + (kg - tap * K));
+    }
+    return make_float4(wflip1(w, kg, Kg, c, C, K, RR), wflip1(w, kg + 1, Kg, c, C, K, RR),
+                       wflip1(w, kg + 2, Kg, c, C, K, RR), wflip1(w, kg + 3, Kg, c, C, K, RR));
 }

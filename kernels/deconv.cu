@@ -60,8 +60,6 @@
 // Member functions: DEVICE is `static inline` on the host, which a member cannot be.
 #define MEMBER __device__ __forceinline__
 
-DEVICE float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
-DEVICE void st4(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
 
 // The helper types live in an anonymous namespace: their inline member functions
 // would otherwise have external linkage on the host, where every kernels/*.cu is

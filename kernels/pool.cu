@@ -34,8 +34,6 @@
 #define THREADS 256
 #define NO_INDEX 0x7fffffff  // index of an empty candidate: loses every tie
 
-DEVICE float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
-DEVICE void st4(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
 
 // PyTorch's sequential rule: does `v` replace the running maximum `best`?
 DEVICE bool takes(float v, float best) { return v > best || v != v; }

@@ -1,6 +1,6 @@
-//! Launchers of `kernels/conv2d.cu`: the fp32 R×R (R = 1 or 3) "same" convolution as
-//! implicit GEMM, forward and backward (formulas and shapes: `backend::cpu::conv2d`,
-//! kernel design: the header of `kernels/conv2d.cu`).
+//! Launchers of `kernels/conv2d.cu` and `kernels/conv2d_bf16.cu`: the R×R (R = 1 or
+//! 3) "same" convolution as implicit GEMM, forward and backward (formulas and shapes:
+//! `backend::cpu::conv2d`, kernel design: the headers of the two kernel files).
 //!
 //! Every launch goes check (shapes, operand bounds, disjoint outputs, sizes that fit
 //! the kernels' `int` indices) → allocate (the weight gradient's split-K workspace)
@@ -34,15 +34,17 @@ use crate::backend::{At, Conv2dParams, GradIn};
 use crate::error::{Error, Result};
 
 const MODULE: &str = "conv2d";
+/// The tensor-core twins (`Precision::Bf16`).
+const MODULE_BF16: &str = "conv2d_bf16";
 const FWD: Kernel = Kernel { module: MODULE, name: "conv2d_fwd_f32" };
-const FWD_BF16: Kernel = Kernel { module: MODULE, name: "conv2d_fwd_bf16" };
+const FWD_BF16: Kernel = Kernel { module: MODULE_BF16, name: "conv2d_fwd_bf16" };
 /// Threads per block of the `conv2d_*_bf16` kernels (their `KERNEL_BOUNDS`; same
 /// tiles, grids and split-K chunks as the f32 kernels).
 const BF16_THREADS: u32 = 128;
 const BWD_DATA: Kernel = Kernel { module: MODULE, name: "conv2d_bwd_data_f32" };
-const BWD_DATA_BF16: Kernel = Kernel { module: MODULE, name: "conv2d_bwd_data_bf16" };
+const BWD_DATA_BF16: Kernel = Kernel { module: MODULE_BF16, name: "conv2d_bwd_data_bf16" };
 const BWD_FILTER: Kernel = Kernel { module: MODULE, name: "conv2d_bwd_filter_f32" };
-const BWD_FILTER_BF16: Kernel = Kernel { module: MODULE, name: "conv2d_bwd_filter_bf16" };
+const BWD_FILTER_BF16: Kernel = Kernel { module: MODULE_BF16, name: "conv2d_bwd_filter_bf16" };
 const BWD_FILTER_REDUCE: Kernel = Kernel { module: MODULE, name: "conv2d_bwd_filter_reduce_f32" };
 const RELU_MASK: Kernel = Kernel { module: MODULE, name: "conv2d_relu_mask_f32" };
 
