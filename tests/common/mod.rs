@@ -3,6 +3,7 @@
 //! the shape and the first bad element.
 #![allow(dead_code)]
 
+pub mod conv2d;
 pub mod kernels;
 
 use lesionseg::backend::cpu::view_len;
