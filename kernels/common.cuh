@@ -62,6 +62,8 @@
 //                2(l%4)..+1). Matrices 0..3 = the four 8x8 quadrants of a 16x16 tile
 //                in the order (rows 0-7, cols 0-7), (8-15, 0-7), (0-7, 8-15),
 //                (8-15, 8-15) give exactly the mma A fragment a[0..3].
+//              mma_a_frag, mma_a_frag_kmajor, mma_b_frags_kmajor (shared helpers
+//                below): the fragments of a 16x16 block of a bf16 tile, m- or k-major.
 //              cp_async_16(void* smem_dst, const void* gmem_src) (cp.async.cg, 16 bytes,
 //                both 16-byte aligned), cp_async_commit(), cp_async_wait_all(),
 //                cp_async_wait<N>() (at most N committed groups still in flight). The
@@ -210,6 +212,34 @@ DEVICE void cp_async_wait() {
 
 DEVICE float2 unpack_bf16x2(u32 v) { return make_float2(bf16_to_f32((u16)(v & 0xFFFFu)), bf16_to_f32((u16)(v >> 16))); }
 DEVICE float2 unpack_f16x2(u32 v) { return make_float2(f16_to_f32((u16)(v & 0xFFFFu)), f16_to_f32((u16)(v >> 16))); }
+
+// mma.m16n8k16 operand fragments from bf16 tiles in shared memory. Warp collectives of
+// 1-D blocks (all 32 lanes call). `base` is the block's element (row 0, column 0), `ld`
+// the tile's row length in bf16 elements (a multiple of 8: rows stay 16-byte aligned).
+// ldmatrix: lane l gives the address of row l%8 of 8x8 matrix l/8.
+//
+// A (16 m × 16 k) from an m-major tile (rows m, k contiguous): matrices (m 0-7, k 0-7),
+// (m 8-15, k 0-7), (m 0-7, k 8-15), (m 8-15, k 8-15) are exactly a[0..3].
+DEVICE void mma_a_frag(u32 a[4], const u16* base, int ld) {
+    const int l = threadIdx.x & 31;
+    ldmatrix_x4(a, base + ((l & 7) + ((l >> 3) & 1) * 8) * ld + (l >> 4) * 8);
+}
+// The same A from a k-major tile (rows k, m contiguous): .trans hands lane l row m =
+// l/4, k = 2(l%4)..+1; matrix bit 0 is the second 8 m, bit 1 the second 8 k.
+DEVICE void mma_a_frag_kmajor(u32 a[4], const u16* base, int ld) {
+    const int l = threadIdx.x & 31;
+    ldmatrix_x4_trans(a, base + ((l & 7) + ((l >> 4) & 1) * 8) * ld + ((l >> 3) & 1) * 8);
+}
+// B (16 k × 8 n) of two adjacent 8-column tiles from a k-major tile (rows k, n
+// contiguous): .trans hands lane l column n = l/4, k = 2(l%4)..+1, the col-major
+// fragment; matrix bit 0 is the second 8 k, bit 1 the second 8 columns. b[0]: columns
+// 0-7, b[1]: columns 8-15.
+DEVICE void mma_b_frags_kmajor(u32 b[2][2], const u16* base, int ld) {
+    const int l = threadIdx.x & 31;
+    u32 r[4];
+    ldmatrix_x4_trans(r, base + ((l & 7) + ((l >> 3) & 1) * 8) * ld + ((l >> 4) & 1) * 8);
+    b[0][0] = r[0], b[0][1] = r[1], b[1][0] = r[2], b[1][1] = r[3];
+}
 
 // Butterfly reductions: every lane ends with the result, in the same order on every
 // lane, so the value is bit-identical across the warp.

@@ -44,26 +44,16 @@ DEVICE void stash4_bf16(u32* dst, float4 v) {
 
 // acc[i][j] += A[wm + 16i .. +15][all 32] · B[all 32][wn + 8j .. +7] for one K-tile.
 // Columns below are in bf16 elements; an A word holds two, so A column q is word q/2.
-DEVICE void mma_tile_bf16(float acc[2][4][4], const u32 (*a_s)[CB_LDA], const u16 (*b_s)[CB_LDB16], int lane,
-                          int wm, int wn) {
-    // ldmatrix: lane l addresses row l%8 of matrix l/8; matrix bit 0 selects the
-    // second 8 rows, bit 1 the second 8 columns.
-    const int l_row = (lane & 7) + ((lane >> 3) & 1) * 8, l_col = (lane >> 4) * 8;
+DEVICE void mma_tile_bf16(float acc[2][4][4], const u32 (*a_s)[CB_LDA], const u16 (*b_s)[CB_LDB16], int wm,
+                          int wn) {
 #pragma unroll
     for (int ks = 0; ks < CB_BK; ks += 16) {
         u32 af[2][4], bf[4][2];
 #pragma unroll
-        for (int i = 0; i < 2; ++i) ldmatrix_x4(af[i], &a_s[wm + 16 * i + l_row][(ks + l_col) / 2]);
+        for (int i = 0; i < 2; ++i)
+            mma_a_frag(af[i], reinterpret_cast<const u16*>(a_s[wm + 16 * i]) + ks, 2 * CB_LDA);
 #pragma unroll
-        for (int jj = 0; jj < 2; ++jj) {
-            // Stored rows are reduction elements: .trans hands each lane channel l/4,
-            // elements 2(l%4)..+1, the col-major B fragment. Matrices 0,1: channels
-            // 0-7 (elements 0-7, 8-15); 2,3: channels 8-15.
-            u32 r4[4];
-            ldmatrix_x4_trans(r4, &b_s[ks + l_row][wn + 16 * jj + l_col]);
-            bf[2 * jj][0] = r4[0], bf[2 * jj][1] = r4[1];
-            bf[2 * jj + 1][0] = r4[2], bf[2 * jj + 1][1] = r4[3];
-        }
+        for (int jj = 0; jj < 2; ++jj) mma_b_frags_kmajor(&bf[2 * jj], &b_s[ks][wn + 16 * jj], CB_LDB16);
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
 #pragma unroll
@@ -165,7 +155,7 @@ DEVICE void conv_gemm_bf16(u32 (*As)[CB_TILE][CB_LDA], u16 (*Bs)[CB_BK][CB_LDB16
         const int cur = tile & 1;
         const bool more = tile + 1 < ntiles;
         if (more) CB_FETCH((tile + 1) * CB_BK);
-        mma_tile_bf16(acc, As[cur], Bs[cur], lane, wm, wn);
+        mma_tile_bf16(acc, As[cur], Bs[cur], wm, wn);
         // Buffer cur^1 was last read in the previous iteration, before its barrier.
         if (more) CB_STASH(cur ^ 1);
         __syncthreads();
@@ -319,9 +309,6 @@ KERNEL_BOUNDS(conv2d_bwd_filter_bf16, CB_THREADS)(float* __restrict__ dw_part, f
         }                                                                                                    \
     } while (0)
 
-    // ldmatrix.trans lane addresses (see the header): A rows are pixels, columns filter rows.
-    const int a_k = (lane & 7) + ((lane >> 4) & 1) * 8, a_m = ((lane >> 3) & 1) * 8;
-    const int b_k = (lane & 7) + ((lane >> 3) & 1) * 8, b_n = ((lane >> 4) & 1) * 8;
     if (ntiles > 0) {
         WB_FETCH(p_begin);
         WB_STASH(0);
@@ -334,15 +321,11 @@ KERNEL_BOUNDS(conv2d_bwd_filter_bf16, CB_THREADS)(float* __restrict__ dw_part, f
 #pragma unroll
         for (int ks = 0; ks < CB_BK; ks += 16) {
             u32 af[2][4], bf[4][2];
+            // Both tiles are [pixel][·]: A (filter rows × pixels) is k-major too.
 #pragma unroll
-            for (int i = 0; i < 2; ++i) ldmatrix_x4_trans(af[i], &As[cur][ks + a_k][wm + 16 * i + a_m]);
+            for (int i = 0; i < 2; ++i) mma_a_frag_kmajor(af[i], &As[cur][ks][wm + 16 * i], CB_LDB16);
 #pragma unroll
-            for (int jj = 0; jj < 2; ++jj) {
-                u32 r4[4];
-                ldmatrix_x4_trans(r4, &Bs[cur][ks + b_k][wn + 16 * jj + b_n]);
-                bf[2 * jj][0] = r4[0], bf[2 * jj][1] = r4[1];
-                bf[2 * jj + 1][0] = r4[2], bf[2 * jj + 1][1] = r4[3];
-            }
+            for (int jj = 0; jj < 2; ++jj) mma_b_frags_kmajor(&bf[2 * jj], &Bs[cur][ks][wn + 16 * jj], CB_LDB16);
 #pragma unroll
             for (int i = 0; i < 2; ++i) {
 #pragma unroll

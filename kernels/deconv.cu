@@ -346,7 +346,7 @@ DEVICE void gemm_tile(float acc[4][4], LA& la, LB& lb, int k0, int k1, float* as
 // 16(w%4) + g + 8(e/2), column 32(w/4) + 8j + 2(l%4) + e%2 (g = l/4, l the lane).
 template <class LA, class LB>
 DEVICE void gemm_tile_bf16(float acc[4][4], LA& la, LB& lb, int k0, int k1, u16* as, u16* bs) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int warp = threadIdx.x >> 5;
     const int wm = (warp & 3) * 16, wn = (warp >> 2) * 32;
 #pragma unroll
     for (int j = 0; j < 4; ++j)
@@ -354,12 +354,6 @@ DEVICE void gemm_tile_bf16(float acc[4][4], LA& la, LB& lb, int k0, int k1, u16*
         for (int e = 0; e < 4; ++e) acc[j][e] = 0.0f;
     const int slices = (k1 - k0 + SLICE - 1) / SLICE;
     if (slices <= 0) return;
-    // ldmatrix.trans on [k][·] tiles: lane l addresses stored row (k) l%8 of matrix
-    // l/8. For A, matrix bit 0 is the second 8 rows of the tile (m), bit 1 the second
-    // 8 k: the order of the fragment a[0..3]. For B, bit 0 is the second 8 k, bit 1
-    // the second 8 columns: b[0], b[1] of two 8-column tiles.
-    const int a_k = (lane & 7) + ((lane >> 4) & 1) * 8, a_m = wm + ((lane >> 3) & 1) * 8;
-    const int b_k = (lane & 7) + ((lane >> 3) & 1) * 8, b_n = wn + ((lane >> 4) & 1) * 8;
     la.fetch(k0);
     lb.fetch(k0);
     la.put16(as);
@@ -372,15 +366,11 @@ DEVICE void gemm_tile_bf16(float acc[4][4], LA& la, LB& lb, int k0, int k1, u16*
             la.fetch(k0 + (s + 1) * SLICE);
             lb.fetch(k0 + (s + 1) * SLICE);
         }
+        // Both tiles are [k][·] (k-major).
         u32 af[4], bf[4][2];
-        ldmatrix_x4_trans(af, as + cur + a_k * ROW16 + a_m);
+        mma_a_frag_kmajor(af, as + cur + wm, ROW16);
 #pragma unroll
-        for (int jj = 0; jj < 2; ++jj) {
-            u32 r4[4];
-            ldmatrix_x4_trans(r4, bs + cur + b_k * ROW16 + b_n + 16 * jj);
-            bf[2 * jj][0] = r4[0], bf[2 * jj][1] = r4[1];
-            bf[2 * jj + 1][0] = r4[2], bf[2 * jj + 1][1] = r4[3];
-        }
+        for (int jj = 0; jj < 2; ++jj) mma_b_frags_kmajor(&bf[2 * jj], bs + cur + wn + 16 * jj, ROW16);
 #pragma unroll
         for (int j = 0; j < 4; ++j) mma_16816_bf16(acc[j], af, bf[j], acc[j]);
         if (more) {
