@@ -9,7 +9,7 @@
 //!
 //! The forward pass and the input gradient run `conv2d_fwd_f32` / `conv2d_bwd_data_f32`,
 //! or their `_bf16` twins (tensor cores, same arguments and grid, 128 threads) when
-//! the backend's [`Precision`] is bf16; so does the weight gradient
+//! the backend's [`Precision`](super::Precision) is bf16; so does the weight gradient
 //! (`conv2d_bwd_filter_bf16`, whose bias gradient stays an f32 sum).
 //!
 //! Path choice: the kernels take a `vec` bit set saying which operands may be moved
@@ -28,7 +28,7 @@
 //!    the kernel writes `dw` and `db` directly and no workspace is allocated;
 //! 3. `conv2d_bwd_data_f32`: `dx` written or added into, unless [`GradIn::Skip`].
 
-use super::{addresses, blocks, flag, int, vec4_ok, Arg, Executor, Geometry, Kernel, Kernels, Operand, Precision};
+use super::{addresses, blocks, int, vec4_ok, vec_bits, Arg, Executor, Geometry, Kernel, Kernels, Operand};
 use crate::backend::cpu::view_len;
 use crate::backend::{At, Conv2dParams, GradIn};
 use crate::error::{Error, Result};
@@ -54,10 +54,6 @@ const TILE: usize = 64;
 const K_TILE: usize = 16;
 /// Threads per block of every kernel in the file (their `KERNEL_BOUNDS`).
 const THREADS: u32 = 256;
-/// `vec` bits: 16-byte loads of the gathered operand, of the other operand, 16-byte stores.
-const VEC_A: i32 = 1;
-const VEC_B: i32 = 2;
-const VEC_OUT: i32 = 4;
 /// The weight gradient aims for about this many blocks (a few waves on a 132-SM GPU
 /// at 2–3 resident blocks per SM) by splitting the pixel reduction ...
 const WGRAD_TARGET_BLOCKS: usize = 512;
@@ -140,20 +136,13 @@ pub fn forward<E: Executor>(
         return Ok(());
     }
 
-    let vec = flag(VEC_A, vec4_ok(p.c, p.x_pitch, xa))
-        | flag(VEC_B, vec4_ok(p.k, p.k, wa))
-        | flag(VEC_OUT, vec4_ok(p.k, p.y_pitch, ya));
+    let vec = vec_bits(vec4_ok(p.c, p.x_pitch, xa), vec4_ok(p.k, p.k, wa), vec4_ok(p.k, p.y_pitch, ya));
     let mut geom = geometry([blocks(s.pixels, TILE), blocks(p.k, TILE), 1]);
     let mut args = vec![Arg::Ptr(ya), Arg::Ptr(xa), Arg::Ptr(wa), Arg::Ptr(ba)];
     args.extend(dims(OP, p)?);
     args.extend([int(OP, p.x_pitch)?, int(OP, p.y_pitch)?, Arg::I32(p.relu as i32), Arg::I32(vec)]);
-    match k.precision {
-        Precision::F32 => k.exec.launch(FWD, &geom, &args),
-        Precision::Bf16 => {
-            geom.block = [BF16_THREADS, 1, 1];
-            k.exec.launch(FWD_BF16, &geom, &args)
-        }
-    }
+    geom.block[0] = k.precision.pick(THREADS, BF16_THREADS);
+    k.exec.launch(k.precision.pick(FWD, FWD_BF16), &geom, &args)
 }
 
 /// Launches the backward kernels (see the module doc): `dy` masked in place when
@@ -260,20 +249,13 @@ fn weight_grad<E: Executor>(
         None => (dwa, dba),
     };
 
-    let vec = flag(VEC_A, vec4_ok(p.c, p.x_pitch, xa))
-        | flag(VEC_B, vec4_ok(p.k, p.y_pitch, dya))
-        | flag(VEC_OUT, vec4_ok(p.k, p.k, part));
+    let vec = vec_bits(vec4_ok(p.c, p.x_pitch, xa), vec4_ok(p.k, p.y_pitch, dya), vec4_ok(p.k, p.k, part));
     let mut geom = geometry([tiles[0], tiles[1], splits as u32]);
     let mut args = vec![Arg::Ptr(part), Arg::Ptr(db_part), Arg::Ptr(xa), Arg::Ptr(dya)];
     args.extend(dims(OP, p)?);
     args.extend([int(OP, p.x_pitch)?, int(OP, p.y_pitch)?, int(OP, chunk)?, Arg::I32(vec)]);
-    match k.precision {
-        Precision::F32 => k.exec.launch(BWD_FILTER, &geom, &args)?,
-        Precision::Bf16 => {
-            geom.block = [BF16_THREADS, 1, 1];
-            k.exec.launch(BWD_FILTER_BF16, &geom, &args)?
-        }
-    }
+    geom.block[0] = k.precision.pick(THREADS, BF16_THREADS);
+    k.exec.launch(k.precision.pick(BWD_FILTER, BWD_FILTER_BF16), &geom, &args)?;
 
     if let Some(ws) = &workspace {
         let geom = geometry([blocks(wlen + p.k, THREADS as usize), 1, 1]);
@@ -299,18 +281,11 @@ fn data_grad<E: Executor>(
     if pixels == 0 || p.c == 0 {
         return Ok(());
     }
-    let vec = flag(VEC_A, vec4_ok(p.k, p.y_pitch, dya))
-        | flag(VEC_B, vec4_ok(p.k, p.k, wa))
-        | flag(VEC_OUT, vec4_ok(p.c, p.x_pitch, dxa));
+    let vec = vec_bits(vec4_ok(p.k, p.y_pitch, dya), vec4_ok(p.k, p.k, wa), vec4_ok(p.c, p.x_pitch, dxa));
     let mut geom = geometry([blocks(pixels, TILE), blocks(p.c, TILE), 1]);
     let mut args = vec![Arg::Ptr(dxa), Arg::Ptr(dya), Arg::Ptr(wa)];
     args.extend(dims(OP, p)?);
     args.extend([int(OP, p.x_pitch)?, int(OP, p.y_pitch)?, Arg::I32(add as i32), Arg::I32(vec)]);
-    match k.precision {
-        Precision::F32 => k.exec.launch(BWD_DATA, &geom, &args),
-        Precision::Bf16 => {
-            geom.block = [BF16_THREADS, 1, 1];
-            k.exec.launch(BWD_DATA_BF16, &geom, &args)
-        }
-    }
+    geom.block[0] = k.precision.pick(THREADS, BF16_THREADS);
+    k.exec.launch(k.precision.pick(BWD_DATA, BWD_DATA_BF16), &geom, &args)
 }

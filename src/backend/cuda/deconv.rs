@@ -9,13 +9,13 @@
 //! emulator run the same one) and launches each kernel once. The number of split-K
 //! chunks depends only on the shape, so results are the same bits on every run.
 //!
-//! With the backend's [`Precision`] bf16 the three GEMM kernels are their `_bf16`
+//! With the backend's [`Precision`](super::Precision) bf16 the three GEMM kernels are their `_bf16`
 //! twins (same arguments and geometry; tensor cores); the mask, the bias gradient
 //! and the partial sums stay f32.
 
 use super::{
-    act_len, addresses, blocks, fits, flag, int, stride_geometry, vec4_ok, Arg, Executor, Geometry, Kernel, Kernels,
-    Operand, Precision,
+    act_len, addresses, blocks, fits, int, stride_geometry, vec4_ok, vec_bits, Arg, Executor, Geometry, Kernel,
+    Kernels, Operand,
 };
 use crate::backend::{At, Backend, DeconvParams, GradIn};
 use crate::error::{Error, Result};
@@ -26,10 +26,6 @@ const TILE: usize = 64;
 const SLICE: usize = 16;
 /// Threads per block (`THREADS`).
 const THREADS: u32 = 256;
-/// Flags of the GEMM kernels: operand A, operand B, the output may use float4.
-const VEC_A: i32 = 1;
-const VEC_B: i32 = 2;
-const VEC_OUT: i32 = 4;
 /// Blocks the weight gradient aims for (a few waves on a 132-SM GPU); below that
 /// its pixels are split into chunks.
 const FILTER_BLOCKS: usize = 512;
@@ -53,7 +49,7 @@ fn gemm_geometry(op: &str, x: usize, y: usize, z: usize) -> Result<Geometry> {
     Ok(Geometry { grid: [x as u32, y as u32, z as u32], block: [THREADS, 1, 1], smem_bytes: 0 })
 }
 
-/// Launches `deconv_fwd_f32` (or `deconv_fwd_bf16` when the backend's [`Precision`] is
+/// Launches `deconv_fwd_f32` (or `deconv_fwd_bf16` when the backend's [`Precision`](super::Precision) is
 /// bf16: the same arguments and geometry): grid (⌈N·H·W/64⌉, ⌈K/64⌉, 4 parities).
 pub fn forward<E: Executor>(
     k: &Kernels<E>,
@@ -77,9 +73,7 @@ pub fn forward<E: Executor>(
     if pixels == 0 || p.k == 0 {
         return Ok(());
     }
-    let flags = flag(VEC_A, vec4_ok(p.c, p.x_pitch, xa))
-        | flag(VEC_B, vec4_ok(p.k, p.k, wa))
-        | flag(VEC_OUT, vec4_ok(p.k, p.y_pitch, ya));
+    let flags = vec_bits(vec4_ok(p.c, p.x_pitch, xa), vec4_ok(p.k, p.k, wa), vec4_ok(p.k, p.y_pitch, ya));
     let geom = gemm_geometry(op, blocks(pixels, TILE) as usize, blocks(p.k, TILE) as usize, 4)?;
     let args = [
         Arg::Ptr(ya),
@@ -96,10 +90,7 @@ pub fn forward<E: Executor>(
         Arg::I32(p.relu as i32),
         Arg::I32(flags),
     ];
-    let name = match k.precision {
-        Precision::F32 => "deconv_fwd_f32",
-        Precision::Bf16 => "deconv_fwd_bf16",
-    };
+    let name = k.precision.pick("deconv_fwd_f32", "deconv_fwd_bf16");
     k.exec.launch(kernel(name), &geom, &args)
 }
 
@@ -211,9 +202,7 @@ fn weight_grad<E: Executor>(k: &Kernels<E>, s: &Operands, p: &DeconvParams) -> R
     let chunks = pixels.div_ceil(chunk_len);
 
     let (_ws, part) = partials(k, op, s.dw, chunks, len)?;
-    let flags = flag(VEC_A, vec4_ok(p.c, p.x_pitch, s.x))
-        | flag(VEC_B, vec4_ok(p.k, p.y_pitch, s.dy))
-        | flag(VEC_OUT, vec4_ok(p.k, p.k, part));
+    let flags = vec_bits(vec4_ok(p.c, p.x_pitch, s.x), vec4_ok(p.k, p.y_pitch, s.dy), vec4_ok(p.k, p.k, part));
     let geom = gemm_geometry(op, blocks(4 * p.c, TILE) as usize, blocks(p.k, TILE) as usize, 4 * chunks)?;
     let args = [
         Arg::Ptr(part),
@@ -229,10 +218,7 @@ fn weight_grad<E: Executor>(k: &Kernels<E>, s: &Operands, p: &DeconvParams) -> R
         int(op, chunk_len)?,
         Arg::I32(flags),
     ];
-    let name = match k.precision {
-        Precision::F32 => "deconv_bwd_filter_f32",
-        Precision::Bf16 => "deconv_bwd_filter_bf16",
-    };
+    let name = k.precision.pick("deconv_bwd_filter_f32", "deconv_bwd_filter_bf16");
     k.exec.launch(kernel(name), &geom, &args)?;
     if chunks > 1 {
         sum_partials(k, op, s.dw, part, len, chunks)?;
@@ -269,9 +255,7 @@ fn bias_grad<E: Executor>(k: &Kernels<E>, s: &Operands, p: &DeconvParams) -> Res
 fn input_grad<E: Executor>(k: &Kernels<E>, dxa: u64, add: bool, s: &Operands, p: &DeconvParams) -> Result<()> {
     let op = "deconv_backward (input gradient)";
     let pixels = p.n * p.h * p.w;
-    let flags = flag(VEC_A, vec4_ok(p.k, p.y_pitch, s.dy))
-        | flag(VEC_B, vec4_ok(p.k, p.k, s.w))
-        | flag(VEC_OUT, vec4_ok(p.c, p.x_pitch, dxa));
+    let flags = vec_bits(vec4_ok(p.k, p.y_pitch, s.dy), vec4_ok(p.k, p.k, s.w), vec4_ok(p.c, p.x_pitch, dxa));
     let geom = gemm_geometry(op, blocks(pixels, TILE) as usize, blocks(p.c, TILE) as usize, 1)?;
     let args = [
         Arg::Ptr(dxa),
@@ -287,9 +271,6 @@ fn input_grad<E: Executor>(k: &Kernels<E>, dxa: u64, add: bool, s: &Operands, p:
         Arg::I32(add as i32),
         Arg::I32(flags),
     ];
-    let name = match k.precision {
-        Precision::F32 => "deconv_bwd_data_f32",
-        Precision::Bf16 => "deconv_bwd_data_bf16",
-    };
+    let name = k.precision.pick("deconv_bwd_data_f32", "deconv_bwd_data_bf16");
     k.exec.launch(kernel(name), &geom, &args)
 }

@@ -233,12 +233,20 @@ pub(crate) fn vec4_ok(c: usize, pitch: usize, addr: u64) -> bool {
     c.is_multiple_of(4) && pitch.is_multiple_of(4) && addr.is_multiple_of(16)
 }
 
-/// `bit` when `on`, else 0: builds the GEMM kernels' 16-byte-access flags.
-pub(crate) fn flag(bit: i32, on: bool) -> i32 {
-    if on {
-        bit
-    } else {
-        0
+/// The GEMM kernels' `vec` argument (conv2d.cu's CONV_VEC_*, deconv.cu's VEC_*): which
+/// operands may move 16 bytes at a time — the gathered operand `a`, the other operand
+/// `b`, the output `out`.
+pub(crate) fn vec_bits(a: bool, b: bool, out: bool) -> i32 {
+    i32::from(a) | i32::from(b) << 1 | i32::from(out) << 2
+}
+
+impl Precision {
+    /// `f32` or `bf16`, whichever this precision runs.
+    pub(crate) fn pick<T>(self, f32: T, bf16: T) -> T {
+        match self {
+            Precision::F32 => f32,
+            Precision::Bf16 => bf16,
+        }
     }
 }
 
