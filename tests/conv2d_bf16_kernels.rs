@@ -8,9 +8,9 @@
 mod common;
 
 use common::conv2d::{assert_outside_equal, backward_on, forward_on, random_cases, sweep, view, Case, Data, Grad};
+use common::kernels::bf16;
 use common::{rng, tol};
 use lesionseg::backend::cpu::Cpu;
-use lesionseg::backend::cuda::Precision;
 use lesionseg::backend::emu;
 use lesionseg::backend::Backend;
 
@@ -111,17 +111,13 @@ fn emu_bf16_backward_schedules_agree() {
 
 #[test]
 fn cuda_bf16_backward_matches_cpu() {
-    let Some(mut gpu) = lesionseg::device::test_gpu("conv2d_kernels::cuda_bf16_backward_matches_cpu") else { return };
-    gpu.precision = Precision::Bf16;
+    let Some(gpu) = lesionseg::device::test_gpu("conv2d_kernels::cuda_bf16_backward_matches_cpu").map(bf16) else {
+        return;
+    };
     let mut cases = sweep();
     cases.extend(random_cases(&mut rng(), 100));
     cases.push(Case::new(1, 16, 16, 256, 128, 3, true, 512, 64, true, Grad::Add));
     check_bf16_backward(&gpu, &cases);
-}
-
-fn bf16(mut be: emu::EmuBackend) -> emu::EmuBackend {
-    be.precision = Precision::Bf16;
-    be
 }
 
 #[test]
@@ -153,8 +149,9 @@ fn emu_bf16_forward_schedules_agree() {
 
 #[test]
 fn cuda_bf16_forward_matches_cpu() {
-    let Some(mut gpu) = lesionseg::device::test_gpu("conv2d_kernels::cuda_bf16_forward_matches_cpu") else { return };
-    gpu.precision = Precision::Bf16;
+    let Some(gpu) = lesionseg::device::test_gpu("conv2d_kernels::cuda_bf16_forward_matches_cpu").map(bf16) else {
+        return;
+    };
     let mut cases = sweep();
     cases.extend(random_cases(&mut rng(), 100));
     cases.push(Case::new(2, 32, 32, 64, 128, 3, true, 0, 0, true, Grad::Skip));

@@ -14,10 +14,9 @@
 
 mod common;
 
-use common::kernels::{download, gpu, upload, Layout};
+use common::kernels::{bf16, download, gpu, upload, Layout};
 use common::{assert_close, rng, tol};
 use lesionseg::backend::cpu::Cpu;
-use lesionseg::backend::cuda::Precision;
 use lesionseg::backend::emu::{self, race_check};
 use lesionseg::backend::{At, Backend, DeconvParams, GradIn};
 use rand::Rng;
@@ -281,17 +280,11 @@ fn check_bf16_forward<B: Backend>(be: &B, cases: &[Case]) {
     }
 }
 
-fn bf16(mut be: emu::EmuBackend) -> emu::EmuBackend {
-    be.precision = Precision::Bf16;
-    be
-}
-
 #[test]
 fn bf16_forward_matches_cpu() {
     let cases = cases(&mut rng());
     check_bf16_forward(&bf16(emu::backend()), &cases);
-    if let Some(mut g) = gpu() {
-        g.precision = Precision::Bf16;
+    if let Some(g) = gpu().map(bf16) {
         check_bf16_forward(&g, &cases);
     }
 }
@@ -334,8 +327,7 @@ fn check_bf16_backward<B: Backend>(be: &B, cases: &[Case]) {
 fn bf16_backward_matches_cpu() {
     let cases = cases(&mut rng());
     check_bf16_backward(&bf16(emu::backend()), &cases);
-    if let Some(mut g) = gpu() {
-        g.precision = Precision::Bf16;
+    if let Some(g) = gpu().map(bf16) {
         check_bf16_backward(&g, &cases);
     }
 }

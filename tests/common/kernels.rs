@@ -96,3 +96,9 @@ pub fn gpu() -> Option<Kernels<Cuda>> {
         }
     }
 }
+
+/// `be` with bf16 tensor-core convolutions (`Precision::Bf16`), for the bf16 tests.
+pub fn bf16<E: lesionseg::backend::cuda::Executor>(mut be: Kernels<E>) -> Kernels<E> {
+    be.precision = lesionseg::backend::cuda::Precision::Bf16;
+    be
+}
