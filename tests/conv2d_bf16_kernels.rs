@@ -111,7 +111,7 @@ fn emu_bf16_backward_schedules_agree() {
 
 #[test]
 fn cuda_bf16_backward_matches_cpu() {
-    let Some(gpu) = lesionseg::device::test_gpu("conv2d_kernels::cuda_bf16_backward_matches_cpu").map(bf16) else {
+    let Some(gpu) = lesionseg::device::test_gpu("conv2d_bf16_kernels::cuda_bf16_backward_matches_cpu").map(bf16) else {
         return;
     };
     let mut cases = sweep();
@@ -149,7 +149,7 @@ fn emu_bf16_forward_schedules_agree() {
 
 #[test]
 fn cuda_bf16_forward_matches_cpu() {
-    let Some(gpu) = lesionseg::device::test_gpu("conv2d_kernels::cuda_bf16_forward_matches_cpu").map(bf16) else {
+    let Some(gpu) = lesionseg::device::test_gpu("conv2d_bf16_kernels::cuda_bf16_forward_matches_cpu").map(bf16) else {
         return;
     };
     let mut cases = sweep();
