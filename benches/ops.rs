@@ -384,7 +384,7 @@ fn cpu(c: &mut Criterion) {
 /// usable GPU it says why and benchmarks nothing (with `LESIONSEG_REQUIRE_GPU=1`,
 /// as `scripts/gpu-check.sh` sets, that is a failure instead).
 fn cuda(c: &mut Criterion) {
-    let gpu = match lesionseg::device::open_cuda() {
+    let mut gpu = match lesionseg::device::open_cuda() {
         Ok(gpu) => gpu,
         Err(e) => {
             let required = std::env::var("LESIONSEG_REQUIRE_GPU").is_ok_and(|v| v == "1");
@@ -393,7 +393,6 @@ fn cuda(c: &mut Criterion) {
             return;
         }
     };
-    let mut gpu = gpu;
     println!("cuda benchmarks on {}", gpu.describe());
     let (n1, n8, n16) = (Scale { n: 1, size: 512 }, Scale { n: 8, size: 512 }, Scale { n: 16, size: 512 });
     op_benches(c, &gpu, "cuda", &[n1, n8]);

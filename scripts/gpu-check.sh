@@ -151,24 +151,20 @@ def load(path):
             pass
     return out
 print(f"{'batch 8 training step / batch 1 inference, 512x512':<52} {'ms':>10} {'ratio':>8}")
+nan = float("nan")
 for bs, key, what in ((8, "step_median_ms", "training step"), (1, "forward_median_ms", "inference")):
-    ours = load(os.path.join(tmp, f"ls-{bs}.json"))
     theirs = load(os.path.join(tmp, f"pt-{bs}.json"))
-    base = ours[0][key] if ours else None
-    print(f"lesionseg fp32 {what} (batch {bs}){'':<20} {base if base else float('nan'):>10.2f} {'':>8}")
-    for r in theirs:
-        t = r.get(key)
-        ratio = base / t if base and t else float("nan")
-        print(f"  PyTorch {r.get('mode', '?'):<10} {what} (batch {bs}){'':<8} {t if t else float('nan'):>10.2f} {ratio:>7.2f}x")
-    # The bf16 rows, against the tensor-core modes.
-    bf = load(os.path.join(tmp, f"ls-{bs}-bf16.json"))
-    b16 = bf[0][key] if bf else None
-    print(f"lesionseg bf16 {what} (batch {bs}){'':<20} {b16 if b16 else float('nan'):>10.2f} {'':>8}")
-    for r in theirs:
-        t = r.get(key)
-        if r.get("mode") in ("bf16", "compile"):
-            ratio = b16 / t if b16 and t else float("nan")
-            print(f"  PyTorch {r.get('mode'):<10} {what} (batch {bs}){'':<8} {t if t else float('nan'):>10.2f} {ratio:>7.2f}x")
+    # lesionseg f32 against every PyTorch mode, then bf16 against the tensor-core modes.
+    for prec, suffix, modes in (("fp32", "", None), ("bf16", "-bf16", ("bf16", "compile"))):
+        ours = load(os.path.join(tmp, f"ls-{bs}{suffix}.json"))
+        base = ours[0][key] if ours else None
+        print(f"lesionseg {prec} {what} (batch {bs}){'':<20} {base or nan:>10.2f} {'':>8}")
+        for r in theirs:
+            if modes and r.get("mode") not in modes:
+                continue
+            t = r.get(key)
+            ratio = base / t if base and t else nan
+            print(f"  PyTorch {r.get('mode', '?'):<10} {what} (batch {bs}){'':<8} {t or nan:>10.2f} {ratio:>7.2f}x")
 print("ratio = lesionseg time / PyTorch time (> 1: lesionseg slower)")
 PY
 )
