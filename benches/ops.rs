@@ -21,7 +21,7 @@
 //! Every benchmark goes through the [`Backend`] trait and is timed with its marks
 //! ([`Backend::mark`]): criterion's iterations run back to back between two marks,
 //! which on a GPU are CUDA events, so the `cuda_*` groups time the GPU's work, not
-//! the host's launches. They run when GPU 0 is usable (`cuda benchmarks SKIPPED`
+//! the host's launches. They run when GPU 0 is usable (`cuda benchmarks: SKIPPED`
 //! and the reason otherwise): every op at 512x512 batch 1 and 8, the training step
 //! at batch 8, inference at batch 1 and 16. `cargo bench --bench ops -- cuda_`
 //! runs only those; the `cuda-bf16_*` groups (`-- cuda-bf16_`) time the convolutions,
@@ -384,15 +384,7 @@ fn cpu(c: &mut Criterion) {
 /// usable GPU it says why and benchmarks nothing (with `LESIONSEG_REQUIRE_GPU=1`,
 /// as `scripts/gpu-check.sh` sets, that is a failure instead).
 fn cuda(c: &mut Criterion) {
-    let mut gpu = match lesionseg::device::open_cuda() {
-        Ok(gpu) => gpu,
-        Err(e) => {
-            let required = std::env::var("LESIONSEG_REQUIRE_GPU").is_ok_and(|v| v == "1");
-            assert!(!required, "cuda benchmarks: LESIONSEG_REQUIRE_GPU=1 but no usable GPU: {e}");
-            println!("cuda benchmarks SKIPPED: no usable GPU ({e})");
-            return;
-        }
-    };
+    let Some(mut gpu) = lesionseg::device::bench_gpu("cuda benchmarks") else { return };
     println!("cuda benchmarks on {}", gpu.describe());
     let (n1, n8, n16) = (Scale { n: 1, size: 512 }, Scale { n: 8, size: 512 }, Scale { n: 16, size: 512 });
     op_benches(c, &gpu, "cuda", &[n1, n8]);

@@ -145,16 +145,28 @@ pub fn test_gpu(test: &str) -> Option<Kernels<Cuda>> {
 
 /// [`test_gpu`] with the test's own kernel files.
 pub fn test_gpu_with(test: &str, sources: KernelSources) -> Option<Kernels<Cuda>> {
-    match Cuda::with_sources(0, sources) {
-        Ok(mut exec) => {
-            exec.set_sync(true);
-            Some(Kernels::new(exec))
-        }
+    let mut exec = gpu_or_skip(test, Cuda::with_sources(0, sources))?;
+    exec.set_sync(true);
+    Some(Kernels::new(exec))
+}
+
+/// GPU 0 for a benchmark (launches not synchronised, so that they queue as in
+/// real use), with [`test_gpu`]'s policy: `None` after printing `<what>: SKIPPED: no
+/// usable GPU (<reason>)`, a panic instead when `LESIONSEG_REQUIRE_GPU=1`.
+pub fn bench_gpu(what: &str) -> Option<Kernels<Cuda>> {
+    gpu_or_skip(what, Cuda::new(0)).map(Kernels::new)
+}
+
+/// `opened`, or the skip (or, with `LESIONSEG_REQUIRE_GPU=1`, the panic) of a GPU
+/// test or benchmark named `what`.
+fn gpu_or_skip(what: &str, opened: Result<Cuda>) -> Option<Cuda> {
+    match opened {
+        Ok(exec) => Some(exec),
         Err(e) => {
             let why = reason(&e);
             let required = std::env::var("LESIONSEG_REQUIRE_GPU").is_ok_and(|v| v == "1");
-            assert!(!required, "{test}: LESIONSEG_REQUIRE_GPU=1 but no usable GPU: {why}");
-            println!("{test}: SKIPPED: no usable GPU ({why})");
+            assert!(!required, "{what}: LESIONSEG_REQUIRE_GPU=1 but no usable GPU: {why}");
+            println!("{what}: SKIPPED: no usable GPU ({why})");
             None
         }
     }
