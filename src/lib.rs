@@ -1,6 +1,6 @@
 //! lesionseg: the multi-task U-Net of ISIC 2018 Task 2 (lesion attribute
 //! segmentation) on hand-written kernels, with a CPU backend that is both the
-//! fallback and the reference. See DESIGN.md for the architecture.
+//! fallback and the reference. See docs/ARCHITECTURE.md for the architecture.
 
 pub mod backend;
 pub mod data;
