@@ -12,8 +12,8 @@ mod common;
 
 use common::{some_pitch, tol, View};
 use lesionseg::backend::cpu::conv2d::{conv2d_backward, conv2d_forward};
-use lesionseg::backend::cpu::{view_len, Cpu};
-use lesionseg::backend::{At, Backend, Conv2dParams, GradIn};
+use lesionseg::backend::cpu::Cpu;
+use lesionseg::backend::{view_len, At, Backend, Conv2dParams, GradIn};
 use rand::Rng;
 
 /// Direct f64 conv2d from PyTorch's definition; `wpt` is `[K][C][R][S]`.

@@ -12,8 +12,8 @@ mod common;
 
 use common::{some_pitch, tol, View};
 use lesionseg::backend::cpu::deconv::{deconv_backward, deconv_forward};
-use lesionseg::backend::cpu::{view_len, Cpu};
-use lesionseg::backend::{At, Backend, DeconvParams, GradIn};
+use lesionseg::backend::cpu::Cpu;
+use lesionseg::backend::{view_len, At, Backend, DeconvParams, GradIn};
 use rand::Rng;
 
 /// Calls `f(n, iy, ix, oy, ox, ky, kx)` for every input pixel and filter tap of

@@ -5,8 +5,8 @@
 mod common;
 
 use common::tol;
-use lesionseg::backend::cpu::{pool, view_len, Cpu};
-use lesionseg::backend::{At, Backend, GlobalPoolParams, MaxPoolParams};
+use lesionseg::backend::cpu::{pool, Cpu};
+use lesionseg::backend::{view_len, At, Backend, GlobalPoolParams, MaxPoolParams};
 use rand::seq::SliceRandom;
 use rand::Rng;
 

@@ -4,8 +4,7 @@
 //! `Backend` trait, the sweep and random shapes.
 
 use super::SENTINEL;
-use lesionseg::backend::cpu::view_len;
-use lesionseg::backend::{At, Backend, Conv2dParams, GradIn};
+use lesionseg::backend::{view_len, At, Backend, Conv2dParams, GradIn};
 use lesionseg::Result;
 use rand::Rng;
 

@@ -3,9 +3,9 @@
 //! download through the `Backend` trait, and the GPU backend when there is one.
 
 use super::SENTINEL;
-use lesionseg::backend::cpu::view_len;
 use lesionseg::backend::cuda::driver::Cuda;
 use lesionseg::backend::cuda::Kernels;
+use lesionseg::backend::view_len;
 use lesionseg::backend::Backend;
 use rand::Rng;
 

@@ -6,7 +6,7 @@
 pub mod conv2d;
 pub mod kernels;
 
-use lesionseg::backend::cpu::view_len;
+use lesionseg::backend::view_len;
 use rand::{Rng, SeedableRng};
 
 /// Tolerances, in one table (relative L2 error ‖a−b‖/‖b‖ unless noted).

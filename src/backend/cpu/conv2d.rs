@@ -18,7 +18,8 @@
 use super::im2col::{
     add_col_sums, bias_relu, gather_matmul, matmul, relu_mask, sum_partials, transpose, Gather, Mat, BLOCK_PIXELS,
 };
-use super::{view_len, Real};
+use super::Real;
+use crate::backend::view_len;
 use crate::backend::Conv2dParams;
 
 /// The filter taps of an R×R "same" convolution, row-major: `(r - R/2, s - R/2)`.

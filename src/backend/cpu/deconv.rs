@@ -25,7 +25,8 @@ use rayon::prelude::*;
 use super::im2col::{
     add_col_sums, gather_matmul, inner_par, matmul, relu_mask, sum_partials, transpose, Gather, Mat, BLOCK_PIXELS,
 };
-use super::{view_len, Real};
+use super::Real;
+use crate::backend::view_len;
 use crate::backend::DeconvParams;
 
 /// Input taps of output parity `(a, b)`, in `(ty, tx)` order: `(a+ty-1, b+tx-1)`.

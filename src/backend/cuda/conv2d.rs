@@ -29,8 +29,7 @@
 //! 3. `conv2d_bwd_data_f32`: `dx` written or added into, unless [`GradIn::Skip`].
 
 use super::{addresses, blocks, int, vec4_ok, vec_bits, Arg, Executor, Geometry, Kernel, Kernels, Operand};
-use crate::backend::cpu::view_len;
-use crate::backend::{At, Conv2dParams, GradIn};
+use crate::backend::{view_len, At, Conv2dParams, GradIn};
 use crate::error::{Error, Result};
 
 const MODULE: &str = "conv2d";

@@ -219,7 +219,7 @@ pub(crate) fn act_len(op: &str, pixels: usize, c: usize, pitch: usize) -> Result
     if pitch < c {
         return Err(Error::shape(op, format!("pixel pitch >= {c} channels"), format!("pitch {pitch}")));
     }
-    fits(op, "operands", Some(super::cpu::view_len(pixels, c, pitch)))
+    fits(op, "operands", Some(super::view_len(pixels, c, pitch)))
 }
 
 /// A 1-D grid-stride geometry over `total` items, 256 threads a block.
