@@ -72,4 +72,7 @@ KERNEL_BOUNDS(adam_step_f32, 256)(float* __restrict__ param, float* __restrict__
         v[e] = ve;
     }
 }
-EMU_EXPORT(adam_step_f32)
+
+// The entry points of this file (build.rs reads this list: the NVRTC entry-point table
+// and the emulator's exports are generated from it).
+ENTRY_POINTS(adam_step_f32)

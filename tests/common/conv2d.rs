@@ -1,5 +1,5 @@
 //! The conv2d kernel tests' cases (`tests/conv2d_kernels.rs`, f32, and
-//! `tests/conv2d_bf16_kernels.rs`, tensor cores): parameters and operand offsets,
+//! `tests/conv2d_mma_kernels.rs`, tensor cores): parameters and operand offsets,
 //! host data with sentinels and poison, the forward and backward through the
 //! `Backend` trait, the sweep and random shapes.
 

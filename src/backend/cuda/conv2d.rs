@@ -1,4 +1,4 @@
-//! Launchers of `kernels/conv2d.cu` and `kernels/conv2d_bf16.cu`: the R×R (R = 1 or
+//! Launchers of `kernels/conv2d.cu` and `kernels/conv2d_mma.cu`: the R×R (R = 1 or
 //! 3) "same" convolution as implicit GEMM, forward and backward (formulas and shapes:
 //! `backend::cpu::conv2d`, kernel design: the headers of the two kernel files).
 //!
@@ -8,9 +8,9 @@
 //! exactly the grid the GPU runs.
 //!
 //! The forward pass and the input gradient run `conv2d_fwd_f32` / `conv2d_bwd_data_f32`,
-//! or their `_bf16` twins (tensor cores, same arguments and grid, 128 threads) when
-//! the backend's [`Precision`](super::Precision) is bf16; so does the weight gradient
-//! (`conv2d_bwd_filter_bf16`, whose bias gradient stays an f32 sum).
+//! or their `_f32_mma` twins (bf16 products on tensor cores, same arguments and grid,
+//! 128 threads) when the backend's [`Precision`](super::Precision) is bf16; so does the
+//! weight gradient (`conv2d_bwd_filter_f32_mma`, whose bias gradient stays an f32 sum).
 //!
 //! Path choice: the kernels take a `vec` bit set saying which operands may be moved
 //! 16 bytes at a time (channel count, pitch and element offset all multiples of 4,
@@ -34,22 +34,24 @@ use crate::error::{Error, Result};
 
 const MODULE: &str = "conv2d";
 /// The tensor-core twins (`Precision::Bf16`).
-const MODULE_BF16: &str = "conv2d_bf16";
+const MODULE_MMA: &str = "conv2d_mma";
 const FWD: Kernel = Kernel { module: MODULE, name: "conv2d_fwd_f32" };
-const FWD_BF16: Kernel = Kernel { module: MODULE_BF16, name: "conv2d_fwd_bf16" };
-/// Threads per block of the `conv2d_*_bf16` kernels (their `KERNEL_BOUNDS`; same
+const FWD_MMA: Kernel = Kernel { module: MODULE_MMA, name: "conv2d_fwd_f32_mma" };
+/// Threads per block of the `conv2d_*_f32_mma` kernels (their `KERNEL_BOUNDS`; same
 /// tiles, grids and split-K chunks as the f32 kernels).
-const BF16_THREADS: u32 = 128;
+const MMA_THREADS: u32 = 128;
 const BWD_DATA: Kernel = Kernel { module: MODULE, name: "conv2d_bwd_data_f32" };
-const BWD_DATA_BF16: Kernel = Kernel { module: MODULE_BF16, name: "conv2d_bwd_data_bf16" };
+const BWD_DATA_MMA: Kernel = Kernel { module: MODULE_MMA, name: "conv2d_bwd_data_f32_mma" };
 const BWD_FILTER: Kernel = Kernel { module: MODULE, name: "conv2d_bwd_filter_f32" };
-const BWD_FILTER_BF16: Kernel = Kernel { module: MODULE_BF16, name: "conv2d_bwd_filter_bf16" };
+const BWD_FILTER_MMA: Kernel = Kernel { module: MODULE_MMA, name: "conv2d_bwd_filter_f32_mma" };
 const BWD_FILTER_REDUCE: Kernel = Kernel { module: MODULE, name: "conv2d_bwd_filter_reduce_f32" };
 const RELU_MASK: Kernel = Kernel { module: MODULE, name: "conv2d_relu_mask_f32" };
 
-/// Output tile edge of the GEMM kernels (pixels or filter rows × channels): `CONV_TILE`.
+/// Output tile edge of the GEMM kernels (pixels or filter rows × channels): their
+/// engines' BM and BN.
 const TILE: usize = 64;
-/// Reduction step of the GEMM kernels: `CONV_BK`; weight-gradient chunks are multiples.
+/// Reduction step of the f32 GEMM kernels (their engine's BK); weight-gradient chunks
+/// are multiples.
 const K_TILE: usize = 16;
 /// Threads per block of every kernel in the file (their `KERNEL_BOUNDS`).
 const THREADS: u32 = 256;
@@ -140,8 +142,8 @@ pub fn forward<E: Executor>(
     let mut args = vec![Arg::Ptr(ya), Arg::Ptr(xa), Arg::Ptr(wa), Arg::Ptr(ba)];
     args.extend(dims(OP, p)?);
     args.extend([int(OP, p.x_pitch)?, int(OP, p.y_pitch)?, Arg::I32(p.relu as i32), Arg::I32(vec)]);
-    geom.block[0] = k.precision.pick(THREADS, BF16_THREADS);
-    k.exec.launch(k.precision.pick(FWD, FWD_BF16), &geom, &args)
+    geom.block[0] = k.precision.pick(THREADS, MMA_THREADS);
+    k.exec.launch(k.precision.pick(FWD, FWD_MMA), &geom, &args)
 }
 
 /// Launches the backward kernels (see the module doc): `dy` masked in place when
@@ -212,7 +214,7 @@ fn wgrad_splits(pixels: usize, tiles: usize) -> (usize, usize) {
     (pixels.div_ceil(chunk).max(1), chunk)
 }
 
-/// `conv2d_bwd_filter_f32` or `_bf16` (+ `conv2d_bwd_filter_reduce_f32` when split):
+/// `conv2d_bwd_filter_f32` or `_f32_mma` (+ `conv2d_bwd_filter_reduce_f32` when split):
 /// `dw`, `db`.
 fn weight_grad<E: Executor>(
     k: &Kernels<E>,
@@ -253,8 +255,8 @@ fn weight_grad<E: Executor>(
     let mut args = vec![Arg::Ptr(part), Arg::Ptr(db_part), Arg::Ptr(xa), Arg::Ptr(dya)];
     args.extend(dims(OP, p)?);
     args.extend([int(OP, p.x_pitch)?, int(OP, p.y_pitch)?, int(OP, chunk)?, Arg::I32(vec)]);
-    geom.block[0] = k.precision.pick(THREADS, BF16_THREADS);
-    k.exec.launch(k.precision.pick(BWD_FILTER, BWD_FILTER_BF16), &geom, &args)?;
+    geom.block[0] = k.precision.pick(THREADS, MMA_THREADS);
+    k.exec.launch(k.precision.pick(BWD_FILTER, BWD_FILTER_MMA), &geom, &args)?;
 
     if let Some(ws) = &workspace {
         let geom = geometry([blocks(wlen + p.k, THREADS as usize), 1, 1]);
@@ -265,7 +267,7 @@ fn weight_grad<E: Executor>(
     Ok(())
 }
 
-/// `conv2d_bwd_data_f32` (or `_bf16`): `dx (+)= conv(dy, w')`, one 64-pixel × 64-channel
+/// `conv2d_bwd_data_f32` (or `_f32_mma`): `dx (+)= conv(dy, w')`, one 64-pixel × 64-channel
 /// tile per block.
 fn data_grad<E: Executor>(
     k: &Kernels<E>,
@@ -285,6 +287,6 @@ fn data_grad<E: Executor>(
     let mut args = vec![Arg::Ptr(dxa), Arg::Ptr(dya), Arg::Ptr(wa)];
     args.extend(dims(OP, p)?);
     args.extend([int(OP, p.x_pitch)?, int(OP, p.y_pitch)?, Arg::I32(add as i32), Arg::I32(vec)]);
-    geom.block[0] = k.precision.pick(THREADS, BF16_THREADS);
-    k.exec.launch(k.precision.pick(BWD_DATA, BWD_DATA_BF16), &geom, &args)
+    geom.block[0] = k.precision.pick(THREADS, MMA_THREADS);
+    k.exec.launch(k.precision.pick(BWD_DATA, BWD_DATA_MMA), &geom, &args)
 }

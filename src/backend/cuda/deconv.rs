@@ -1,4 +1,5 @@
-//! Launchers of `kernels/deconv.cu`: the 4x4 / stride 2 / padding 1 transposed
+//! Launchers of `kernels/deconv.cu` and `kernels/deconv_mma.cu`: the 4x4 / stride 2 /
+//! padding 1 transposed
 //! convolution, forward (four sub-pixel implicit GEMMs, bias and ReLU fused) and
 //! backward (ReLU mask, split-K weight gradient with a deterministic reduction,
 //! bias gradient, gather input gradient).
@@ -9,9 +10,9 @@
 //! emulator run the same one) and launches each kernel once. The number of split-K
 //! chunks depends only on the shape, so results are the same bits on every run.
 //!
-//! With the backend's [`Precision`](super::Precision) bf16 the three GEMM kernels are their `_bf16`
-//! twins (same arguments and geometry; tensor cores); the mask, the bias gradient
-//! and the partial sums stay f32.
+//! With the backend's [`Precision`](super::Precision) bf16 the three GEMM kernels are
+//! their `_f32_mma` twins in `deconv_mma.cu` (bf16 products on tensor cores, same
+//! arguments and geometry); the mask, the bias gradient and the partial sums stay f32.
 
 use super::{
     act_len, addresses, blocks, fits, int, stride_geometry, vec4_ok, vec_bits, Arg, Executor, Geometry, Kernel,
@@ -20,11 +21,11 @@ use super::{
 use crate::backend::{At, Backend, DeconvParams, GradIn};
 use crate::error::{Error, Result};
 
-/// Output rows and columns of a GEMM block (`TILE` in deconv.cu).
+/// Output rows and columns of a GEMM block (BM and BN of both files' engines).
 const TILE: usize = 64;
-/// Reduction depth of one pipeline stage (`SLICE`): split-K chunks are multiples of it.
+/// Reduction depth of one pipeline stage (BK): split-K chunks are multiples of it.
 const SLICE: usize = 16;
-/// Threads per block (`THREADS`).
+/// Threads per block of the GEMM kernels, f32 and mma (their `KERNEL_BOUNDS`).
 const THREADS: u32 = 256;
 /// Blocks the weight gradient aims for (a few waves on a 132-SM GPU); below that
 /// its pixels are split into chunks.
@@ -41,6 +42,11 @@ fn kernel(name: &'static str) -> Kernel {
     Kernel { module: "deconv", name }
 }
 
+/// A GEMM kernel: `name` from deconv.cu, or its `_mma` twin from deconv_mma.cu.
+fn gemm_kernel<E: Executor>(k: &Kernels<E>, f32: &'static str, mma: &'static str) -> Kernel {
+    k.precision.pick(kernel(f32), Kernel { module: "deconv_mma", name: mma })
+}
+
 /// A GEMM grid, checked against the driver's limits on y and z.
 fn gemm_geometry(op: &str, x: usize, y: usize, z: usize) -> Result<Geometry> {
     if y > 65535 || z > 65535 {
@@ -49,8 +55,9 @@ fn gemm_geometry(op: &str, x: usize, y: usize, z: usize) -> Result<Geometry> {
     Ok(Geometry { grid: [x as u32, y as u32, z as u32], block: [THREADS, 1, 1], smem_bytes: 0 })
 }
 
-/// Launches `deconv_fwd_f32` (or `deconv_fwd_bf16` when the backend's [`Precision`](super::Precision) is
-/// bf16: the same arguments and geometry): grid (⌈N·H·W/64⌉, ⌈K/64⌉, 4 parities).
+/// Launches `deconv_fwd_f32` (or `deconv_fwd_f32_mma` when the backend's
+/// [`Precision`](super::Precision) is bf16: the same arguments and geometry): grid
+/// (⌈N·H·W/64⌉, ⌈K/64⌉, 4 parities).
 pub fn forward<E: Executor>(
     k: &Kernels<E>,
     y: At<Kernels<E>>,
@@ -90,8 +97,7 @@ pub fn forward<E: Executor>(
         Arg::I32(p.relu as i32),
         Arg::I32(flags),
     ];
-    let name = k.precision.pick("deconv_fwd_f32", "deconv_fwd_bf16");
-    k.exec.launch(kernel(name), &geom, &args)
+    k.exec.launch(gemm_kernel(k, "deconv_fwd_f32", "deconv_fwd_f32_mma"), &geom, &args)
 }
 
 /// Launches the backward: `deconv_relu_mask_f32` (with `p.relu`), the weight
@@ -218,8 +224,7 @@ fn weight_grad<E: Executor>(k: &Kernels<E>, s: &Operands, p: &DeconvParams) -> R
         int(op, chunk_len)?,
         Arg::I32(flags),
     ];
-    let name = k.precision.pick("deconv_bwd_filter_f32", "deconv_bwd_filter_bf16");
-    k.exec.launch(kernel(name), &geom, &args)?;
+    k.exec.launch(gemm_kernel(k, "deconv_bwd_filter_f32", "deconv_bwd_filter_f32_mma"), &geom, &args)?;
     if chunks > 1 {
         sum_partials(k, op, s.dw, part, len, chunks)?;
     }
@@ -271,6 +276,5 @@ fn input_grad<E: Executor>(k: &Kernels<E>, dxa: u64, add: bool, s: &Operands, p:
         Arg::I32(add as i32),
         Arg::I32(flags),
     ];
-    let name = k.precision.pick("deconv_bwd_data_f32", "deconv_bwd_data_bf16");
-    k.exec.launch(kernel(name), &geom, &args)
+    k.exec.launch(gemm_kernel(k, "deconv_bwd_data_f32", "deconv_bwd_data_f32_mma"), &geom, &args)
 }

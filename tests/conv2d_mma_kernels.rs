@@ -1,4 +1,4 @@
-//! The tensor-core convolutions (`kernels/conv2d_bf16.cu`, `Precision::Bf16`) against
+//! The tensor-core convolutions (`kernels/conv2d_mma.cu`, `Precision::Bf16`) against
 //! the CPU's f32 reference, through the `Backend` trait, on the cases of the f32
 //! kernel tests (`common::conv2d`): the emulator always, the GPU when there is one.
 //! Errors are judged against the op run on the inputs' magnitudes (‖a−b‖ ≤
@@ -14,7 +14,7 @@ use lesionseg::backend::cpu::Cpu;
 use lesionseg::backend::emu;
 use lesionseg::backend::Backend;
 
-/// `conv2d_fwd_bf16` against the CPU's f32 forward: within the bf16 tolerance
+/// `conv2d_fwd_f32_mma` against the CPU's f32 forward: within the bf16 tolerance
 /// (‖a−b‖ ≤ 1e-2·‖Σ|terms|‖, see [`Data::magnitudes`]) on every case of the sweep and
 /// on random shapes, nothing outside `y`'s view written.
 fn check_bf16_forward<B: Backend>(be: &B, cases: &[Case]) {
@@ -111,7 +111,7 @@ fn emu_bf16_backward_schedules_agree() {
 
 #[test]
 fn cuda_bf16_backward_matches_cpu() {
-    let Some(gpu) = lesionseg::device::test_gpu("conv2d_bf16_kernels::cuda_bf16_backward_matches_cpu").map(bf16) else {
+    let Some(gpu) = lesionseg::device::test_gpu("conv2d_mma_kernels::cuda_bf16_backward_matches_cpu").map(bf16) else {
         return;
     };
     let mut cases = sweep();
@@ -149,7 +149,7 @@ fn emu_bf16_forward_schedules_agree() {
 
 #[test]
 fn cuda_bf16_forward_matches_cpu() {
-    let Some(gpu) = lesionseg::device::test_gpu("conv2d_bf16_kernels::cuda_bf16_forward_matches_cpu").map(bf16) else {
+    let Some(gpu) = lesionseg::device::test_gpu("conv2d_mma_kernels::cuda_bf16_forward_matches_cpu").map(bf16) else {
         return;
     };
     let mut cases = sweep();
