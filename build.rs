@@ -55,6 +55,10 @@ fn main() {
         .flag("-Wno-unknown-pragmas")
         // The fortified longjmp aborts on a jump between fiber stacks.
         .flag("-U_FORTIFY_SOURCE")
+        // No implicit FMA: GCC contracts a*b+c by default in C++ wherever the target
+        // has FMA (not baseline x86-64, but aarch64 and -march=native builds). Kernels
+        // fuse only where they say so (fmaf); the CPU reference never does.
+        .flag("-ffp-contract=off")
         // Probe every page of a large stack frame, so a fiber stack overflow always
         // lands in the guard page instead of jumping over it into the next stack.
         .flag("-fstack-clash-protection")

@@ -185,6 +185,7 @@ static inline T from_bits(u64 b) {
 enum ShflMode { kIdx, kUp, kDown, kBfly };
 static inline int shfl_src(ShflMode mode, int b, int width) {
     const int lane = (int)emu_cur_thread->lane;
+    b &= 0x1f;  // PTX reads the lane operand as b[4:0]: lane 33 is lane 1, an offset of 32 is 0
     const int segmask = (32 - width) & 0x1f;
     const int clamp = mode == kUp ? 0 : 0x1f;
     const int max_lane = (lane & segmask) | (clamp & ~segmask);
