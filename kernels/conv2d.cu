@@ -29,15 +29,12 @@
 //   split-K, block z reduces pixels [z·chunk, (z+1)·chunk) of the dense partial
 //   dw_part[z][R·R·C][K]. Blocks with blockIdx.x == 0 also sum their dy tiles into
 //   db_part[z][K] (the first 64 threads, one channel each, from the shared stage,
-//   pixels in order). With one split the launcher passes dw and db themselves.
+//   pixels in order). With one split the launcher passes dw and db themselves;
+//   otherwise sum_partials_f32 (backward.cu) adds the splits' partials in order.
 //   Thread t loads pixel t/16 of the slice, 4 consecutive rows (ConvFilterRows) and
 //   channels (ConvFilterCols) 4(t%16)..+3, stored straight (no transpose).
-// conv2d_bwd_filter_reduce_f32: dw = Σ_z dw_part[z], db = Σ_z db_part[z], one thread per
-//   output element, z ascending: no float atomics, so the bits depend only on the
-//   shapes (the launcher's split count), never on timing or the emulator's schedule.
-// conv2d_relu_mask_f32: dy = 0 where y <= 0, in place, one thread per element (the
-//   Backend contract masks dy in place; masking once is also cheaper than masking at
-//   every one of the R·R·⌈C/64⌉ (dx) or ⌈R·R·C/64⌉ (dw) reads of each dy element).
+// The backward's ReLU mask of dy (relu_mask_f32, before the two gradients) is in
+// backward.cu too.
 //
 // Assumptions (checked by the launcher): R ∈ {1,3}; every index of every operand,
 // including base + (dr·W + ds)·pitch before the padding test, fits in int; pitches ≥
@@ -175,36 +172,6 @@ KERNEL_BOUNDS(conv2d_bwd_filter_f32, Conv::THREADS)(float* __restrict__ dw_part,
     }
 }
 
-// dw[i] = Σ_z dw_part[z][i] (i < wlen = R·R·C·K), db[j] = Σ_z db_part[z][j] (j < K),
-// db_part following dw_part in the workspace. One thread per output element; the
-// threads of a warp read consecutive elements of each partial (coalesced).
-KERNEL_BOUNDS(conv2d_bwd_filter_reduce_f32, 256)(float* __restrict__ dw, float* __restrict__ db,
-                                                 const float* __restrict__ part, int splits, int wlen, int k) {
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= wlen + k) return;
-    const bool is_w = i < wlen;
-    const float* src = is_w ? part + i : part + splits * wlen + (i - wlen);
-    const int stride = is_w ? wlen : k;
-    // Fixed order, z ascending: the same bits on every run.
-    float s = 0.0f;
-    for (int zz = 0; zz < splits; ++zz) s += src[zz * stride];
-    if (is_w)
-        dw[i] = s;
-    else
-        db[i - wlen] = s;
-}
-
-// dy[p][c] = 0 where y[p][c] <= 0 (PyTorch's threshold_backward; a NaN y keeps dy), for
-// pixels p < pixels, channels c < k, both views `pitch` apart. One thread per element.
-KERNEL_BOUNDS(conv2d_relu_mask_f32, 256)(float* __restrict__ dy, const float* __restrict__ y, int pixels, int k,
-                                         int pitch) {
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= pixels * k) return;
-    const int p = i / k, at = p * pitch + (i - p * k);
-    if (y[at] <= 0.0f) dy[at] = 0.0f;
-}
-
 // The entry points of this file (build.rs reads this list: the NVRTC entry-point table
 // and the emulator's exports are generated from it).
-ENTRY_POINTS(conv2d_fwd_f32, conv2d_bwd_data_f32, conv2d_bwd_filter_f32, conv2d_bwd_filter_reduce_f32,
-             conv2d_relu_mask_f32)
+ENTRY_POINTS(conv2d_fwd_f32, conv2d_bwd_data_f32, conv2d_bwd_filter_f32)

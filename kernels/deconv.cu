@@ -28,8 +28,7 @@
 //                           pixels per blockIdx.z / 4 (split-K), into a workspace of
 //                           partials (or dw itself when there is one chunk)
 //   deconv_bias_grad_f32    per-chunk column sums of dy, fixed order
-//   deconv_sum_partials_f32 out[i] = Σ_s part[s·L + i] in s order
-//   deconv_relu_mask_f32    dy = 0 where y <= 0 (PyTorch's threshold_backward)
+// The ReLU mask of dy and the sum of the chunks' partials: backward.cu.
 // No float atomics anywhere: every sum has a fixed order, so results are identical
 // run to run, on every emulator schedule, and (FMA being exact-rounded on both)
 // between the emulator and a GPU.
@@ -160,8 +159,8 @@ KERNEL_BOUNDS(deconv_bwd_filter_f32, Deconv::THREADS)(float* __restrict__ part, 
 // (a warp reads 32 consecutive channels of one pixel); grid (⌈K/32⌉, chunks).
 // Each lane sums pixels lane, lane+8, … in order, then the 8 lanes are added in
 // lane order: a fixed summation order.
-KERNEL(deconv_bias_grad_f32)(float* __restrict__ part, const float* __restrict__ dy, int pixels, int k,
-                             int y_pitch, int chunk_len) {
+KERNEL_BOUNDS(deconv_bias_grad_f32, 256)(float* __restrict__ part, const float* __restrict__ dy, int pixels,
+                                          int k, int y_pitch, int chunk_len) {
     SHARED(float, sums, [8][32]);
     const int ch = blockIdx.x * 32 + (threadIdx.x & 31), lane = threadIdx.x >> 5;
     const int p0 = blockIdx.y * chunk_len, p1 = min(pixels, p0 + chunk_len);
@@ -177,27 +176,6 @@ KERNEL(deconv_bias_grad_f32)(float* __restrict__ part, const float* __restrict__
     }
 }
 
-// out[i] = part[i] + part[L + i] + … + part[(S-1)·L + i], in chunk order; one thread
-// per element (grid-stride), so each sum has one fixed order.
-KERNEL(deconv_sum_partials_f32)(float* __restrict__ out, const float* __restrict__ part, int len, int chunks) {
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < len; i += gridDim.x * blockDim.x) {
-        float s = part[i];
-        for (int c = 1; c < chunks; ++c) s += part[c * len + i];
-        out[i] = s;
-    }
-}
-
-// dy[p, k] = 0 where y[p, k] <= 0, over `pixels` pixels of K channels `pitch` apart;
-// one thread per element. A NaN y keeps its gradient, as in the CPU reference.
-KERNEL(deconv_relu_mask_f32)(float* __restrict__ dy, const float* __restrict__ y, int pixels, int k, int pitch) {
-    const int total = pixels * k;
-    for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < total; e += gridDim.x * blockDim.x) {
-        const int p = e / k, off = p * pitch + (e - p * k);
-        if (y[off] <= 0.0f) dy[off] = 0.0f;
-    }
-}
-
 // The entry points of this file (build.rs reads this list: the NVRTC entry-point table
 // and the emulator's exports are generated from it).
-ENTRY_POINTS(deconv_fwd_f32, deconv_bwd_data_f32, deconv_bwd_filter_f32, deconv_bias_grad_f32,
-             deconv_sum_partials_f32, deconv_relu_mask_f32)
+ENTRY_POINTS(deconv_fwd_f32, deconv_bwd_data_f32, deconv_bwd_filter_f32, deconv_bias_grad_f32)

@@ -16,6 +16,7 @@
 //! bf16 on tensor cores.
 
 pub mod adam;
+pub(crate) mod backward;
 pub mod conv2d;
 pub mod deconv;
 pub mod driver;
