@@ -8,7 +8,7 @@
 //! a sentinel, and outputs are poisoned with NaN, so an element written that should
 //! not be, or not written that should be, fails the test.
 
-mod common;
+pub mod common;
 
 use common::{some_pitch, tol, View};
 use lesionseg::backend::cpu::conv2d::{conv2d_backward, conv2d_forward};

@@ -13,10 +13,10 @@
 //! weight and bias gradients. A race check runs one case per kernel under the
 //! emulator's forward, reverse and random thread orders and demands identical bytes.
 
-mod common;
+pub mod common;
 
-use common::kernels::{bf16, download, gpu, upload, Layout};
-use common::{assert_close, rng, tol};
+use common::kernels::{bf16, download, gpu, upload};
+use common::{assert_close, rng, tol, Layout};
 use lesionseg::backend::cpu::Cpu;
 use lesionseg::backend::emu::{self, race_check};
 use lesionseg::backend::{At, Backend, DeconvParams, GradIn};

@@ -7,7 +7,7 @@
 //! NHWC sides that are channel slices (pitch > C) at odd offsets. Everything outside
 //! an output view holds a sentinel that must survive; outputs start as NaN.
 
-mod common;
+pub mod common;
 
 use common::kernels::{download, upload};
 use lesionseg::backend::cpu::layout as cpu_layout;

@@ -2,7 +2,7 @@
 //! the paper's model, every channel count ÷8), through the `forward` command's
 //! library entry point; and run-to-run determinism.
 
-mod common;
+pub mod common;
 
 use std::path::{Path, PathBuf};
 
