@@ -27,7 +27,7 @@
 //
 // conv2d_bwd_filter_f32_mma — the weight gradient: conv2d_bwd_filter_f32's split-K
 // product dw_part[z] = im2col(x)ᵀ · dy over pixel chunk z (same arguments, grid and
-// partial layout; conv2d_bwd_filter_reduce_f32 sums the partials). db stays exact
+// partial layout; sum_partials_f32 of backward.cu sums the partials). db stays exact
 // f32: each thread sums the f32 dy values it loads, and the block adds the 32
 // per-thread sums of each channel in a fixed order.
 //   Engine MmaTile<64, 64, 32, 32, 32, k-major A>: 128 threads, output tile 64 filter
