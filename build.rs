@@ -1,17 +1,22 @@
 //! Build script: compiles the kernel sources in `kernels/*.cu` for the host emulator
 //! (with the emulator runtime in `src/backend/emu/*.cpp`) into one static library,
-//! and generates the tables both kernel backends use:
+//! and generates the tables both kernel backends use, all from the one list of entry
+//! points each kernel file ends with (`ENTRY_POINTS(name, ...)`, see
+//! `kernels/common.cuh`):
 //!
+//! - `$OUT_DIR/emu/<module>.cc`, what the emulator compiles for `kernels/<module>.cu`:
+//!   the kernel file itself (`#include`d) followed by one `EMU_EXPORT(name)` per entry
+//!   point, the `extern "C"` functions the emulator launches.
 //! - `$OUT_DIR/kernels.rs` (included by `src/backend/cuda/sources.rs`): `SOURCES`
-//!   (module, source text) of every kernel file, `COMMON_HEADER` (the text of
-//!   `kernels/common.cuh`) and `ENTRY_POINTS` (module, kernel) for every
-//!   `EMU_EXPORT(name)` line, for NVRTC.
+//!   (module, source text) of every kernel file, `HEADERS` (name, text) of every
+//!   `kernels/*.cuh` (NVRTC gets them in memory, as it has no include path) and
+//!   `ENTRY_POINTS` (module, kernel), for NVRTC.
 //! - `$OUT_DIR/emu_entries.rs` (included by `src/backend/emu/mod.rs`): the
 //!   `extern "C"` declarations of every `emu_entry_<name>` and `EMU_ENTRIES`, the table
 //!   the emulator launches from.
 //!
-//! New kernel files are picked up by globbing `kernels/`, sorted so the output is
-//! deterministic.
+//! New kernel files and headers are picked up by globbing `kernels/`, sorted so the
+//! output is deterministic.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -24,33 +29,36 @@ const RUNTIME: &[&str] = &[
     "src/backend/emu/memory.cpp",
     "src/backend/emu/fault.cpp",
 ];
-/// Headers every host object depends on.
-const HEADERS: &[&str] = &["kernels/common.cuh", "src/backend/emu/host.h", "src/backend/emu/runtime.h"];
+/// The emulator's headers every host object depends on (besides `kernels/*.cuh`).
+const EMU_HEADERS: &[&str] = &["src/backend/emu/host.h", "src/backend/emu/runtime.h"];
 
 fn main() {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
-    let kernels = kernel_files(&root.join("kernels"));
+    let kernels = kernel_files(&root.join("kernels"), "cu");
+    let headers = kernel_files(&root.join("kernels"), "cuh");
 
     println!("cargo:rerun-if-changed=kernels");
-    for f in RUNTIME.iter().chain(HEADERS) {
+    for f in RUNTIME.iter().chain(EMU_HEADERS) {
         println!("cargo:rerun-if-changed={f}");
     }
-    for (_, path) in &kernels {
+    for (_, path) in kernels.iter().chain(&headers) {
         println!("cargo:rerun-if-changed={}", path.display());
     }
+    let entries = entry_points(&kernels);
 
     let mut build = cc::Build::new();
     build
         .cpp(true)
-        // The .cu files would otherwise go to g++ as linker inputs (EMULATOR.md pitfall 1).
-        .flag("-x")
-        .flag("c++")
         .flag("-std=c++17")
         // `#pragma unroll` is for NVRTC.
         .flag("-Wno-unknown-pragmas")
-        // The fortified longjmp aborts on a jump between fiber stacks (pitfall 3).
+        // The fortified longjmp aborts on a jump between fiber stacks.
         .flag("-U_FORTIFY_SOURCE")
+        // No implicit FMA: GCC contracts a*b+c by default in C++ wherever the target
+        // has FMA (not baseline x86-64, but aarch64 and -march=native builds). Kernels
+        // fuse only where they say so (fmaf); the CPU reference never does.
+        .flag("-ffp-contract=off")
         // Probe every page of a large stack frame, so a fiber stack overflow always
         // lands in the guard page instead of jumping over it into the next stack.
         .flag("-fstack-clash-protection")
@@ -59,66 +67,87 @@ fn main() {
     for f in RUNTIME {
         build.file(root.join(f));
     }
-    for (_, path) in &kernels {
-        build.file(path);
+    let emu_dir = out.join("emu");
+    fs::create_dir_all(&emu_dir).expect("create $OUT_DIR/emu");
+    for (module, path) in &kernels {
+        let wrapper = emu_dir.join(format!("{module}.cc"));
+        fs::write(&wrapper, emu_wrapper(path, &entries, module)).expect("write an emulator wrapper");
+        build.file(wrapper);
     }
     build.compile("lesionseg_emu");
 
-    let entries = entry_points(&kernels);
-    fs::write(out.join("kernels.rs"), kernels_rs(&root, &kernels, &entries)).expect("write kernels.rs");
+    fs::write(out.join("kernels.rs"), kernels_rs(&kernels, &headers, &entries)).expect("write kernels.rs");
     fs::write(out.join("emu_entries.rs"), emu_entries_rs(&entries)).expect("write emu_entries.rs");
 }
 
-/// (module, path) of every `kernels/*.cu`, sorted by module name.
-fn kernel_files(dir: &Path) -> Vec<(String, PathBuf)> {
+/// (stem, path) of every `kernels/*.<ext>`, sorted by name.
+fn kernel_files(dir: &Path, ext: &str) -> Vec<(String, PathBuf)> {
     let mut files: Vec<(String, PathBuf)> = fs::read_dir(dir)
         .expect("read kernels/")
         .filter_map(|e| {
             let path = e.expect("read kernels/ entry").path();
-            let module = path.file_stem()?.to_str()?.to_string();
-            (path.extension()? == "cu").then_some((module, path))
+            let stem = path.file_stem()?.to_str()?.to_string();
+            (path.extension()? == ext).then_some((stem, path))
         })
         .collect();
     files.sort();
     files
 }
 
-/// (module, kernel) for every line starting with `EMU_EXPORT(name)`.
+/// (module, kernel) for every name in each kernel file's `ENTRY_POINTS(...)` list,
+/// which must be the file's last item and must appear exactly once.
 fn entry_points(kernels: &[(String, PathBuf)]) -> Vec<(String, String)> {
     let mut entries: Vec<(String, String)> = Vec::new();
     for (module, path) in kernels {
         let text = fs::read_to_string(path).expect("read kernel source");
-        for line in text.lines() {
-            let Some(rest) = line.trim_start().strip_prefix("EMU_EXPORT(") else { continue };
-            let name = rest.split(')').next().unwrap_or("").trim().to_string();
+        let file = path.display();
+        let starts: Vec<usize> = text
+            .match_indices("ENTRY_POINTS(")
+            .map(|(i, _)| i)
+            .filter(|&i| i == 0 || text[..i].ends_with('\n'))
+            .collect();
+        let [start] = starts[..] else {
+            panic!("{file}: expected one `ENTRY_POINTS(name, ...)` list at the start of a line, found {}", starts.len())
+        };
+        let list = &text[start + "ENTRY_POINTS(".len()..];
+        let end = list.find(')').unwrap_or_else(|| panic!("{file}: unterminated ENTRY_POINTS list"));
+        assert!(list[end + 1..].trim().is_empty(), "{file}: the ENTRY_POINTS list must end the file");
+        for name in list[..end].split(',').map(str::trim) {
             assert!(
                 !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
-                "{}: bad EMU_EXPORT line `{line}`",
-                path.display()
+                "{file}: bad entry point `{name}` in ENTRY_POINTS"
             );
-            if let Some((other, _)) = entries.iter().find(|(_, n)| *n == name) {
-                panic!("kernel `{name}` is exported by both kernels/{other}.cu and kernels/{module}.cu");
+            if let Some((other, _)) = entries.iter().find(|(_, n)| n == name) {
+                panic!("kernel `{name}` is listed by both kernels/{other}.cu and kernels/{module}.cu");
             }
-            entries.push((module.clone(), name));
+            entries.push((module.clone(), name.to_string()));
         }
     }
     entries
 }
 
-fn kernels_rs(root: &Path, kernels: &[(String, PathBuf)], entries: &[(String, String)]) -> String {
-    let mut s = String::from("// Generated by build.rs from kernels/*.cu.\n\n");
+/// The emulator's translation unit for one kernel file: the file, then its exports.
+fn emu_wrapper(path: &Path, entries: &[(String, String)], module: &str) -> String {
+    let mut s = format!("// Generated by build.rs: {module}.cu and the emulator's exports of its entry points.\n");
+    writeln!(s, "#include {:?}", path.display().to_string()).unwrap();
+    for (_, name) in entries.iter().filter(|(m, _)| m == module) {
+        writeln!(s, "EMU_EXPORT({name})").unwrap();
+    }
+    s
+}
+
+fn kernels_rs(kernels: &[(String, PathBuf)], headers: &[(String, PathBuf)], entries: &[(String, String)]) -> String {
+    let mut s = String::from("// Generated by build.rs from kernels/*.cu and kernels/*.cuh.\n\n");
     s += "/// (module, source) of every kernel file in `kernels/`.\npub const SOURCES: &[(&str, &str)] = &[\n";
     for (module, path) in kernels {
         writeln!(s, "    ({module:?}, include_str!({:?})),", path.display().to_string()).unwrap();
     }
-    s += "];\n\n/// The text of `kernels/common.cuh`, the one header the kernels include.\n";
-    writeln!(
-        s,
-        "pub const COMMON_HEADER: &str = include_str!({:?});",
-        root.join("kernels/common.cuh").display().to_string()
-    )
-    .unwrap();
-    s += "\n/// (module, kernel) of every `EMU_EXPORT(name)` in the kernel files.\n";
+    s += "];\n\n/// (file name, text) of every header in `kernels/` (`common.cuh`, ...).\n";
+    s += "pub const HEADERS: &[(&str, &str)] = &[\n";
+    for (stem, path) in headers {
+        writeln!(s, "    (\"{stem}.cuh\", include_str!({:?})),", path.display().to_string()).unwrap();
+    }
+    s += "];\n\n/// (module, kernel) of every name in the kernel files' `ENTRY_POINTS` lists.\n";
     s += "pub const ENTRY_POINTS: &[(&str, &str)] = &[\n";
     for (module, name) in entries {
         writeln!(s, "    ({module:?}, {name:?}),").unwrap();
@@ -128,7 +157,7 @@ fn kernels_rs(root: &Path, kernels: &[(String, PathBuf)], entries: &[(String, St
 }
 
 fn emu_entries_rs(entries: &[(String, String)]) -> String {
-    let mut s = String::from("// Generated by build.rs from the EMU_EXPORT lines of kernels/*.cu.\n\n");
+    let mut s = String::from("// Generated by build.rs from the ENTRY_POINTS lists of kernels/*.cu.\n\n");
     s += "extern \"C\" {\n";
     for (_, name) in entries {
         writeln!(s, "    fn emu_entry_{name}(launch: *const EmuLaunch, args: *mut *mut c_void) -> i32;").unwrap();

@@ -16,9 +16,13 @@
 //   p ← p + (−lr/bc1 · m) / (sqrt(v)/sqrt(bc2) + eps)
 // NVRTC fuses a product feeding an add into one FMA by default (one rounding instead
 // of two), which would make the GPU differ from the CPU in the last bit: the products
-// that feed an add go through MUL_RN (__fmul_rn, never fused). The host compiler
-// builds with -std=c++17, where GCC does not contract. sqrtf and '/' are IEEE on both
-// (no --use_fast_math), so the step is bit-exact against the CPU reference.
+// that feed an add go through MUL_RN (__fmul_rn, never fused). GCC contracts too: its
+// default for C++ is -ffp-contract=fast (the `off` default is for ISO C, not C++), so
+// the emulator matched the CPU on x86-64 only because the baseline x86-64 has no FMA
+// instruction to contract into. build.rs builds the emulator with
+// -ffp-contract=off, so a*b+c rounds twice there on every host, as in the Rust
+// reference (Rust never contracts). sqrtf and '/' are IEEE on both (no
+// --use_fast_math), so the step is bit-exact against the CPU reference.
 //
 // Assumptions (checked by the launcher): len + a grid stride fits in int; the four
 // operands do not overlap.
@@ -72,4 +76,7 @@ KERNEL_BOUNDS(adam_step_f32, 256)(float* __restrict__ param, float* __restrict__
         v[e] = ve;
     }
 }
-EMU_EXPORT(adam_step_f32)
+
+// The entry points of this file (build.rs reads this list: the NVRTC entry-point table
+// and the emulator's exports are generated from it).
+ENTRY_POINTS(adam_step_f32)

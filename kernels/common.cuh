@@ -1,23 +1,30 @@
-// common.cuh — the one header every kernel in kernels/ includes, and the only one.
+// common.cuh — the vocabulary every kernel in kernels/ is written in: the first header
+// each kernel file includes (directly, or through tile.cuh and the op headers built
+// on it: conv2d.cuh, deconv.cuh).
 //
-// The same kernel source is compiled three ways: by NVRTC for a GPU (no include path,
-// no CUDA toolkit headers), by the host C++ compiler for the emulator
-// (src/backend/emu, each block's threads run as fibers), and later on real GPUs. Only
-// the primitives below differ between the two branches; the helpers at the end are
-// written once on top of them, so the emulator checks the code the GPU runs.
+// The same kernel source is compiled two ways: by NVRTC for a GPU (no include path,
+// no CUDA toolkit headers: the headers of kernels/ are passed in memory), and by the
+// host C++ compiler for the emulator (src/backend/emu: each block's threads run as
+// fibers). Only the primitives below differ between the two branches; the helpers
+// at the end are written once on top of them, so the emulator checks the code the
+// GPU runs.
 //
 // Vocabulary (usable identically in both branches)
 // -------------------------------------------------
 // Types        u8 u16 u32 u64 i32 i64 (NVRTC has no <stdint.h>); float2/float4/int2/
 //              int4/uint2/uint4 and make_*; dim3/uint3.
-// Kernels      KERNEL(name)(params) { ... } EMU_EXPORT(name)
-//              KERNEL_BOUNDS(name, max_threads)(params) { ... } EMU_EXPORT(name)
-//              Device: extern "C" __global__ void name. Host: a static function plus
-//              `extern "C" int emu_entry_<name>(const EmuLaunch*, void** args)`, args
-//              being one pointer per argument value as for cuLaunchKernel. Kernel
-//              parameters are pointers, int and float only (the Rust `Arg` kinds).
-//              Put EMU_EXPORT at the start of its own line: build.rs finds the entry
-//              points by that.
+// Kernels      KERNEL(name)(params) { ... }
+//              KERNEL_BOUNDS(name, max_threads)(params) { ... }
+//              Device: extern "C" __global__ void name (with __launch_bounds__). Host:
+//              a static function; the emulator refuses a launch of more threads a
+//              block than max_threads, as the driver does. Kernel parameters are
+//              pointers, int and float only (the Rust `Arg` kinds).
+//              ENTRY_POINTS(name, ...) — the last thing in every kernel file: the
+//              list of its entry points. build.rs reads it (the line starts with
+//              `ENTRY_POINTS(`) and generates from it the NVRTC entry-point table and
+//              the emulator's exports (`extern "C" int emu_entry_<name>(const
+//              EmuLaunch*, void** args)`, args being one pointer per argument value
+//              as for cuLaunchKernel); the macro itself expands to nothing.
 // Helpers      DEVICE int f(...) — device functions (__device__ __forceinline__ / inline).
 // Indices      threadIdx blockIdx blockDim gridDim (.x .y .z), WARP_SIZE.
 // Barriers     __syncthreads(), __syncwarp(mask).
@@ -64,6 +71,10 @@
 //                (8-15, 8-15) give exactly the mma A fragment a[0..3].
 //              mma_a_frag, mma_a_frag_kmajor, mma_b_frags_kmajor (shared helpers
 //                below): the fragments of a 16x16 block of a bf16 tile, m- or k-major.
+//              mma, ldmatrix and cp.async need sm_80: a kernel file that uses them
+//                (directly or through tile.cuh's MmaTile) holds nothing else and says
+//                `// lesionseg: min-arch sm_80` within its first 20 lines, so the f32
+//                modules load on older GPUs.
 //              cp_async_16(void* smem_dst, const void* gmem_src) (cp.async.cg, 16 bytes,
 //                both 16-byte aligned), cp_async_commit(), cp_async_wait_all(),
 //                cp_async_wait<N>() (at most N committed groups still in flight). The
@@ -75,10 +86,7 @@
 //              shared memory; block size a multiple of 32; every thread must call; all
 //              get the sum). Lanes of a partial last warp do not exist: a full-mask
 //              collective in such a warp is an error.
-//
-// Convolution  (the last section) the implicit-GEMM gathers of conv2d.cu and
-//              conv2d_bf16.cu: conv_tap, gather1/gather4, gather4_tap + step_tap,
-//              channel_quad, weight_row4, wflip1/wflip4, and zero4/ld4/st4.
+//              zero4(), ld4(p), st4(p, v): 16-byte float4 helpers (p 16-byte aligned).
 //
 // Not available on purpose: __activemask (meaningless under independent thread
 // scheduling), spin-waits on shared flags (they deadlock under the emulator's
@@ -97,7 +105,7 @@ typedef long long i64;
 
 #define KERNEL(name) extern "C" __global__ void name
 #define KERNEL_BOUNDS(name, max_threads) extern "C" __global__ void __launch_bounds__(max_threads) name
-#define EMU_EXPORT(name)
+#define ENTRY_POINTS(...)
 #define DEVICE __device__ __forceinline__
 #define WARP_SIZE 32
 
@@ -241,6 +249,11 @@ DEVICE void mma_b_frags_kmajor(u32 b[2][2], const u16* base, int ld) {
     b[0][0] = r[0], b[0][1] = r[1], b[1][0] = r[2], b[1][1] = r[3];
 }
 
+// 16-byte vector helpers (the address 16-byte aligned).
+DEVICE float4 zero4() { return make_float4(0.0f, 0.0f, 0.0f, 0.0f); }
+DEVICE float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+DEVICE void st4(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
+
 // Butterfly reductions: every lane ends with the result, in the same order on every
 // lane, so the value is bit-identical across the warp.
 DEVICE float warp_sum(float v) {
@@ -267,115 +280,4 @@ DEVICE float block_sum(float v, float* scratch) {
     __syncthreads();
     float t = (tid & 31) < nwarps ? scratch[tid & 31] : 0.0f;
     return warp_sum(t);
-}
-
-// ============================== implicit-GEMM convolution gathers ==============================
-// Shared by conv2d.cu (f32) and conv2d_bf16.cu (tensor cores): the im2col element of an
-// R×R "same" convolution read straight from NHWC memory, and the 16-byte helpers.
-// The kernels' `vec` bits: CONV_VEC_A / CONV_VEC_B — 16-byte loads of the gathered
-// operand / of the other one; CONV_VEC_OUT — 16-byte stores (see conv2d.cu).
-
-DEVICE float4 zero4() { return make_float4(0.0f, 0.0f, 0.0f, 0.0f); }
-DEVICE float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
-DEVICE void st4(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
-
-#define CONV_VEC_A 1
-#define CONV_VEC_B 2
-#define CONV_VEC_OUT 4
-// A row "far outside the image": any tap offset keeps it out of [0, H), so pixels past
-// the end load zeros through the same bounds test as the padding (no extra branch).
-#define CONV_FAR (-(1 << 30))
-
-// One reduction index kg = tap·ch + channel of an R×R "same" convolution: the tap's
-// offset (dr, ds) from the output pixel and the channel.
-struct ConvTap {
-    int dr, ds, ch;
-};
-
-DEVICE ConvTap conv_tap(int kg, int ch, int R) {
-    const int tap = kg / ch, r = tap / R, pad = R >> 1;
-    ConvTap t;
-    t.dr = r - pad;
-    t.ds = tap - r * R - pad;
-    t.ch = kg - tap * ch;
-    return t;
-}
-
-
-// im2col(a)[pixel][kg]: the tap's neighbour of the pixel at (ph, pw) (element offset
-// pbase), zero in the padding and past the reduction end Kg.
-DEVICE float gather1(const float* a, int pbase, int ph, int pw, int kg, int Kg, int ch, int R, int H, int W,
-                     int pitch) {
-    if (kg >= Kg) return 0.0f;
-    const ConvTap t = conv_tap(kg, ch, R);
-    if ((unsigned)(ph + t.dr) >= (unsigned)H || (unsigned)(pw + t.ds) >= (unsigned)W) return 0.0f;
-    return a[pbase + (t.dr * W + t.ds) * pitch + t.ch];
-}
-
-// Four consecutive reduction elements kg..kg+3 of one pixel. On the vector path
-// ch % 4 == 0 and kg % 4 == 0, so they are 4 channels of one tap: one 16-byte load,
-// wholly inside or outside the image (and Kg % 4 == 0, wholly inside or past the end).
-DEVICE float4 gather4(const float* a, int pbase, int ph, int pw, int kg, int Kg, int ch, int R, int H, int W,
-                      int pitch, bool vec) {
-    if (vec) {
-        if (kg >= Kg) return zero4();
-        const ConvTap t = conv_tap(kg, ch, R);
-        if ((unsigned)(ph + t.dr) >= (unsigned)H || (unsigned)(pw + t.ds) >= (unsigned)W) return zero4();
-        return ld4(a + pbase + (t.dr * W + t.ds) * pitch + t.ch);
-    }
-    return make_float4(gather1(a, pbase, ph, pw, kg, Kg, ch, R, H, W, pitch),
-                       gather1(a, pbase, ph, pw, kg + 1, Kg, ch, R, H, W, pitch),
-                       gather1(a, pbase, ph, pw, kg + 2, Kg, ch, R, H, W, pitch),
-                       gather1(a, pbase, ph, pw, kg + 3, Kg, ch, R, H, W, pitch));
-}
-
-// Vector-path gather without divisions: four channels ch..ch+3 of tap (tr, ts) of the
-// pixel at (ph, pw); zeros in the padding and once the tap row is past R (the
-// reduction's end, as Kg % 4 == 0 on this path).
-DEVICE float4 gather4_tap(const float* a, int pbase, int ph, int pw, int tr, int ts, int ch, int R, int H, int W,
-                          int pitch) {
-    const int pad = R >> 1, dr = tr - pad, ds = ts - pad;
-    if (tr >= R || (unsigned)(ph + dr) >= (unsigned)H || (unsigned)(pw + ds) >= (unsigned)W) return zero4();
-    return ld4(a + pbase + (dr * W + ds) * pitch + ch);
-}
-
-// Moves a reduction index, kept as (tap row tr, tap column ts, channel ch) of a
-// `c`-channel R×R gather, forward by `by` elements.
-DEVICE void step_tap(int& tr, int& ts, int& ch, int c, int R, int by) {
-    ch += by;
-    while (ch >= c) {
-        ch -= c;
-        if (++ts == R) ts = 0, ++tr;
-    }
-}
-
-// Channels kc..kc+3 of one pixel (`px` its channel 0), zero past `k`; `vec`: one
-// 16-byte load (k % 4 == 0, so the quad is wholly in or out).
-DEVICE float4 channel_quad(const float* px, int kc, int k, bool vec) {
-    if (vec) return kc < k ? ld4(px + kc) : zero4();
-    return make_float4(kc < k ? px[kc] : 0.0f, kc + 1 < k ? px[kc + 1] : 0.0f, kc + 2 < k ? px[kc + 2] : 0.0f,
-                       kc + 3 < k ? px[kc + 3] : 0.0f);
-}
-
-// Forward B: w[kg][n..n+3] (row-major [R·R·C][K]), zero past K and past Kg.
-DEVICE float4 weight_row4(const float* w, int kg, int Kg, int n, int K, bool vec) {
-    return kg < Kg ? channel_quad(w + kg * K, n, K, vec) : zero4();
-}
-
-// Input-gradient B: w'[kg][c] = w[R·R-1-tap][c][k] with kg = tap·K + k, for kg..kg+3.
-// Consecutive kg are consecutive k: contiguous in w, so this is loaded like A (a quad
-// along the reduction) and stored transposed.
-DEVICE float wflip1(const float* w, int kg, int Kg, int c, int C, int K, int RR) {
-    if (kg >= Kg || c >= C) return 0.0f;
-    const int tap = kg / K;
-    return w[((RR - 1 - tap) * C + c) * K + (kg - tap * K)];
-}
-DEVICE float4 wflip4(const float* w, int kg, int Kg, int c, int C, int K, int RR, bool vec) {
-    if (vec) {
-        if (kg >= Kg || c >= C) return zero4();
-        const int tap = kg / K;
-        return ld4(w + ((RR - 1 - tap) * C + c) * K + (kg - tap * K));
-    }
-    return make_float4(wflip1(w, kg, Kg, c, C, K, RR), wflip1(w, kg + 1, Kg, c, C, K, RR),
-                       wflip1(w, kg + 2, Kg, c, C, K, RR), wflip1(w, kg + 3, Kg, c, C, K, RR));
 }

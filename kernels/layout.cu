@@ -39,7 +39,6 @@ KERNEL_BOUNDS(layout_normalize_u8_f32, LAYOUT_THREADS)(float* __restrict__ y, co
         y[px * y_pitch + c] = ((float)rgb[e] / 255.0f - mean) / sd;
     }
 }
-EMU_EXPORT(layout_normalize_u8_f32)
 
 // One TC × TP tile of sample blockIdx.z between dense NCHW and NHWC with `pitch`.
 template <bool TO_NHWC>
@@ -78,7 +77,6 @@ KERNEL_BOUNDS(layout_nchw_to_nhwc_f32, LAYOUT_THREADS)(float* __restrict__ y, co
     SHARED(float, tile, [TILE_ELEMS + WARP_SIZE]);
     transpose_tile<true>(y, x, c, hw, pitch, tc_log2, tile);
 }
-EMU_EXPORT(layout_nchw_to_nhwc_f32)
 
 // y dense NCHW ← x NHWC (pitch).
 KERNEL_BOUNDS(layout_nhwc_to_nchw_f32, LAYOUT_THREADS)(float* __restrict__ y, const float* __restrict__ x, int c,
@@ -86,4 +84,7 @@ KERNEL_BOUNDS(layout_nhwc_to_nchw_f32, LAYOUT_THREADS)(float* __restrict__ y, co
     SHARED(float, tile, [TILE_ELEMS + WARP_SIZE]);
     transpose_tile<false>(y, x, c, hw, pitch, tc_log2, tile);
 }
-EMU_EXPORT(layout_nhwc_to_nchw_f32)
+
+// The entry points of this file (build.rs reads this list: the NVRTC entry-point table
+// and the emulator's exports are generated from it).
+ENTRY_POINTS(layout_normalize_u8_f32, layout_nchw_to_nhwc_f32, layout_nhwc_to_nchw_f32)

@@ -117,7 +117,6 @@ KERNEL_BOUNDS(loss_partials_f32, LOSS_THREADS)(double* __restrict__ part, float*
         flags[blk * k + t] = any ? 1.0f : 0.0f;
     }
 }
-EMU_EXPORT(loss_partials_f32)
 
 // The batch sums, labels and head losses; see the header. `out` = (loss1, loss2,
 // loss3) in f64; `coef` = (1/M, 1/(U−I+ε), 1/(I+ε)) for pass 2; `head_bce` = 2·N·K
@@ -172,7 +171,6 @@ KERNEL_BOUNDS(loss_reduce_f32, LOSS_THREADS)(double* __restrict__ out, float* __
         coef[2] = (float)(1.0 / (inter + JACCARD_EPS));
     }
 }
-EMU_EXPORT(loss_reduce_f32)
 
 DEVICE float mask_grad(float x, float t, float inv_m, float inv_outside, float inv_inter) {
     const float s = sigmoid_of(x, exp_neg_abs(x));
@@ -197,4 +195,7 @@ KERNEL_BOUNDS(loss_grad_f32, LOSS_THREADS)(float* __restrict__ d_mask, const flo
     for (int e = 4 * quads + first; e < total; e += step)
         d_mask[e] = mask_grad(logits[e], target[e], inv_m, inv_outside, inv_inter);
 }
-EMU_EXPORT(loss_grad_f32)
+
+// The entry points of this file (build.rs reads this list: the NVRTC entry-point table
+// and the emulator's exports are generated from it).
+ENTRY_POINTS(loss_partials_f32, loss_reduce_f32, loss_grad_f32)

@@ -88,7 +88,6 @@ KERNEL(maxpool_fwd_f32)(float* __restrict__ y, const float* __restrict__ x, int 
             y[pix * y_pitch + ch] = m[0];
     }
 }
-EMU_EXPORT(maxpool_fwd_f32)
 
 // dx[argmax of window (n,i,j), c] += dy[n,i,j,c]; every other dx element is untouched.
 KERNEL(maxpool_bwd_f32)(float* __restrict__ dx, const float* __restrict__ dy, const float* __restrict__ x, int n,
@@ -114,7 +113,6 @@ KERNEL(maxpool_bwd_f32)(float* __restrict__ dx, const float* __restrict__ dy, co
         }
     }
 }
-EMU_EXPORT(maxpool_bwd_f32)
 
 // The pixels [p0, p1) of sample blockIdx.z that this block reduces: chunk blockIdx.y
 // of `chunk_len` pixels (the whole sample when the grid has one chunk).
@@ -150,7 +148,6 @@ KERNEL(global_avg_fwd_f32)(float* __restrict__ y, float* __restrict__ part, cons
     else
         part[(n * gridDim.y + blockIdx.y) * c + ch] = sums[t];
 }
-EMU_EXPORT(global_avg_fwd_f32)
 
 // y[n·C + c] = (Σ over chunks, in chunk order, of part) / count; one thread per (n, c).
 KERNEL(global_avg_finish_f32)(float* __restrict__ y, const float* __restrict__ part, int nc, int c, int chunks,
@@ -163,7 +160,6 @@ KERNEL(global_avg_finish_f32)(float* __restrict__ y, const float* __restrict__ p
         y[e] = s / count;
     }
 }
-EMU_EXPORT(global_avg_finish_f32)
 
 // dx[n,h,w,c] = dy[n·C + c] / count over every pixel (overwrites; gaps untouched).
 KERNEL(global_avg_bwd_f32)(float* __restrict__ dx, const float* __restrict__ dy, int n, int hw, int c, int x_pitch,
@@ -179,7 +175,6 @@ KERNEL(global_avg_bwd_f32)(float* __restrict__ dx, const float* __restrict__ dy,
         }
     }
 }
-EMU_EXPORT(global_avg_bwd_f32)
 
 // The max and argmax (pixel index in the sample) of channel blockIdx.x·G + lane over
 // the block's pixels, returned to the row-0 thread of each lane; `vals`/`idxs`:
@@ -232,7 +227,6 @@ KERNEL(global_max_fwd_f32)(float* __restrict__ y, float* __restrict__ part, cons
         cand[0] = best, cand[1] = __int_as_float(arg);
     }
 }
-EMU_EXPORT(global_max_fwd_f32)
 
 // With one chunk: dx[n, argmax, c] += dy[n·C + c]; one thread per (n, c), so no two
 // threads touch the same element. (With several, the launcher runs global_max_fwd_f32
@@ -247,7 +241,6 @@ KERNEL(global_max_bwd_f32)(float* __restrict__ dx, const float* __restrict__ dy,
     const int n = blockIdx.z, ch = blockIdx.x * group + (threadIdx.x & (group - 1));
     if (threadIdx.x < (unsigned)group && ch < c) dx[(n * hw + arg) * x_pitch + ch] += dy[n * c + ch];
 }
-EMU_EXPORT(global_max_bwd_f32)
 
 // Merges the chunks' candidates of each (n, c) with `beats` (a total order, so the
 // result is exact whatever the order) and then, forward, writes y[n·C + c] = max or,
@@ -271,4 +264,8 @@ KERNEL(global_max_finish_f32)(float* __restrict__ y, float* __restrict__ dx, con
             y[e] = best;
     }
 }
-EMU_EXPORT(global_max_finish_f32)
+
+// The entry points of this file (build.rs reads this list: the NVRTC entry-point table
+// and the emulator's exports are generated from it).
+ENTRY_POINTS(maxpool_fwd_f32, maxpool_bwd_f32, global_avg_fwd_f32, global_avg_finish_f32, global_avg_bwd_f32,
+             global_max_fwd_f32, global_max_bwd_f32, global_max_finish_f32)

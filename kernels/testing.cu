@@ -13,14 +13,12 @@ KERNEL(test_neighbour)(float* out, int use_barrier) {
     if (use_barrier) __syncthreads();
     out[blockIdx.x * 256 + t] = slot[(t + 1) % 256];
 }
-EMU_EXPORT(test_neighbour)
 
 // Writes n + 1 elements: one past the end of an n-element buffer (planted).
 KERNEL(test_oob_write)(float* out, int n) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i <= n) out[i] = 1.0f;
 }
-EMU_EXPORT(test_oob_write)
 
 // d[16][8] = a[16][16] · b[16][8] + c[16][8] (row-major f32 in global memory) through
 // one mma.m16n8k16, each lane loading its fragments per the PTX ISA layout.
@@ -54,7 +52,6 @@ KERNEL(test_mma)(float* d, const float* a, const float* b, const float* c, int f
     d[g * 8 + c0] = fd[0], d[g * 8 + c0 + 1] = fd[1];
     d[(g + 8) * 8 + c0] = fd[2], d[(g + 8) * 8 + c0 + 1] = fd[3];
 }
-EMU_EXPORT(test_mma)
 
 // A 16x16 tile of u16 with tile[r][c] = 16r + c in shared memory (rows padded to 24
 // elements), read by ldmatrix: mode 0 x4, 1 x2, 2 x4.trans, 3 x2.trans. Matrix j is the
@@ -80,7 +77,6 @@ KERNEL(test_ldmatrix)(float* out, int mode) {
         out[(lane * 4 + k) * 2 + 1] = k < n ? (float)(r[k] >> 16) : -1.0f;
     }
 }
-EMU_EXPORT(test_ldmatrix)
 
 // Copies in[0..n) (n a multiple of 8, ≤ 64*8) through dynamic shared memory with
 // cp.async in two commit groups. stale[i] = the shared value read before any wait (on
@@ -100,7 +96,6 @@ KERNEL(test_cp_async)(float* out, float* stale, const float* in, int n) {
     __syncthreads();
     for (int i = half + t; i < n; i += 64) out[i] = buf[i];
 }
-EMU_EXPORT(test_cp_async)
 
 // Warp shuffles and votes; 64 threads (two warps), 16 outputs per thread (see the
 // test for the expected values). Votes are stored as bit patterns.
@@ -128,7 +123,6 @@ KERNEL(test_shuffles)(float* out) {
     o[14] = __shfl_sync(half, v, lane ^ 1);
     o[15] = __uint_as_float(__ballot_sync(half, lane & 1));
 }
-EMU_EXPORT(test_shuffles)
 
 // Half the warp waits at __syncwarp for the other half, which waits at __syncthreads
 // for the first: a planted deadlock. One warp.
@@ -140,14 +134,12 @@ KERNEL(test_deadlock)(float* out) {
         __syncthreads();
     out[t] = 1.0f;
 }
-EMU_EXPORT(test_deadlock)
 
 // Lanes 0-15 shuffle among themselves but read lane 20, outside the mask (planted).
 KERNEL(test_bad_shuffle)(float* out) {
     const int t = threadIdx.x;
     if (t < 16) out[t] = __shfl_sync(0x0000ffffu, (float)t, 20);
 }
-EMU_EXPORT(test_bad_shuffle)
 
 // Conversions of in[i]: out[6i..6i+6) = bf16 bits, bf16 round trip, f16 bits, f16
 // round trip, low half of pack_bf16x2(x, -x), high half of pack_f16x2(-x, x).
@@ -162,7 +154,6 @@ KERNEL(test_convert)(float* out, const float* in, int n) {
     out[6 * i + 4] = (float)(pack_bf16x2(x, -x) & 0xffffu);
     out[6 * i + 5] = (float)(pack_f16x2(-x, x) >> 16);
 }
-EMU_EXPORT(test_convert)
 
 // Decodes every 16-bit pattern h: out[2h] = bf16_to_f32(h), out[2h+1] = f16_to_f32(h).
 KERNEL(test_decode)(float* out) {
@@ -171,14 +162,12 @@ KERNEL(test_decode)(float* out) {
     out[2 * h] = bf16_to_f32((u16)h);
     out[2 * h + 1] = f16_to_f32((u16)h);
 }
-EMU_EXPORT(test_decode)
 
 // `iters` barriers, for timing.
 KERNEL(test_sync_cost)(float* out, int iters) {
     for (int i = 0; i < iters; i++) __syncthreads();
     out[threadIdx.x] = (float)iters;
 }
-EMU_EXPORT(test_sync_cost)
 
 // `iters` full-warp butterfly sums (5 shuffles each), for timing.
 KERNEL(test_shuffle_cost)(float* out, int iters) {
@@ -186,7 +175,6 @@ KERNEL(test_shuffle_cost)(float* out, int iters) {
     for (int i = 0; i < iters; i++) v = warp_sum(v) * (1.0f / 32.0f);
     out[threadIdx.x] = v;
 }
-EMU_EXPORT(test_shuffle_cost)
 
 // C[M][N] = A[M][K] · B[K][N], row-major, 16x16 tiles through shared memory; block
 // (16,16), grid (ceil(N/16), ceil(M/16)). Tails are zero-padded.
@@ -206,21 +194,18 @@ KERNEL(test_sgemm)(float* C, const float* A, const float* B, int M, int N, int K
     }
     if (row < M && col < N) C[row * N + col] = acc;
 }
-EMU_EXPORT(test_sgemm)
 
 // Thread `bad` fails an assertion.
 KERNEL(test_assert)(float* out, int bad) {
     EMU_ASSERT((int)threadIdx.x != bad);
     out[threadIdx.x] = 1.0f;
 }
-EMU_EXPORT(test_assert)
 
 // Thread 3 writes far from any buffer (planted): a fault, reported, not a crash.
 KERNEL(test_wild_write)(float* out, int offset) {
     if (threadIdx.x == 3) ((float*)0)[offset] = 1.0f;
     out[threadIdx.x] = 1.0f;
 }
-EMU_EXPORT(test_wild_write)
 
 // Unbounded-looking recursion with a big frame: overflows the emulator's 64 KiB fiber
 // stack (and the GPU's per-thread stack) for large `depth` (planted).
@@ -231,7 +216,6 @@ DEVICE float deep(int depth, volatile float* sink) {
     return deep(depth - 1, sink) + pad[depth % 256];
 }
 KERNEL(test_stack_overflow)(float* out, int depth) { out[threadIdx.x] = deep(depth, out); }
-EMU_EXPORT(test_stack_overflow)
 
 // 33 threads write a 32-element shared array (planted overrun).
 KERNEL(test_shared_overrun)(float* out) {
@@ -240,7 +224,6 @@ KERNEL(test_shared_overrun)(float* out) {
     __syncthreads();
     out[threadIdx.x] = small[threadIdx.x % 32];
 }
-EMU_EXPORT(test_shared_overrun)
 
 // Even threads write their slot, then everyone reads its own: odd slots were never
 // written in this block (the emulator gives NaN). 64 threads per block.
@@ -251,7 +234,6 @@ KERNEL(test_uninit_shared)(float* out) {
     __syncthreads();
     out[blockIdx.x * 64 + t] = s[t];
 }
-EMU_EXPORT(test_uninit_shared)
 
 // Threads ≥ 100 of 128 return early; the rest still meet at __syncthreads and at
 // a full-mask __syncwarp (exited lanes are not waited for).
@@ -264,7 +246,6 @@ KERNEL(test_early_exit)(float* out) {
     __syncwarp();
     out[t] = s[99 - t];
 }
-EMU_EXPORT(test_early_exit)
 
 // out[block] = sum of in[block*blockDim.x ...] via block_sum, twice (the second call
 // reuses the scratch) and the second result doubled. Block size a multiple of 32.
@@ -278,4 +259,10 @@ KERNEL(test_block_sum)(float* out, const float* in) {
         out[2 * blockIdx.x + 1] = s2;
     }
 }
-EMU_EXPORT(test_block_sum)
+
+// The entry points of this file (build.rs reads this list: the NVRTC entry-point table
+// and the emulator's exports are generated from it).
+ENTRY_POINTS(test_neighbour, test_oob_write, test_mma, test_ldmatrix, test_cp_async, test_shuffles, test_deadlock,
+             test_bad_shuffle, test_convert, test_decode, test_sync_cost, test_shuffle_cost, test_sgemm, test_assert,
+             test_wild_write, test_stack_overflow, test_shared_overrun, test_uninit_shared, test_early_exit,
+             test_block_sum)

@@ -55,8 +55,9 @@ pub enum Opened {
 }
 
 impl Opened {
-    /// Sets the convolution forward arithmetic of the kernel backends; the cpu
-    /// backend computes in f32 only, so anything else there is an error.
+    /// Sets the arithmetic of the kernel backends' convolution and deconvolution
+    /// GEMMs, forward and backward; the cpu backend computes in f32 only, so anything
+    /// else there is an error.
     pub fn set_precision(&mut self, p: Precision) -> Result<()> {
         match self {
             Opened::Cuda(k) => k.precision = p,

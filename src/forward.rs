@@ -101,7 +101,7 @@ fn data_err(path: &Path, e: Error) -> Error {
 /// Downloads a (possibly channel-sliced) NHWC view as a dense NCHW tensor.
 pub fn download_nchw<B: Backend>(be: &B, buf: &B::Buf, v: View) -> Result<Tensor> {
     let mut raw = vec![0.0; v.len()];
-    be.download(buf, v.off, &mut raw[..crate::backend::cpu::view_len(v.n * v.h * v.w, v.c, v.pitch)])?;
+    be.download(buf, v.off, &mut raw[..crate::backend::view_len(v.n * v.h * v.w, v.c, v.pitch)])?;
     let mut nchw = vec![0.0; v.n * v.c * v.h * v.w];
     for n in 0..v.n {
         for y in 0..v.h {

@@ -152,7 +152,7 @@ fn kernels_on_gpu(out: &mut String, sources: &KernelSources, gpu: &Cuda) {
 
 fn kernels_with_ptxas(out: &mut String, sources: &KernelSources, ptxas: Option<&std::path::Path>) {
     for (module, source) in sources.modules {
-        let ptx = match nvrtc::cached_ptx(module, source, sources.common, DEFAULT_ARCH) {
+        let ptx = match nvrtc::cached_ptx(module, source, sources.headers, DEFAULT_ARCH) {
             Ok(p) => p,
             Err(e) => {
                 let _ = writeln!(out, "  {module}.cu: FAILED: {e}");

@@ -2,6 +2,7 @@
 //! segmentation) on hand-written kernels, with a CPU backend that is both the
 //! fallback and the reference. See docs/ARCHITECTURE.md for the architecture.
 
+pub mod attributes;
 pub mod backend;
 pub mod data;
 pub mod demo;

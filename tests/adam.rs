@@ -1,7 +1,7 @@
 //! Adam against a direct f64 transcription of PyTorch's formula over several steps,
 //! one step checked against numbers worked out by hand, and the `Backend` trait path.
 
-mod common;
+pub mod common;
 
 use lesionseg::backend::cpu::{adam, Cpu};
 use lesionseg::backend::{AdamParams, At, Backend};

@@ -10,7 +10,7 @@
 //! emulator must agree bit for bit; the GPU within 1e-6 relative L2 (bit-exactness
 //! there is reported, not required: it depends on the driver's sqrt and division).
 
-mod common;
+pub mod common;
 
 use common::kernels::{download, place};
 use common::{describe, rel_l2};

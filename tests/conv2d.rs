@@ -8,12 +8,12 @@
 //! a sentinel, and outputs are poisoned with NaN, so an element written that should
 //! not be, or not written that should be, fails the test.
 
-mod common;
+pub mod common;
 
 use common::{some_pitch, tol, View};
 use lesionseg::backend::cpu::conv2d::{conv2d_backward, conv2d_forward};
-use lesionseg::backend::cpu::{view_len, Cpu};
-use lesionseg::backend::{At, Backend, Conv2dParams, GradIn};
+use lesionseg::backend::cpu::Cpu;
+use lesionseg::backend::{view_len, At, Backend, Conv2dParams, GradIn};
 use rand::Rng;
 
 /// Direct f64 conv2d from PyTorch's definition; `wpt` is `[K][C][R][S]`.

@@ -8,12 +8,12 @@
 //! a sentinel, and outputs are poisoned with NaN, so an element written that should
 //! not be, or not written that should be, fails the test.
 
-mod common;
+pub mod common;
 
 use common::{some_pitch, tol, View};
 use lesionseg::backend::cpu::deconv::{deconv_backward, deconv_forward};
-use lesionseg::backend::cpu::{view_len, Cpu};
-use lesionseg::backend::{At, Backend, DeconvParams, GradIn};
+use lesionseg::backend::cpu::Cpu;
+use lesionseg::backend::{view_len, At, Backend, DeconvParams, GradIn};
 use rand::Rng;
 
 /// Calls `f(n, iy, ix, oy, ox, ky, kx)` for every input pixel and filter tap of

@@ -1,6 +1,7 @@
-//! The transposed-convolution kernels (`kernels/deconv.cu`) against the CPU
-//! backend, through the `Backend` trait: `Kernels<Emu>` always, `Kernels<Cuda>` when
-//! a GPU is usable (otherwise that half is skipped with the reason printed).
+//! The transposed-convolution kernels (`kernels/deconv.cu`, and `kernels/deconv_mma.cu`
+//! with `Precision::Bf16`) against the CPU backend, through the `Backend` trait:
+//! `Kernels<Emu>` always, `Kernels<Cuda>` when a GPU is usable (otherwise that half is
+//! skipped with the reason printed).
 //!
 //! Every operand is a view at an offset of a larger buffer whose other elements hold
 //! a sentinel, activations with pitches wider than their channels; outputs start as
@@ -12,10 +13,10 @@
 //! weight and bias gradients. A race check runs one case per kernel under the
 //! emulator's forward, reverse and random thread orders and demands identical bytes.
 
-mod common;
+pub mod common;
 
-use common::kernels::{bf16, download, gpu, upload, Layout};
-use common::{assert_close, rng, tol};
+use common::kernels::{bf16, download, gpu, upload};
+use common::{assert_close, rng, tol, Layout};
 use lesionseg::backend::cpu::Cpu;
 use lesionseg::backend::emu::{self, race_check};
 use lesionseg::backend::{At, Backend, DeconvParams, GradIn};
@@ -262,7 +263,7 @@ fn backward_matches_cpu() {
     }
 }
 
-/// `deconv_fwd_bf16` (the forward with bf16 products on tensor cores) against the
+/// `deconv_fwd_f32_mma` (the forward with bf16 products on tensor cores) against the
 /// CPU's f32: within the bf16 tolerance scaled by Σ|terms| (the op on the inputs'
 /// magnitudes: sums that cancel would fail a relative test by rounding alone), its
 /// rounding visible (not the f32 path), gaps untouched.

@@ -29,7 +29,6 @@ KERNEL(smoke_axpy_f32)(float* __restrict__ y, const float* __restrict__ x, float
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) y[i] = fmaf(a, x[i], y[i]);
 }
-EMU_EXPORT(smoke_axpy_f32)
 // out = reverse(in) through dynamic shared memory of n floats; one block.
 KERNEL(smoke_reverse_f32)(float* out, const float* in, int n) {
     DYN_SHARED(float, buf);
@@ -37,14 +36,14 @@ KERNEL(smoke_reverse_f32)(float* out, const float* in, int n) {
     __syncthreads();
     for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = buf[n - 1 - i];
 }
-EMU_EXPORT(smoke_reverse_f32)
+ENTRY_POINTS(smoke_axpy_f32, smoke_reverse_f32)
 "#;
 const BROKEN: &str = "#include \"common.cuh\"\nKERNEL(broken_f32)(float* y) { y[0] = no_such_name; }\n";
 
 fn smoke_sources() -> KernelSources {
     KernelSources {
         modules: &[("smoke", SMOKE), ("broken", BROKEN)],
-        common: KernelSources::builtin().common,
+        headers: KernelSources::builtin().headers,
         entry_points: &[("smoke", "smoke_axpy_f32"), ("smoke", "smoke_reverse_f32"), ("broken", "broken_f32")],
     }
 }

@@ -7,14 +7,14 @@
 //! NHWC sides that are channel slices (pitch > C) at odd offsets. Everything outside
 //! an output view holds a sentinel that must survive; outputs start as NaN.
 
-mod common;
+pub mod common;
 
 use common::kernels::{download, upload};
-use lesionseg::backend::cpu::layout::{self as cpu_layout, ImageParams, LayoutParams};
+use lesionseg::backend::cpu::layout as cpu_layout;
 use lesionseg::backend::cuda::layout;
 use lesionseg::backend::cuda::{Executor, Kernels};
 use lesionseg::backend::emu::{self, race_check};
-use lesionseg::backend::{At, Backend};
+use lesionseg::backend::{At, Backend, ImageParams, LayoutParams};
 use lesionseg::data::batch::{IMAGENET_MEAN, IMAGENET_STD};
 use lesionseg::device::test_gpu;
 use rand::Rng;

@@ -2,7 +2,7 @@
 //! finite-difference checks of all three logit gradients in f64, determinism across
 //! thread counts, and the `Backend` trait path.
 
-mod common;
+pub mod common;
 
 use common::tol;
 use lesionseg::backend::cpu::{loss, Cpu};

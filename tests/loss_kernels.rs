@@ -10,7 +10,7 @@
 //! output view must survive. Tolerances: gradients relative L2 ≤ `tol::F32` (1e-5),
 //! loss components ≤ 1e-6 relative; the errors reached are printed.
 
-mod common;
+pub mod common;
 
 use common::kernels::{download, place};
 use common::{describe, rel_l2, tol};

@@ -3,7 +3,7 @@
 //! ROC AUC against brute-force pair counting, the training-metric helpers, and the
 //! `eval` command on folders of PNGs.
 
-mod common;
+pub mod common;
 
 use std::path::{Path, PathBuf};
 

@@ -2,7 +2,7 @@
 //! the paper's model, every channel count ÷8), through the `forward` command's
 //! library entry point; and run-to-run determinism.
 
-mod common;
+pub mod common;
 
 use std::path::{Path, PathBuf};
 
@@ -86,7 +86,7 @@ fn emulated_kernels_match_pytorch() {
 /// wholesale. Measured on the fixtures: the whole gradient within 1.7e-3 for the
 /// batch of 2, but 1.4e-1 for the 64x96 image, and the same 1.4e-1 in a one-off run
 /// with the input-gradient kernel forced back to f32 (so it is not the bf16 backward
-/// kernel, which `tests/conv2d_bf16_kernels.rs` checks).
+/// kernel, which `tests/conv2d_mma_kernels.rs` checks).
 fn check_golden_bf16<B: Backend>(be: &B) {
     for case in ["narrow_n2_64x64.safetensors", "narrow_n1_64x96.safetensors"] {
         let out_path = temp(&format!("out-{}-bf16-{case}", be.name()));

@@ -3,7 +3,8 @@
 //! it on A100 (sm_80), A10/3090 (sm_86), L4/4090 (sm_89) and H100 (sm_90).
 //!
 //! Fails on any compile error, any register spill, and any mismatch between the
-//! entry points build.rs found (`EMU_EXPORT`) and the `.entry`s in the PTX. NVRTC
+//! entry points build.rs found (the files' `ENTRY_POINTS` lists) and the `.entry`s in
+//! the PTX. NVRTC
 //! and ptxas come from NVIDIA's wheels (`scripts/test.sh` installs them into
 //! `.cache/nvidia`); without them the tests fail when `CI` is set and otherwise
 //! print `SKIPPED (no NVRTC/ptxas: …)`.
@@ -69,7 +70,6 @@ KERNEL(axpy_f32)(float* __restrict__ y, const float* __restrict__ x, float a, in
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) y[i] = fmaf(a, x[i], y[i]);
 }
-EMU_EXPORT(axpy_f32)
 KERNEL(block_sum_f32)(float* out, const float* x, int n) {
     SHARED(float, scratch, [32]);
     float v = 0.0f;
@@ -77,15 +77,15 @@ KERNEL(block_sum_f32)(float* out, const float* x, int n) {
     v = block_sum(v, scratch);
     if (threadIdx.x == 0) out[blockIdx.x] = v;
 }
-EMU_EXPORT(block_sum_f32)
+ENTRY_POINTS(axpy_f32, block_sum_f32)
 "#;
 
 #[test]
 fn toolchain_compiles_assembles_and_reports() {
     let Some((nv, px)) = tools() else { return };
-    let common = KernelSources::builtin().common;
+    let headers = KernelSources::builtin().headers;
     let (ptx, _log) =
-        nvrtc::compile_ptx_with("selftest", AXPY, common, "sm_90").expect("NVRTC on the self-test kernel");
+        nvrtc::compile_ptx_with("selftest", AXPY, headers, "sm_90").expect("NVRTC on the self-test kernel");
     assert!(ptx.contains(".target sm_90"), "PTX for compute_90:\n{}", &ptx[..ptx.len().min(400)]);
     assert_eq!(nvrtc::ptx_entries(&ptx), ["axpy_f32", "block_sum_f32"]);
     let stats = ptxas::assemble(&px, &ptx, "sm_90").expect("ptxas on the self-test kernel");
@@ -101,7 +101,7 @@ fn toolchain_compiles_assembles_and_reports() {
 fn compile_error_carries_the_full_log() {
     let Some(_) = tools() else { return };
     let bad = "#include \"common.cuh\"\nKERNEL(broken_f32)(float* y) { y[0] = undefined_name; }\n";
-    match nvrtc::compile_ptx_with("broken", bad, KernelSources::builtin().common, "sm_80") {
+    match nvrtc::compile_ptx_with("broken", bad, KernelSources::builtin().headers, "sm_80") {
         Err(Error::Nvrtc { module, log }) => {
             assert_eq!(module, "broken");
             assert!(log.contains("undefined_name") && log.contains("broken.cu"), "log: {log}");
@@ -118,8 +118,14 @@ fn ptxas_version(px: &std::path::Path) -> String {
 type Built = (Vec<String>, Vec<EntryStats>);
 
 /// One (module, arch) compiled and assembled, or what went wrong.
-fn build(module: &str, source: &str, common: &str, arch: &str, px: &std::path::Path) -> Result<Built, String> {
-    let (ptx, _log) = nvrtc::compile_ptx_with(module, source, common, arch).map_err(|e| e.to_string())?;
+fn build(
+    module: &str,
+    source: &str,
+    headers: &[(&str, &str)],
+    arch: &str,
+    px: &std::path::Path,
+) -> Result<Built, String> {
+    let (ptx, _log) = nvrtc::compile_ptx_with(module, source, headers, arch).map_err(|e| e.to_string())?;
     let stats = ptxas::assemble(px, &ptx, arch)?;
     Ok((nvrtc::ptx_entries(&ptx), stats))
 }
@@ -139,7 +145,7 @@ fn kernels_ptxas_every_arch() {
                 s.spawn(move || {
                     ks.modules
                         .iter()
-                        .map(|&(module, source)| (module, arch, build(module, source, ks.common, arch, px)))
+                        .map(|&(module, source)| (module, arch, build(module, source, ks.headers, arch, px)))
                         .collect::<Vec<_>>()
                 })
             })
@@ -164,7 +170,7 @@ fn kernels_ptxas_every_arch() {
         }
         for extra in in_ptx.difference(&declared) {
             problems.push(format!(
-                "{module}.cu ({arch}): .entry {extra} in the PTX has no EMU_EXPORT (not in ENTRY_POINTS)"
+                "{module}.cu ({arch}): .entry {extra} in the PTX is not in the file's ENTRY_POINTS list"
             ));
         }
         for s in stats {

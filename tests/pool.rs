@@ -2,69 +2,27 @@
 //! on random odd shapes with pitched operands inside wider buffers, finite-difference
 //! gradient checks in f64, PyTorch's tie and NaN rules, and the `Backend` trait path.
 
-mod common;
+pub mod common;
 
-use common::tol;
-use lesionseg::backend::cpu::{pool, view_len, Cpu};
-use lesionseg::backend::{At, Backend, GlobalPoolParams, MaxPoolParams};
+use common::{tol, Layout};
+use lesionseg::backend::cpu::{pool, Cpu};
+use lesionseg::backend::{view_len, At, Backend, GlobalPoolParams, MaxPoolParams};
 use rand::seq::SliceRandom;
 use rand::Rng;
 
-/// Fills the elements between channels (other tensors' data): must survive every op.
-const SENTINEL: f32 = 4242.5;
-
-/// An NHWC operand of `pixels` pixels, `c` channels `pitch` apart, placed at `off`
-/// inside a buffer that also has a few elements after it.
-#[derive(Clone, Copy, Debug)]
-struct Strided {
-    pixels: usize,
-    c: usize,
-    pitch: usize,
-    off: usize,
+/// An NHWC operand inside a sentinel-filled buffer: dense half the time, otherwise a
+/// slice of a wider tensor at a random offset.
+fn random_layout(rng: &mut impl Rng, pixels: usize, c: usize) -> Layout {
+    if rng.gen_bool(0.5) {
+        Layout { pixels, c, pitch: c, off: 0 }
+    } else {
+        Layout { pixels, c, pitch: c + rng.gen_range(1..6), off: rng.gen_range(1..9) }
+    }
 }
 
-impl Strided {
-    /// Dense half the time, otherwise a slice of a wider tensor at a random offset.
-    fn random(rng: &mut impl Rng, pixels: usize, c: usize) -> Self {
-        if rng.gen_bool(0.5) {
-            Strided { pixels, c, pitch: c, off: 0 }
-        } else {
-            Strided { pixels, c, pitch: c + rng.gen_range(1..6), off: rng.gen_range(1..9) }
-        }
-    }
-    fn view_len(&self) -> usize {
-        view_len(self.pixels, self.c, self.pitch)
-    }
-    fn range(&self) -> std::ops::Range<usize> {
-        self.off..self.off + self.view_len()
-    }
-    fn is_channel(&self, i: usize) -> bool {
-        i >= self.off && i < self.off + self.view_len() && (i - self.off) % self.pitch < self.c
-    }
-    /// A sentinel-filled buffer with `dense` (`[pixels, c]`) at the channel positions.
-    fn scatter(&self, dense: &[f32]) -> Vec<f32> {
-        let mut buf = vec![SENTINEL; self.off + self.view_len() + 3];
-        for px in 0..self.pixels {
-            let at = self.off + px * self.pitch;
-            buf[at..at + self.c].copy_from_slice(&dense[px * self.c..(px + 1) * self.c]);
-        }
-        buf
-    }
-    /// The channels, dense `[pixels, c]`.
-    fn gather(&self, buf: &[f32]) -> Vec<f32> {
-        (0..self.pixels).flat_map(|px| buf[self.off + px * self.pitch..][..self.c].to_vec()).collect()
-    }
-    fn assert_gaps(&self, what: &str, buf: &[f32]) {
-        for (i, v) in buf.iter().enumerate() {
-            if !self.is_channel(i) {
-                assert_eq!(
-                    v.to_bits(),
-                    SENTINEL.to_bits(),
-                    "{what}: element {i} outside the operand changed ({self:?})"
-                );
-            }
-        }
-    }
+/// The span of `l` in its buffer.
+fn range(l: &Layout) -> std::ops::Range<usize> {
+    l.off..l.off + l.span()
 }
 
 fn widen(v: &[f32]) -> Vec<f64> {
@@ -135,18 +93,18 @@ fn maxpool_matches_reference() {
     for _ in 0..40 {
         let mut p = maxpool_shape(&mut rng);
         let (in_px, out_px) = (p.n * p.h * p.w, p.n * p.out_h() * p.out_w());
-        let (xs, ys) = (Strided::random(&mut rng, in_px, p.c), Strided::random(&mut rng, out_px, p.c));
+        let (xs, ys) = (random_layout(&mut rng, in_px, p.c), random_layout(&mut rng, out_px, p.c));
         (p.x_pitch, p.y_pitch) = (xs.pitch, ys.pitch);
         let what = format!("maxpool {p:?}");
 
         let x = common::uniform(&mut rng, in_px * p.c);
         let (y_want, arg) = maxpool_ref(&widen(&x), &p);
-        let x_buf = xs.scatter(&x);
-        let mut y_buf = ys.scatter(&common::poisoned(out_px * p.c));
-        pool::maxpool_forward(&mut y_buf[ys.range()], &x_buf[xs.range()], &p);
+        let x_buf = xs.fill(|i| x[i]);
+        let mut y_buf = ys.fill(|_| f32::NAN);
+        pool::maxpool_forward(&mut y_buf[range(&ys)], &x_buf[range(&xs)], &p);
         let y_want: Vec<f32> = y_want.iter().map(|&v| v as f32).collect();
-        common::assert_close(&format!("{what} forward"), &ys.gather(&y_buf), &y_want, tol::F32);
-        ys.assert_gaps(&format!("{what} forward y"), &y_buf);
+        common::assert_close(&format!("{what} forward"), &ys.channels(&y_buf), &y_want, tol::F32);
+        ys.assert_gaps(&y_buf, &format!("{what} forward y"));
 
         // Backward adds into dx, so dx starts from random values, not NaN.
         let dy = common::uniform(&mut rng, out_px * p.c);
@@ -155,12 +113,12 @@ fn maxpool_matches_reference() {
         for (o, &at) in arg.iter().enumerate() {
             dx_want[at] += dy[o] as f64;
         }
-        let dy_buf = ys.scatter(&dy);
-        let mut dx_buf = xs.scatter(&dx0);
-        pool::maxpool_backward(&mut dx_buf[xs.range()], &dy_buf[ys.range()], &x_buf[xs.range()], &p);
+        let dy_buf = ys.fill(|i| dy[i]);
+        let mut dx_buf = xs.fill(|i| dx0[i]);
+        pool::maxpool_backward(&mut dx_buf[range(&xs)], &dy_buf[range(&ys)], &x_buf[range(&xs)], &p);
         let dx_want: Vec<f32> = dx_want.iter().map(|&v| v as f32).collect();
-        common::assert_close(&format!("{what} backward"), &xs.gather(&dx_buf), &dx_want, tol::F32);
-        xs.assert_gaps(&format!("{what} backward dx"), &dx_buf);
+        common::assert_close(&format!("{what} backward"), &xs.channels(&dx_buf), &dx_want, tol::F32);
+        xs.assert_gaps(&dx_buf, &format!("{what} backward dx"));
     }
 }
 
@@ -207,16 +165,16 @@ fn global_pools_match_reference() {
     for _ in 0..40 {
         let mut p = global_shape(&mut rng);
         let px = p.n * p.h * p.w;
-        let xs = Strided::random(&mut rng, px, p.c);
+        let xs = random_layout(&mut rng, px, p.c);
         p.x_pitch = xs.pitch;
         let what = format!("global pool {p:?}");
         let x = common::uniform(&mut rng, px * p.c);
-        let x_buf = xs.scatter(&x);
+        let x_buf = xs.fill(|i| x[i]);
         let (mean, max, arg) = global_ref(&widen(&x), &p);
         let narrow = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<_>>();
 
         let mut y = common::poisoned(p.n * p.c);
-        pool::global_avg_forward(&mut y, &x_buf[xs.range()], &p);
+        pool::global_avg_forward(&mut y, &x_buf[range(&xs)], &p);
         // A mean of random-sign values may cancel: scaled by the mean of |x|.
         let hw = p.h * p.w;
         let abs_mean: Vec<f32> = x
@@ -224,26 +182,26 @@ fn global_pools_match_reference() {
             .flat_map(|img| common::channel_abs_sums(img, p.c).into_iter().map(|s| s / hw as f32))
             .collect();
         common::assert_scaled(&format!("{what} avg forward"), &y, &narrow(&mean), &abs_mean, tol::F32);
-        pool::global_max_forward(&mut y, &x_buf[xs.range()], &p);
+        pool::global_max_forward(&mut y, &x_buf[range(&xs)], &p);
         common::assert_close(&format!("{what} max forward"), &y, &narrow(&max), tol::F32);
 
         let dy = common::uniform(&mut rng, p.n * p.c);
-        let mut dx_buf = xs.scatter(&common::poisoned(px * p.c));
-        pool::global_avg_backward(&mut dx_buf[xs.range()], &dy, &p);
+        let mut dx_buf = xs.fill(|_| f32::NAN);
+        pool::global_avg_backward(&mut dx_buf[range(&xs)], &dy, &p);
         let hw = (p.h * p.w) as f64;
         let want: Vec<f64> = (0..px * p.c).map(|i| dy[(i / (p.h * p.w * p.c)) * p.c + i % p.c] as f64 / hw).collect();
-        common::assert_close(&format!("{what} avg backward"), &xs.gather(&dx_buf), &narrow(&want), tol::F32);
-        xs.assert_gaps(&format!("{what} avg backward dx"), &dx_buf);
+        common::assert_close(&format!("{what} avg backward"), &xs.channels(&dx_buf), &narrow(&want), tol::F32);
+        xs.assert_gaps(&dx_buf, &format!("{what} avg backward dx"));
 
         let dx0 = common::uniform(&mut rng, px * p.c);
         let mut want = widen(&dx0);
         for (o, &at) in arg.iter().enumerate() {
             want[at] += dy[o] as f64;
         }
-        let mut dx_buf = xs.scatter(&dx0);
-        pool::global_max_backward(&mut dx_buf[xs.range()], &dy, &x_buf[xs.range()], &p);
-        common::assert_close(&format!("{what} max backward"), &xs.gather(&dx_buf), &narrow(&want), tol::F32);
-        xs.assert_gaps(&format!("{what} max backward dx"), &dx_buf);
+        let mut dx_buf = xs.fill(|i| dx0[i]);
+        pool::global_max_backward(&mut dx_buf[range(&xs)], &dy, &x_buf[range(&xs)], &p);
+        common::assert_close(&format!("{what} max backward"), &xs.channels(&dx_buf), &narrow(&want), tol::F32);
+        xs.assert_gaps(&dx_buf, &format!("{what} max backward dx"));
     }
 }
 

@@ -12,10 +12,10 @@
 //! backward is one division per element and is exact. A race check runs every kernel
 //! under the emulator's forward, reverse and random thread orders.
 
-mod common;
+pub mod common;
 
-use common::kernels::{download, gpu, upload, Layout};
-use common::{rng, tol};
+use common::kernels::{download, gpu, upload};
+use common::{rng, tol, Layout};
 use lesionseg::backend::cpu::Cpu;
 use lesionseg::backend::emu::{self, race_check};
 use lesionseg::backend::{At, Backend, GlobalPoolParams, MaxPoolParams};

@@ -3,7 +3,7 @@
 //! checkpoints, and every way a file can be wrong (each an error naming the tensor,
 //! never a panic).
 
-mod common;
+pub mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

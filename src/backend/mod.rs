@@ -54,6 +54,15 @@ pub enum GradIn<'a, B: Backend + ?Sized> {
     Add(At<'a, B>),
 }
 
+/// Elements spanned by `pixels` pixels of `c` channels, `pitch` apart.
+pub fn view_len(pixels: usize, c: usize, pitch: usize) -> usize {
+    if pixels == 0 || c == 0 {
+        0
+    } else {
+        (pixels - 1) * pitch + c
+    }
+}
+
 /// A convolution with stride 1 and "same" padding (`R`/2), `R`×`R` filter (3 or 1),
 /// bias and optional fused ReLU. PyTorch: `relu(conv2d(x, w, b, padding=R//2))`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -243,6 +252,67 @@ pub struct AdamParams {
     pub eps: f32,
     /// Step number t, starting at 1.
     pub step: u64,
+}
+
+/// 8-bit RGB `[N,H,W,3]` (dense bytes) → normalised f32 NHWC with `y_pitch`: the
+/// `normalize_image` op of `cpu::layout` and `cuda::layout` (not in the trait yet).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ImageParams {
+    /// Batch.
+    pub n: usize,
+    /// Height.
+    pub h: usize,
+    /// Width.
+    pub w: usize,
+    /// Element distance between pixels of the output (≥ 3).
+    pub y_pitch: usize,
+    /// Channel means on [0, 1] pixels (R, G, B): `data::batch::IMAGENET_MEAN`.
+    pub mean: [f32; 3],
+    /// Channel standard deviations on [0, 1] pixels: `data::batch::IMAGENET_STD`.
+    pub std: [f32; 3],
+}
+
+impl ImageParams {
+    /// Pixels, N·H·W.
+    pub fn pixels(&self) -> usize {
+        self.n * self.h * self.w
+    }
+    /// Bytes of the input, 3·N·H·W.
+    pub fn bytes(&self) -> usize {
+        3 * self.pixels()
+    }
+    /// Elements spanned by the output.
+    pub fn y_len(&self) -> usize {
+        view_len(self.pixels(), 3, self.y_pitch)
+    }
+}
+
+/// A dense NCHW tensor `[N,C,H,W]` and an NHWC one `[N,H,W,C]` with `pitch` elements
+/// between pixels (a channel slice of a wider tensor when `pitch` > C): the
+/// `nchw_to_nhwc` / `nhwc_to_nchw` ops of `cpu::layout` and `cuda::layout`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayoutParams {
+    /// Batch.
+    pub n: usize,
+    /// Channels.
+    pub c: usize,
+    /// Height.
+    pub h: usize,
+    /// Width.
+    pub w: usize,
+    /// Element distance between pixels of the NHWC side (≥ C).
+    pub pitch: usize,
+}
+
+impl LayoutParams {
+    /// Elements of the NCHW side.
+    pub fn nchw_len(&self) -> usize {
+        self.n * self.c * self.h * self.w
+    }
+    /// Elements spanned by the NHWC side.
+    pub fn nhwc_len(&self) -> usize {
+        view_len(self.n * self.h * self.w, self.c, self.pitch)
+    }
 }
 
 /// The operations of the multi-task U-Net, forward and backward.

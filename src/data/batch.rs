@@ -9,7 +9,8 @@ use rand::{RngCore, SeedableRng};
 use rayon::prelude::*;
 
 use super::augment::{AugmentParams, Transform};
-use super::isic::{Dataset, NUM_ATTRIBUTES};
+use super::isic::Dataset;
+use crate::attributes::NUM_ATTRIBUTES;
 use crate::error::{Error, Result};
 
 /// ImageNet channel means on [0, 1] pixels (R, G, B), as the VGG16 encoder expects.

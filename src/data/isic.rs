@@ -27,10 +27,8 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 use super::{mask_file_name, ATTRIBUTES};
+use crate::attributes::NUM_ATTRIBUTES;
 use crate::error::{Error, Result};
-
-/// Number of lesion attributes (mask channels).
-pub const NUM_ATTRIBUTES: usize = 5;
 
 /// One image and the paths of its five attribute masks (which may not exist).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,8 +7,9 @@ pub mod cache;
 pub mod isic;
 pub mod synth;
 
-/// The five lesion attributes, in the model's channel order.
-pub const ATTRIBUTES: [&str; 5] = ["pigment_network", "negative_network", "streaks", "milia_like_cyst", "globules"];
+/// The five lesion attributes, in the model's channel order (their home is
+/// [`crate::attributes`]; the file names below are built from them).
+pub use crate::attributes::ATTRIBUTES;
 
 /// Folder of training images (`ISIC_<id>.jpg`) under a data root.
 pub const TRAIN_IMAGE_DIR: &str = "ISIC2018_Task1-2_Training_Input";

@@ -13,17 +13,10 @@ pub use auc::{auc, roc_auc};
 pub use score::{Binary, Counts, RawCounts};
 pub use training::{head_auc, mask_counts, presence, EpochScores, ScoreAccumulator};
 
-/// Number of attributes, K.
-pub const K: usize = crate::model::config::CLASSES;
+/// Number of attributes, K ([`crate::attributes::NUM_ATTRIBUTES`]).
+pub const K: usize = crate::attributes::NUM_ATTRIBUTES;
 
-/// The five attributes of ISIC 2018 Task 2, in the model's channel order; also the
-/// `<attribute>` part of the challenge's file names (`ISIC_<id>_attribute_<attribute>.png`).
-pub use crate::data::ATTRIBUTES;
-
-/// The index of `name` in [`ATTRIBUTES`].
-pub fn attribute_index(name: &str) -> Option<usize> {
-    ATTRIBUTES.iter().position(|a| *a == name)
-}
+pub use crate::attributes::{attribute_index, ATTRIBUTES};
 
 /// Formats a score for a table: four decimals, or `n/a` when undefined (NaN).
 pub fn fmt_score(v: f64) -> String {

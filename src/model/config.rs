@@ -20,9 +20,6 @@ pub struct UNetConfig {
     pub classes: usize,
 }
 
-/// Number of attributes in ISIC 2018 Task 2.
-pub const CLASSES: usize = 5;
-
 impl UNetConfig {
     /// The paper's model: VGG16 encoder, `nf` = 32, K = 5 (32.2 M parameters).
     pub fn paper() -> Self {
@@ -41,7 +38,7 @@ impl UNetConfig {
             dec_mid: [nf * 16, nf * 16, nf * 16, nf * 8, nf * 4].map(s),
             dec_out: [nf * 8, nf * 8, nf * 8, nf * 2, nf].map(s),
             dec1: s(nf),
-            classes: CLASSES,
+            classes: crate::attributes::NUM_ATTRIBUTES,
         })
     }
 

@@ -1,10 +1,9 @@
 //! The conv2d kernel tests' cases (`tests/conv2d_kernels.rs`, f32, and
-//! `tests/conv2d_bf16_kernels.rs`, tensor cores): parameters and operand offsets,
+//! `tests/conv2d_mma_kernels.rs`, tensor cores): parameters and operand offsets,
 //! host data with sentinels and poison, the forward and backward through the
 //! `Backend` trait, the sweep and random shapes.
 
-use super::SENTINEL;
-use lesionseg::backend::cpu::view_len;
+use super::{Layout, SENTINEL};
 use lesionseg::backend::{At, Backend, Conv2dParams, GradIn};
 use lesionseg::Result;
 use rand::Rng;
@@ -73,29 +72,22 @@ impl Case {
     pub fn pixels(&self) -> usize {
         self.p.n * self.p.h * self.p.w
     }
-}
 
-/// A buffer holding [`SENTINEL`] except for a pitched view at `off` filled by `value`.
-pub fn pitched(
-    len_extra: usize,
-    off: usize,
-    pixels: usize,
-    c: usize,
-    pitch: usize,
-    mut value: impl FnMut() -> f32,
-) -> Vec<f32> {
-    let mut buf = vec![SENTINEL; off + view_len(pixels, c, pitch) + len_extra];
-    for p in 0..pixels {
-        for v in &mut buf[off + p * pitch..][..c] {
-            *v = value();
-        }
+    /// Where `x` (and `dx`) lie in their buffers.
+    pub fn x_at(&self) -> Layout {
+        Layout { pixels: self.pixels(), c: self.p.c, pitch: self.p.x_pitch, off: self.x_off }
     }
-    buf
-}
 
-/// The channels of the view at `off`, densely packed.
-pub fn view(buf: &[f32], off: usize, pixels: usize, c: usize, pitch: usize) -> Vec<f32> {
-    (0..pixels).flat_map(|p| buf[off + p * pitch..][..c].iter().copied()).collect()
+    /// Where `y` (and `dy`) lie in their buffers.
+    pub fn y_at(&self) -> Layout {
+        Layout { pixels: self.pixels(), c: self.p.k, pitch: self.p.y_pitch, off: self.y_off }
+    }
+
+    /// Where `dw` and `db` lie in the gradient buffer ([`Data::grads`]).
+    pub fn grad_views(&self) -> [Layout; 2] {
+        let wl = self.p.weight_len();
+        [Layout::dense(wl, 2), Layout::dense(self.p.k, 2 + wl + 3)]
+    }
 }
 
 /// Host data of one case: inputs, and the poisoned output buffers as uploaded.
@@ -113,8 +105,7 @@ pub struct Data {
 impl Data {
     pub fn new(case: &Case, rng: &mut impl Rng) -> Self {
         let p = &case.p;
-        let pixels = case.pixels();
-        let x = pitched(5, case.x_off, pixels, p.c, p.x_pitch, || rng.gen_range(-1.0..1.0));
+        let x = case.x_at().fill(|_| rng.gen_range(-1.0..1.0));
         let mut params = vec![SENTINEL; case.w_off + p.weight_len() + 3 + p.k + 2];
         for v in &mut params[case.w_off..][..p.weight_len()] {
             *v = rng.gen_range(-1.0..1.0);
@@ -122,9 +113,9 @@ impl Data {
         for v in &mut params[case.w_off + p.weight_len() + 3..][..p.k] {
             *v = rng.gen_range(-1.0..1.0);
         }
-        let y = pitched(3, case.y_off, pixels, p.k, p.y_pitch, || f32::NAN);
-        let dy = pitched(3, case.y_off, pixels, p.k, p.y_pitch, || rng.gen_range(-1.0..1.0));
-        let dx = pitched(5, case.x_off, pixels, p.c, p.x_pitch, || match case.grad {
+        let y = case.y_at().fill(|_| f32::NAN);
+        let dy = case.y_at().fill(|_| rng.gen_range(-1.0..1.0));
+        let dx = case.x_at().fill(|_| match case.grad {
             Grad::Add => rng.gen_range(-1.0..1.0),
             _ => f32::NAN,
         });
@@ -134,7 +125,7 @@ impl Data {
         Data { x, params, y, dy, dx, grads }
     }
 
-    pub fn b_off(&self, case: &Case) -> usize {
+    fn b_off(&self, case: &Case) -> usize {
         case.w_off + case.p.weight_len() + 3
     }
 
@@ -201,20 +192,6 @@ pub fn backward_on<B: Backend>(be: &B, case: &Case, d: &Data, y_fwd: &[f32]) -> 
         &case.p,
     )?;
     Ok([download(be, &dx, d.dx.len())?, download(be, &grads, d.grads.len())?, download(be, &dy, d.dy.len())?])
-}
-
-/// Panics unless `got` and `want` agree bit for bit outside `inside` (the views).
-pub fn assert_outside_equal(what: &str, got: &[f32], want: &[f32], inside: &[(usize, usize, usize, usize)]) {
-    let mut is_in = vec![false; got.len()];
-    for &(off, pixels, c, pitch) in inside {
-        for p in 0..pixels {
-            is_in[off + p * pitch..][..c].fill(true);
-        }
-    }
-    let bad = (0..got.len()).find(|&i| !is_in[i] && got[i].to_bits() != want[i].to_bits());
-    if let Some(i) = bad {
-        panic!("{what}: element {i} outside the operands changed: {} (expected {})", got[i], want[i]);
-    }
 }
 
 /// The sweep the emulator runs (small: each block's 256 threads are fibers on one

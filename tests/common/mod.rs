@@ -1,12 +1,14 @@
 //! Helpers shared by the integration tests: fresh random inputs, poisoned outputs,
-//! pitched views inside sentinel-filled buffers, and comparisons that name the op,
-//! the shape and the first bad element.
-#![allow(dead_code)]
+//! pitched views inside sentinel-filled buffers ([`Layout`], [`View`]), and
+//! comparisons that name the op, the shape and the first bad element.
+//!
+//! Each test file declares `pub mod common;`: these are a library of helpers, of which
+//! each test uses some (a private helper nobody uses still warns).
 
 pub mod conv2d;
 pub mod kernels;
 
-use lesionseg::backend::cpu::view_len;
+use lesionseg::backend::view_len;
 use rand::{Rng, SeedableRng};
 
 /// Tolerances, in one table (relative L2 error ‖a−b‖/‖b‖ unless noted).
@@ -47,56 +49,108 @@ pub fn poisoned(len: usize) -> Vec<f32> {
 /// What the elements of a buffer outside its view hold.
 pub const SENTINEL: f32 = 4242.0;
 
-/// A pitched NHWC view at offset `off` of a buffer that holds [`SENTINEL`] elsewhere.
-pub struct View {
-    pub buf: Vec<f32>,
-    pub off: usize,
+/// A pitched NHWC view: `pixels` pixels of `c` channels `pitch` apart, at element
+/// `off` of a buffer whose other elements hold [`SENTINEL`] (a dense vector is one
+/// pixel of `c` elements). The one description of an operand's place that every
+/// test uses: to build the buffer, read the view back, and check what lies outside.
+#[derive(Clone, Copy, Debug)]
+pub struct Layout {
     pub pixels: usize,
     pub c: usize,
     pub pitch: usize,
+    pub off: usize,
+}
+
+impl Layout {
+    /// Pitch and offset multiples of 4 with `aligned` (the kernels' 16-byte paths when
+    /// C allows), otherwise dense or wider at any offset.
+    pub fn random(rng: &mut impl Rng, pixels: usize, c: usize, aligned: bool) -> Self {
+        let (pitch, off) = if aligned {
+            (c.next_multiple_of(4) + 4 * rng.gen_range(0..2), 4 * rng.gen_range(0..3))
+        } else if rng.gen_bool(0.5) {
+            (c, rng.gen_range(0..3))
+        } else {
+            (c + rng.gen_range(1..6), rng.gen_range(0..9))
+        };
+        Layout { pixels, c, pitch, off }
+    }
+    /// A dense vector of `len` elements at `off`.
+    pub fn dense(len: usize, off: usize) -> Self {
+        Layout { pixels: 1, c: len, pitch: len, off }
+    }
+    /// Elements the view spans, from its first channel to its last.
+    pub fn span(&self) -> usize {
+        view_len(self.pixels, self.c, self.pitch)
+    }
+    /// The whole buffer: `value(i)` at the i-th channel element (dense order, so the
+    /// values are drawn in that order), [`SENTINEL`] elsewhere, including 3 elements
+    /// past the view.
+    pub fn fill(&self, mut value: impl FnMut(usize) -> f32) -> Vec<f32> {
+        let mut buf = vec![SENTINEL; self.off + self.span() + 3];
+        for p in 0..self.pixels {
+            for ch in 0..self.c {
+                buf[self.off + p * self.pitch + ch] = value(p * self.c + ch);
+            }
+        }
+        buf
+    }
+    /// The view's channel elements in `buf`, densely packed `[pixels, c]`.
+    pub fn channels(&self, buf: &[f32]) -> Vec<f32> {
+        (0..self.pixels).flat_map(|p| buf[self.off + p * self.pitch..][..self.c].iter().copied()).collect()
+    }
+    /// Panics if an element of `buf` outside the view's channels is not the sentinel.
+    pub fn assert_gaps(&self, buf: &[f32], what: &str) {
+        assert_outside(what, buf, &[*self]);
+    }
+}
+
+/// Panics if an element of `buf` outside every one of `views` is not [`SENTINEL`]
+/// (bit for bit): an op wrote where it must not.
+pub fn assert_outside(what: &str, buf: &[f32], views: &[Layout]) {
+    let mut inside = vec![false; buf.len()];
+    for v in views {
+        for p in 0..v.pixels {
+            inside[v.off + p * v.pitch..][..v.c].fill(true);
+        }
+    }
+    if let Some(i) = buf.iter().zip(&inside).position(|(&v, &i)| !i && v.to_bits() != SENTINEL.to_bits()) {
+        panic!("{what}: element {i} outside the operands changed: {} (expected the sentinel {SENTINEL})", buf[i]);
+    }
+}
+
+/// A buffer holding one view, for the CPU reference ops, which take its span as a slice.
+pub struct View {
+    pub buf: Vec<f32>,
+    pub at: Layout,
 }
 
 impl View {
     /// `pixels` pixels of `c` channels `pitch` apart at `off`, channel element `i`
-    /// (dense order) set to `value(i)`, with a few sentinel elements after the view.
-    pub fn new(pixels: usize, c: usize, pitch: usize, off: usize, mut value: impl FnMut(usize) -> f32) -> Self {
-        let mut buf = vec![SENTINEL; off + pixels * pitch + 3];
-        for p in 0..pixels {
-            for ch in 0..c {
-                buf[off + p * pitch + ch] = value(p * c + ch);
-            }
-        }
-        View { buf, off, pixels, c, pitch }
+    /// (dense order) set to `value(i)`.
+    pub fn new(pixels: usize, c: usize, pitch: usize, off: usize, value: impl FnMut(usize) -> f32) -> Self {
+        let at = Layout { pixels, c, pitch, off };
+        View { buf: at.fill(value), at }
     }
     /// A view holding `dense` (`[pixels, c]`).
     pub fn dense(dense: &[f32], c: usize, pitch: usize, off: usize) -> Self {
         Self::new(dense.len() / c.max(1), c, pitch, off, |i| dense[i])
     }
-    /// Elements the view spans (from its first channel to its last).
-    pub fn len(&self) -> usize {
-        view_len(self.pixels, self.c, self.pitch)
-    }
     /// The span of the view inside its buffer.
     pub fn get(&self) -> &[f32] {
-        &self.buf[self.off..self.off + self.len()]
+        &self.buf[self.at.off..][..self.at.span()]
     }
     /// The span of the view inside its buffer, mutably.
     pub fn get_mut(&mut self) -> &mut [f32] {
-        let (off, len) = (self.off, self.len());
+        let (off, len) = (self.at.off, self.at.span());
         &mut self.buf[off..off + len]
     }
     /// The view's channels, densely packed `[pixels, c]`.
     pub fn values(&self) -> Vec<f32> {
-        (0..self.pixels * self.c).map(|i| self.buf[self.off + (i / self.c) * self.pitch + i % self.c]).collect()
+        self.at.channels(&self.buf)
     }
     /// Panics if any element outside the view's channels changed.
     pub fn assert_gaps(&self, what: &str) {
-        let mut inside = vec![false; self.buf.len()];
-        for p in 0..self.pixels {
-            inside[self.off + p * self.pitch..][..self.c].fill(true);
-        }
-        let bad = self.buf.iter().zip(&inside).position(|(&v, &i)| !i && v.to_bits() != SENTINEL.to_bits());
-        assert!(bad.is_none(), "{what}: element {bad:?} outside the view was touched");
+        self.at.assert_gaps(&self.buf, what);
     }
 }
 
@@ -115,7 +169,7 @@ pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// ‖a−b‖/‖b‖ for f64 slices; infinite on NaN or a length mismatch.
-pub fn rel_l2_64(a: &[f64], b: &[f64]) -> f64 {
+fn rel_l2_64(a: &[f64], b: &[f64]) -> f64 {
     if a.len() != b.len() || a.iter().chain(b).any(|v| v.is_nan()) {
         return f64::INFINITY;
     }

@@ -18,7 +18,8 @@
 use super::im2col::{
     add_col_sums, bias_relu, gather_matmul, matmul, relu_mask, sum_partials, transpose, Gather, Mat, BLOCK_PIXELS,
 };
-use super::{view_len, Real};
+use super::Real;
+use crate::backend::view_len;
 use crate::backend::Conv2dParams;
 
 /// The filter taps of an R×R "same" convolution, row-major: `(r - R/2, s - R/2)`.
@@ -85,7 +86,7 @@ pub fn conv2d_backward<T: Real>(
     }
     let dy: &[T] = dy;
     let taps = taps(p.r);
-    weight_grad(&mut dw[..p.weight_len()], &mut db[..p.k], dy, x, &taps, p);
+    bwd_filter(&mut dw[..p.weight_len()], &mut db[..p.k], dy, x, &taps, p);
     if let Some(dx) = dx {
         assert!(dx.len() >= view_len(pixels, p.c, p.x_pitch), "conv2d: dx too short for {p:?}");
         let flipped = flip_transpose(w, p);
@@ -95,7 +96,7 @@ pub fn conv2d_backward<T: Real>(
 }
 
 /// `dw = im2col(x)ᵀ · dy` and `db = Σ_p dy[p]` over all pixels, deterministically.
-fn weight_grad<T: Real>(dw: &mut [T], db: &mut [T], dy: &[T], x: &[T], taps: &[(isize, isize)], p: &Conv2dParams) {
+fn bwd_filter<T: Real>(dw: &mut [T], db: &mut [T], dy: &[T], x: &[T], taps: &[(isize, isize)], p: &Conv2dParams) {
     let pixels = p.n * p.h * p.w;
     let g = gather(x, p.x_pitch, p.c, taps, p);
     let width = g.width();

@@ -25,7 +25,8 @@ use rayon::prelude::*;
 use super::im2col::{
     add_col_sums, gather_matmul, inner_par, matmul, relu_mask, sum_partials, transpose, Gather, Mat, BLOCK_PIXELS,
 };
-use super::{view_len, Real};
+use super::Real;
+use crate::backend::view_len;
 use crate::backend::DeconvParams;
 
 /// Input taps of output parity `(a, b)`, in `(ty, tx)` order: `(a+ty-1, b+tx-1)`.
@@ -149,10 +150,10 @@ pub fn deconv_backward<T: Real>(
         relu_mask(dy, y, p.n * p.out_h() * p.out_w(), p.k, p.y_pitch);
     }
     let dy: &[T] = dy;
-    weight_grad(&mut dw[..p.weight_len()], &mut db[..p.k], dy, x, p);
+    bwd_filter(&mut dw[..p.weight_len()], &mut db[..p.k], dy, x, p);
     if let Some(dx) = dx {
         assert!(dx.len() >= view_len(p.n * p.h * p.w, p.c, p.x_pitch), "deconv: dx too short for {p:?}");
-        let (taps, wmat) = input_grad_weight(w, p);
+        let (taps, wmat) = bwd_data_weight(w, p);
         let g = gather_dy(dy, &taps, p);
         gather_matmul(dx, p.x_pitch, p.c, dx_add, &g, p.n, &wmat, |_, _| ());
     }
@@ -160,7 +161,7 @@ pub fn deconv_backward<T: Real>(
 
 /// `dw[a][b] = im2col_ab(x)ᵀ · dy_ab` and `db = Σ dy`, over blocks of input-grid
 /// pixels, deterministically. Every output pixel is in exactly one `dy_ab`.
-fn weight_grad<T: Real>(dw: &mut [T], db: &mut [T], dy: &[T], x: &[T], p: &DeconvParams) {
+fn bwd_filter<T: Real>(dw: &mut [T], db: &mut [T], dy: &[T], x: &[T], p: &DeconvParams) {
     let pixels = p.n * p.h * p.w;
     let (c, k) = (p.c, p.k);
     sum_partials(pixels.div_ceil(BLOCK_PIXELS), dw, db, |blocks, dw, db, par| {
@@ -190,7 +191,7 @@ fn weight_grad<T: Real>(dw: &mut [T], db: &mut [T], dy: &[T], x: &[T], p: &Decon
 /// (which is `(2i'+a, 2j'+b)` with `i = i'-1+a+ty`, the forward's relation; it is
 /// outside the output exactly when `i'` is outside the input) through
 /// `w[a][b][ty][tx]ᵀ`.
-fn input_grad_weight<T: Real>(w: &[T], p: &DeconvParams) -> (Vec<(isize, isize)>, Vec<T>) {
+fn bwd_data_weight<T: Real>(w: &[T], p: &DeconvParams) -> (Vec<(isize, isize)>, Vec<T>) {
     let (c, k) = (p.c, p.k);
     let mut taps = Vec::with_capacity(16);
     let mut wmat = vec![T::zero(); p.weight_len()];

@@ -17,7 +17,8 @@ use std::ops::Range;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{view_len, Real};
+use super::Real;
+use crate::backend::view_len;
 
 /// Pixels per block of the weight gradients' reduction (the depth of each of their
 /// GEMMs): with 3x3x512 inputs a block's im2col is 9 MiB in f32.

@@ -8,68 +8,10 @@
 //!   tensors, predictions) to and from the engine's NHWC, whose side may be a channel
 //!   slice (`pitch` ≥ C).
 //!
-//! These ops are not in the `Backend` trait yet; their params structs live here.
+//! These ops are not in the `Backend` trait yet; their params structs
+//! ([`ImageParams`], [`LayoutParams`]) are in `backend`, beside the trait's.
 
-use crate::backend::cpu::view_len;
-
-/// 8-bit RGB `[N,H,W,3]` (dense bytes) → normalised f32 NHWC with `y_pitch`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct ImageParams {
-    /// Batch.
-    pub n: usize,
-    /// Height.
-    pub h: usize,
-    /// Width.
-    pub w: usize,
-    /// Element distance between pixels of the output (≥ 3).
-    pub y_pitch: usize,
-    /// Channel means on [0, 1] pixels (R, G, B): `data::batch::IMAGENET_MEAN`.
-    pub mean: [f32; 3],
-    /// Channel standard deviations on [0, 1] pixels: `data::batch::IMAGENET_STD`.
-    pub std: [f32; 3],
-}
-
-impl ImageParams {
-    /// Pixels, N·H·W.
-    pub fn pixels(&self) -> usize {
-        self.n * self.h * self.w
-    }
-    /// Bytes of the input, 3·N·H·W.
-    pub fn bytes(&self) -> usize {
-        3 * self.pixels()
-    }
-    /// Elements spanned by the output.
-    pub fn y_len(&self) -> usize {
-        view_len(self.pixels(), 3, self.y_pitch)
-    }
-}
-
-/// A dense NCHW tensor `[N,C,H,W]` and an NHWC one `[N,H,W,C]` with `pitch` elements
-/// between pixels (a channel slice of a wider tensor when `pitch` > C).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LayoutParams {
-    /// Batch.
-    pub n: usize,
-    /// Channels.
-    pub c: usize,
-    /// Height.
-    pub h: usize,
-    /// Width.
-    pub w: usize,
-    /// Element distance between pixels of the NHWC side (≥ C).
-    pub pitch: usize,
-}
-
-impl LayoutParams {
-    /// Elements of the NCHW side.
-    pub fn nchw_len(&self) -> usize {
-        self.n * self.c * self.h * self.w
-    }
-    /// Elements spanned by the NHWC side.
-    pub fn nhwc_len(&self) -> usize {
-        view_len(self.n * self.h * self.w, self.c, self.pitch)
-    }
-}
+use crate::backend::{ImageParams, LayoutParams};
 
 /// `y[pixel·y_pitch + c] = (rgb[3·pixel + c] / 255 − mean[c]) / std[c]`, in f32 in
 /// that order (so a lookup table built the same way gives the same bits). Elements

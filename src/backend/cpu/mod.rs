@@ -20,7 +20,8 @@ use std::ops::{Add, AddAssign, Div, Mul, Neg, Sub};
 use std::time::Instant;
 
 use super::{
-    AdamParams, At, Backend, Conv2dParams, DeconvParams, GlobalPoolParams, GradIn, LossParams, LossParts, MaxPoolParams,
+    view_len, AdamParams, At, Backend, Conv2dParams, DeconvParams, GlobalPoolParams, GradIn, LossParams, LossParts,
+    MaxPoolParams,
 };
 use crate::error::{Error, Result};
 
@@ -88,15 +89,6 @@ macro_rules! impl_real {
 }
 impl_real!(f32);
 impl_real!(f64);
-
-/// Elements spanned by `pixels` pixels of `c` channels, `pitch` apart.
-pub fn view_len(pixels: usize, c: usize, pitch: usize) -> usize {
-    if pixels == 0 || c == 0 {
-        0
-    } else {
-        (pixels - 1) * pitch + c
-    }
-}
 
 /// A host buffer. Operations take `&CpuBuf` for inputs and outputs alike (as device
 /// pointers would be); the backend checks, before each op, that what it writes does

@@ -15,7 +15,8 @@
 
 use rayon::prelude::*;
 
-use super::{view_len, Real};
+use super::Real;
+use crate::backend::view_len;
 use crate::backend::{GlobalPoolParams, MaxPoolParams};
 
 /// PyTorch's CPU max rule: take `val` if it beats the running maximum or is NaN.

@@ -1,4 +1,4 @@
-//! Launchers of `kernels/conv2d.cu` and `kernels/conv2d_bf16.cu`: the R×R (R = 1 or
+//! Launchers of `kernels/conv2d.cu` and `kernels/conv2d_mma.cu`: the R×R (R = 1 or
 //! 3) "same" convolution as implicit GEMM, forward and backward (formulas and shapes:
 //! `backend::cpu::conv2d`, kernel design: the headers of the two kernel files).
 //!
@@ -8,9 +8,9 @@
 //! exactly the grid the GPU runs.
 //!
 //! The forward pass and the input gradient run `conv2d_fwd_f32` / `conv2d_bwd_data_f32`,
-//! or their `_bf16` twins (tensor cores, same arguments and grid, 128 threads) when
-//! the backend's [`Precision`](super::Precision) is bf16; so does the weight gradient
-//! (`conv2d_bwd_filter_bf16`, whose bias gradient stays an f32 sum).
+//! or their `_f32_mma` twins (bf16 products on tensor cores, same arguments and grid,
+//! 128 threads) when the backend's [`Precision`](super::Precision) is bf16; so does the
+//! weight gradient (`conv2d_bwd_filter_f32_mma`, whose bias gradient stays an f32 sum).
 //!
 //! Path choice: the kernels take a `vec` bit set saying which operands may be moved
 //! 16 bytes at a time (channel count, pitch and element offset all multiples of 4,
@@ -18,48 +18,51 @@
 //! every shape.
 //!
 //! Backward, in this order:
-//! 1. with `relu`, `conv2d_relu_mask_f32` masks `dy` in place by `y > 0`: the
-//!    [`Backend`](crate::backend::Backend) contract says `dy` is masked in place, and
-//!    masking once is cheaper than masking inside the GEMMs, which read each element
-//!    of `dy` R·R·⌈C/64⌉ (dx) or ⌈R·R·C/64⌉ (dw) times and would read `y` as often;
-//! 2. `conv2d_bwd_filter_f32`: `dw` and `db`, split-K over pixel chunks into a
-//!    workspace, then `conv2d_bwd_filter_reduce_f32` sums the partials in split order
-//!    (no float atomics: the bits depend only on the shapes); with a single split
-//!    the kernel writes `dw` and `db` directly and no workspace is allocated;
+//! 1. with `relu`, `relu_mask_f32` (`backward::relu_mask`) masks `dy` in place by
+//!    `y > 0`: the [`Backend`](crate::backend::Backend) contract says `dy` is masked
+//!    in place, and masking once is cheaper than masking inside the GEMMs, which read
+//!    each element of `dy` R·R·⌈C/64⌉ (dx) or ⌈R·R·C/64⌉ (dw) times and would read `y`
+//!    as often;
+//! 2. `conv2d_bwd_filter_f32`: `dw` and `db`, split-K over pixel chunks
+//!    (`backward::split_k`) into a workspace, then `sum_partials_f32` adds the
+//!    partials of each in split order (no float atomics: the bits depend only on the
+//!    shapes); with a single split the kernel writes `dw` and `db` directly and no
+//!    workspace is allocated;
 //! 3. `conv2d_bwd_data_f32`: `dx` written or added into, unless [`GradIn::Skip`].
 
+use super::backward::{relu_mask, split_k, sum_partials};
 use super::{addresses, blocks, int, vec4_ok, vec_bits, Arg, Executor, Geometry, Kernel, Kernels, Operand};
-use crate::backend::cpu::view_len;
-use crate::backend::{At, Conv2dParams, GradIn};
+use crate::backend::{view_len, At, Conv2dParams, GradIn};
 use crate::error::{Error, Result};
 
 const MODULE: &str = "conv2d";
 /// The tensor-core twins (`Precision::Bf16`).
-const MODULE_BF16: &str = "conv2d_bf16";
+const MODULE_MMA: &str = "conv2d_mma";
 const FWD: Kernel = Kernel { module: MODULE, name: "conv2d_fwd_f32" };
-const FWD_BF16: Kernel = Kernel { module: MODULE_BF16, name: "conv2d_fwd_bf16" };
-/// Threads per block of the `conv2d_*_bf16` kernels (their `KERNEL_BOUNDS`; same
+const FWD_MMA: Kernel = Kernel { module: MODULE_MMA, name: "conv2d_fwd_f32_mma" };
+/// Threads per block of the `conv2d_*_f32_mma` kernels (their `KERNEL_BOUNDS`; same
 /// tiles, grids and split-K chunks as the f32 kernels).
-const BF16_THREADS: u32 = 128;
+const MMA_THREADS: u32 = 128;
 const BWD_DATA: Kernel = Kernel { module: MODULE, name: "conv2d_bwd_data_f32" };
-const BWD_DATA_BF16: Kernel = Kernel { module: MODULE_BF16, name: "conv2d_bwd_data_bf16" };
+const BWD_DATA_MMA: Kernel = Kernel { module: MODULE_MMA, name: "conv2d_bwd_data_f32_mma" };
 const BWD_FILTER: Kernel = Kernel { module: MODULE, name: "conv2d_bwd_filter_f32" };
-const BWD_FILTER_BF16: Kernel = Kernel { module: MODULE_BF16, name: "conv2d_bwd_filter_bf16" };
-const BWD_FILTER_REDUCE: Kernel = Kernel { module: MODULE, name: "conv2d_bwd_filter_reduce_f32" };
-const RELU_MASK: Kernel = Kernel { module: MODULE, name: "conv2d_relu_mask_f32" };
+const BWD_FILTER_MMA: Kernel = Kernel { module: MODULE_MMA, name: "conv2d_bwd_filter_f32_mma" };
 
-/// Output tile edge of the GEMM kernels (pixels or filter rows × channels): `CONV_TILE`.
+/// Output tile edge of the GEMM kernels (pixels or filter rows × channels): their
+/// engines' BM and BN.
 const TILE: usize = 64;
-/// Reduction step of the GEMM kernels: `CONV_BK`; weight-gradient chunks are multiples.
+/// Reduction step of the f32 GEMM kernels (their engine's BK); weight-gradient chunks
+/// are multiples.
 const K_TILE: usize = 16;
-/// Threads per block of every kernel in the file (their `KERNEL_BOUNDS`).
+/// Threads per block of the f32 kernels (their `KERNEL_BOUNDS`).
 const THREADS: u32 = 256;
 /// The weight gradient aims for about this many blocks (a few waves on a 132-SM GPU
 /// at 2–3 resident blocks per SM) by splitting the pixel reduction ...
-const WGRAD_TARGET_BLOCKS: usize = 512;
-/// ... but gives no split fewer pixels than this: each split costs one 64×64 partial
-/// tile written and read back, about what 128 pixels × 128 inputs cost to load.
-const WGRAD_MIN_SPLIT_PIXELS: usize = 128;
+const BWD_FILTER_TARGET_BLOCKS: usize = 512;
+/// ... but into no more splits than one per this many pixels: each split costs one
+/// 64×64 partial tile written and read back, about what 128 pixels × 128 inputs cost
+/// to load.
+const BWD_FILTER_MIN_CHUNK: usize = 128;
 /// Most blocks in grid y and z.
 const GRID_YZ_MAX: usize = 65535;
 
@@ -141,8 +144,8 @@ pub fn forward<E: Executor>(
     let mut args = vec![Arg::Ptr(ya), Arg::Ptr(xa), Arg::Ptr(wa), Arg::Ptr(ba)];
     args.extend(dims(OP, p)?);
     args.extend([int(OP, p.x_pitch)?, int(OP, p.y_pitch)?, Arg::I32(p.relu as i32), Arg::I32(vec)]);
-    geom.block[0] = k.precision.pick(THREADS, BF16_THREADS);
-    k.exec.launch(k.precision.pick(FWD, FWD_BF16), &geom, &args)
+    geom.block[0] = k.precision.pick(THREADS, MMA_THREADS);
+    k.exec.launch(k.precision.pick(FWD, FWD_MMA), &geom, &args)
 }
 
 /// Launches the backward kernels (see the module doc): `dy` masked in place when
@@ -181,41 +184,18 @@ pub fn backward<E: Executor>(
     let [dwa, dba, dya, ya, xa, wa] = addrs[..6] else { unreachable!("six operands") };
 
     if p.relu {
-        relu_mask(k, dya, ya, s.pixels, p)?;
+        relu_mask(k, "conv2d_backward (relu mask)", dya, ya, s.pixels, p.k, p.y_pitch)?;
     }
-    weight_grad(k, dwa, dba, xa, dya, s.pixels, p)?;
+    bwd_filter(k, dwa, dba, xa, dya, s.pixels, p)?;
     match addrs.get(6) {
-        Some(&dxa) => data_grad(k, dxa, dya, wa, add, s.pixels, p),
+        Some(&dxa) => bwd_data(k, dxa, dya, wa, add, s.pixels, p),
         None => Ok(()),
     }
 }
 
-/// `conv2d_relu_mask_f32`: `dy = 0` where `y <= 0`, one thread per element.
-fn relu_mask<E: Executor>(k: &Kernels<E>, dya: u64, ya: u64, pixels: usize, p: &Conv2dParams) -> Result<()> {
-    const OP: &str = "conv2d_backward (relu mask)";
-    let elems = pixels * p.k;
-    if elems == 0 {
-        return Ok(());
-    }
-    let geom = geometry([blocks(elems, THREADS as usize), 1, 1]);
-    let args = [Arg::Ptr(dya), Arg::Ptr(ya), int(OP, pixels)?, int(OP, p.k)?, int(OP, p.y_pitch)?];
-    k.exec.launch(RELU_MASK, &geom, &args)
-}
-
-/// How the weight gradient's pixel reduction is split: `(splits, chunk)`, chunk a
-/// multiple of the reduction step and `splits · chunk ≥ pixels`. A function of the
-/// shapes only, so the summation order (and the bits) never depend on the GPU.
-fn wgrad_splits(pixels: usize, tiles: usize) -> (usize, usize) {
-    let want = WGRAD_TARGET_BLOCKS.div_ceil(tiles.max(1));
-    let most = (pixels / WGRAD_MIN_SPLIT_PIXELS).max(1);
-    let splits = want.min(most).clamp(1, GRID_YZ_MAX);
-    let chunk = pixels.div_ceil(splits).next_multiple_of(K_TILE).max(K_TILE);
-    (pixels.div_ceil(chunk).max(1), chunk)
-}
-
-/// `conv2d_bwd_filter_f32` or `_bf16` (+ `conv2d_bwd_filter_reduce_f32` when split):
-/// `dw`, `db`.
-fn weight_grad<E: Executor>(
+/// `conv2d_bwd_filter_f32` or `_f32_mma` (+ `sum_partials_f32` for each of `dw` and
+/// `db` when split): `dw`, `db`.
+fn bwd_filter<E: Executor>(
     k: &Kernels<E>,
     dwa: u64,
     dba: u64,
@@ -224,14 +204,21 @@ fn weight_grad<E: Executor>(
     pixels: usize,
     p: &Conv2dParams,
 ) -> Result<()> {
-    const OP: &str = "conv2d_backward (weight gradient)";
+    const OP: &str = "conv2d_backward (bwd_filter)";
     let rows = p.r * p.r * p.c;
     let wlen = rows * p.k;
     if p.k == 0 {
         return Ok(());
     }
     let tiles = [blocks(rows, TILE), blocks(p.k, TILE)];
-    let (splits, chunk) = wgrad_splits(pixels, tiles[0] as usize * tiles[1] as usize);
+    let (splits, chunk) = split_k(
+        pixels,
+        tiles[0] as usize * tiles[1] as usize,
+        BWD_FILTER_TARGET_BLOCKS,
+        BWD_FILTER_MIN_CHUNK,
+        GRID_YZ_MAX,
+        K_TILE,
+    );
 
     // Allocate: partials [splits][rows][K] then db partials [splits][K].
     let workspace = if splits > 1 {
@@ -254,21 +241,19 @@ fn weight_grad<E: Executor>(
     let mut args = vec![Arg::Ptr(part), Arg::Ptr(db_part), Arg::Ptr(xa), Arg::Ptr(dya)];
     args.extend(dims(OP, p)?);
     args.extend([int(OP, p.x_pitch)?, int(OP, p.y_pitch)?, int(OP, chunk)?, Arg::I32(vec)]);
-    geom.block[0] = k.precision.pick(THREADS, BF16_THREADS);
-    k.exec.launch(k.precision.pick(BWD_FILTER, BWD_FILTER_BF16), &geom, &args)?;
+    geom.block[0] = k.precision.pick(THREADS, MMA_THREADS);
+    k.exec.launch(k.precision.pick(BWD_FILTER, BWD_FILTER_MMA), &geom, &args)?;
 
-    if let Some(ws) = &workspace {
-        let geom = geometry([blocks(wlen + p.k, THREADS as usize), 1, 1]);
-        let args =
-            [Arg::Ptr(dwa), Arg::Ptr(dba), Arg::Ptr(k.exec.addr(ws)), int(OP, splits)?, int(OP, wlen)?, int(OP, p.k)?];
-        k.exec.launch(BWD_FILTER_REDUCE, &geom, &args)?;
+    if workspace.is_some() {
+        sum_partials(k, OP, dwa, part, wlen, splits)?;
+        sum_partials(k, OP, dba, db_part, p.k, splits)?;
     }
     Ok(())
 }
 
-/// `conv2d_bwd_data_f32` (or `_bf16`): `dx (+)= conv(dy, w')`, one 64-pixel × 64-channel
+/// `conv2d_bwd_data_f32` (or `_f32_mma`): `dx (+)= conv(dy, w')`, one 64-pixel × 64-channel
 /// tile per block.
-fn data_grad<E: Executor>(
+fn bwd_data<E: Executor>(
     k: &Kernels<E>,
     dxa: u64,
     dya: u64,
@@ -277,7 +262,7 @@ fn data_grad<E: Executor>(
     pixels: usize,
     p: &Conv2dParams,
 ) -> Result<()> {
-    const OP: &str = "conv2d_backward (input gradient)";
+    const OP: &str = "conv2d_backward (bwd_data)";
     if pixels == 0 || p.c == 0 {
         return Ok(());
     }
@@ -286,6 +271,6 @@ fn data_grad<E: Executor>(
     let mut args = vec![Arg::Ptr(dxa), Arg::Ptr(dya), Arg::Ptr(wa)];
     args.extend(dims(OP, p)?);
     args.extend([int(OP, p.x_pitch)?, int(OP, p.y_pitch)?, Arg::I32(add as i32), Arg::I32(vec)]);
-    geom.block[0] = k.precision.pick(THREADS, BF16_THREADS);
-    k.exec.launch(k.precision.pick(BWD_DATA, BWD_DATA_BF16), &geom, &args)
+    geom.block[0] = k.precision.pick(THREADS, MMA_THREADS);
+    k.exec.launch(k.precision.pick(BWD_DATA, BWD_DATA_MMA), &geom, &args)
 }

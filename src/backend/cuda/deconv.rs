@@ -1,4 +1,5 @@
-//! Launchers of `kernels/deconv.cu`: the 4x4 / stride 2 / padding 1 transposed
+//! Launchers of `kernels/deconv.cu` and `kernels/deconv_mma.cu`: the 4x4 / stride 2 /
+//! padding 1 transposed
 //! convolution, forward (four sub-pixel implicit GEMMs, bias and ReLU fused) and
 //! backward (ReLU mask, split-K weight gradient with a deterministic reduction,
 //! bias gradient, gather input gradient).
@@ -9,36 +10,41 @@
 //! emulator run the same one) and launches each kernel once. The number of split-K
 //! chunks depends only on the shape, so results are the same bits on every run.
 //!
-//! With the backend's [`Precision`](super::Precision) bf16 the three GEMM kernels are their `_bf16`
-//! twins (same arguments and geometry; tensor cores); the mask, the bias gradient
-//! and the partial sums stay f32.
+//! With the backend's [`Precision`](super::Precision) bf16 the three GEMM kernels are
+//! their `_f32_mma` twins in `deconv_mma.cu` (bf16 products on tensor cores, same
+//! arguments and geometry); the mask, the bias gradient and the partial sums stay f32.
 
+use super::backward::{relu_mask, split_k, sum_partials};
 use super::{
-    act_len, addresses, blocks, fits, int, stride_geometry, vec4_ok, vec_bits, Arg, Executor, Geometry, Kernel,
-    Kernels, Operand,
+    act_len, addresses, blocks, fits, int, vec4_ok, vec_bits, Arg, Executor, Geometry, Kernel, Kernels, Operand,
 };
 use crate::backend::{At, Backend, DeconvParams, GradIn};
 use crate::error::{Error, Result};
 
-/// Output rows and columns of a GEMM block (`TILE` in deconv.cu).
+/// Output rows and columns of a GEMM block (BM and BN of both files' engines).
 const TILE: usize = 64;
-/// Reduction depth of one pipeline stage (`SLICE`): split-K chunks are multiples of it.
+/// Reduction depth of one pipeline stage (BK): split-K chunks are multiples of it.
 const SLICE: usize = 16;
-/// Threads per block (`THREADS`).
+/// Threads per block of the GEMM kernels, f32 and mma (their `KERNEL_BOUNDS`).
 const THREADS: u32 = 256;
 /// Blocks the weight gradient aims for (a few waves on a 132-SM GPU); below that
-/// its pixels are split into chunks.
+/// its pixels are split into chunks ...
 const FILTER_BLOCKS: usize = 512;
-/// The fewest pixels a weight-gradient chunk reduces.
+/// ... but into no more chunks than one per this many pixels.
 const MIN_CHUNK: usize = 256;
 /// The most floats of weight-gradient partials (256 MiB).
 const MAX_PARTIALS: usize = 1 << 26;
-/// Blocks the bias gradient aims for, and the fewest pixels of one of its chunks.
+/// Blocks the bias gradient aims for, and the pixels per chunk it splits at most into.
 const BIAS_BLOCKS: usize = 256;
 const MIN_BIAS_CHUNK: usize = 1024;
 
 fn kernel(name: &'static str) -> Kernel {
     Kernel { module: "deconv", name }
+}
+
+/// A GEMM kernel: `name` from deconv.cu, or its `_mma` twin from deconv_mma.cu.
+fn gemm_kernel<E: Executor>(k: &Kernels<E>, f32: &'static str, mma: &'static str) -> Kernel {
+    k.precision.pick(kernel(f32), Kernel { module: "deconv_mma", name: mma })
 }
 
 /// A GEMM grid, checked against the driver's limits on y and z.
@@ -49,8 +55,9 @@ fn gemm_geometry(op: &str, x: usize, y: usize, z: usize) -> Result<Geometry> {
     Ok(Geometry { grid: [x as u32, y as u32, z as u32], block: [THREADS, 1, 1], smem_bytes: 0 })
 }
 
-/// Launches `deconv_fwd_f32` (or `deconv_fwd_bf16` when the backend's [`Precision`](super::Precision) is
-/// bf16: the same arguments and geometry): grid (⌈N·H·W/64⌉, ⌈K/64⌉, 4 parities).
+/// Launches `deconv_fwd_f32` (or `deconv_fwd_f32_mma` when the backend's
+/// [`Precision`](super::Precision) is bf16: the same arguments and geometry): grid
+/// (⌈N·H·W/64⌉, ⌈K/64⌉, 4 parities).
 pub fn forward<E: Executor>(
     k: &Kernels<E>,
     y: At<Kernels<E>>,
@@ -90,14 +97,13 @@ pub fn forward<E: Executor>(
         Arg::I32(p.relu as i32),
         Arg::I32(flags),
     ];
-    let name = k.precision.pick("deconv_fwd_f32", "deconv_fwd_bf16");
-    k.exec.launch(kernel(name), &geom, &args)
+    k.exec.launch(gemm_kernel(k, "deconv_fwd_f32", "deconv_fwd_f32_mma"), &geom, &args)
 }
 
-/// Launches the backward: `deconv_relu_mask_f32` (with `p.relu`), the weight
-/// gradient (`deconv_bwd_filter_f32`, then `deconv_sum_partials_f32` when split),
-/// the bias gradient (`deconv_bias_grad_f32`, then `deconv_sum_partials_f32` when
-/// split) and, unless skipped, `deconv_bwd_data_f32`.
+/// Launches the backward: `relu_mask_f32` (with `p.relu`), the weight gradient
+/// (`deconv_bwd_filter_f32`, then `sum_partials_f32` when split), the bias gradient
+/// (`deconv_bias_grad_f32`, then `sum_partials_f32` when split) and, unless skipped,
+/// `deconv_bwd_data_f32` (the `_f32_mma` GEMMs with `Precision::Bf16`).
 #[allow(clippy::too_many_arguments)]
 pub fn backward<E: Executor>(
     k: &Kernels<E>,
@@ -135,20 +141,19 @@ pub fn backward<E: Executor>(
     let [dwa, dba, dya, ya, xa, wa] = addrs[..6] else { unreachable!("six operands") };
     let s = Operands { dw: dwa, db: dba, dy: dya, x: xa, w: wa };
 
-    if p.relu && yl > 0 {
-        let args = [Arg::Ptr(s.dy), Arg::Ptr(ya), int(op, out_pixels)?, int(op, p.k)?, int(op, p.y_pitch)?];
-        k.exec.launch(kernel("deconv_relu_mask_f32"), &stride_geometry(out_pixels * p.k), &args)?;
+    if p.relu {
+        relu_mask(k, op, s.dy, ya, out_pixels, p.k, p.y_pitch)?;
     }
     if out_pixels == 0 {
         // No pixels: the parameter gradients are sums over nothing.
         k.zero(dw.buf, dw.off, wl)?;
         k.zero(db.buf, db.off, p.k)?;
     } else {
-        weight_grad(k, &s, p)?;
+        bwd_filter(k, &s, p)?;
         bias_grad(k, &s, p)?;
     }
     match addrs.get(6) {
-        Some(&dxa) if xl > 0 => input_grad(k, dxa, add, &s, p),
+        Some(&dxa) if xl > 0 => bwd_data(k, dxa, add, &s, p),
         _ => Ok(()),
     }
 }
@@ -180,26 +185,19 @@ fn partials<E: Executor>(
     Ok((Some(ws), addr))
 }
 
-/// `out = Σ_s part[s]` over `chunks` partials of `len` floats, in chunk order.
-fn sum_partials<E: Executor>(k: &Kernels<E>, op: &str, out: u64, part: u64, len: usize, chunks: usize) -> Result<()> {
-    let args = [Arg::Ptr(out), Arg::Ptr(part), int(op, len)?, int(op, chunks)?];
-    k.exec.launch(kernel("deconv_sum_partials_f32"), &stride_geometry(len), &args)
-}
-
 /// `dw[a][b] = im2col_ab(x)ᵀ · dy_ab`, split over chunks of input-grid pixels so that
 /// small layers still fill the GPU; the chunk count depends only on the shape.
-fn weight_grad<E: Executor>(k: &Kernels<E>, s: &Operands, p: &DeconvParams) -> Result<()> {
-    let op = "deconv_backward (weight gradient)";
+fn bwd_filter<E: Executor>(k: &Kernels<E>, s: &Operands, p: &DeconvParams) -> Result<()> {
+    let op = "deconv_backward (bwd_filter)";
     let len = p.weight_len();
     if len == 0 {
         return Ok(());
     }
     let pixels = p.n * p.h * p.w;
     let tiles = blocks(4 * p.c, TILE) as usize * blocks(p.k, TILE) as usize * 4;
-    let most = pixels.div_ceil(MIN_CHUNK).min(MAX_PARTIALS / len).clamp(1, 65535 / 4);
-    let wanted = FILTER_BLOCKS.div_ceil(tiles).clamp(1, most);
-    let chunk_len = pixels.div_ceil(wanted).next_multiple_of(SLICE);
-    let chunks = pixels.div_ceil(chunk_len);
+    // Each chunk is 4 blocks in z (the parities): at most 65535 / 4 of them.
+    let (chunks, chunk_len) =
+        split_k(pixels, tiles, FILTER_BLOCKS, MIN_CHUNK, (MAX_PARTIALS / len).min(65535 / 4), SLICE);
 
     let (_ws, part) = partials(k, op, s.dw, chunks, len)?;
     let flags = vec_bits(vec4_ok(p.c, p.x_pitch, s.x), vec4_ok(p.k, p.y_pitch, s.dy), vec4_ok(p.k, p.k, part));
@@ -218,8 +216,7 @@ fn weight_grad<E: Executor>(k: &Kernels<E>, s: &Operands, p: &DeconvParams) -> R
         int(op, chunk_len)?,
         Arg::I32(flags),
     ];
-    let name = k.precision.pick("deconv_bwd_filter_f32", "deconv_bwd_filter_bf16");
-    k.exec.launch(kernel(name), &geom, &args)?;
+    k.exec.launch(gemm_kernel(k, "deconv_bwd_filter_f32", "deconv_bwd_filter_f32_mma"), &geom, &args)?;
     if chunks > 1 {
         sum_partials(k, op, s.dw, part, len, chunks)?;
     }
@@ -235,9 +232,7 @@ fn bias_grad<E: Executor>(k: &Kernels<E>, s: &Operands, p: &DeconvParams) -> Res
     }
     let pixels = p.n * p.out_h() * p.out_w();
     let groups = p.k.div_ceil(32);
-    let wanted = BIAS_BLOCKS.div_ceil(groups).clamp(1, pixels.div_ceil(MIN_BIAS_CHUNK).clamp(1, 65535));
-    let chunk_len = pixels.div_ceil(wanted);
-    let chunks = pixels.div_ceil(chunk_len);
+    let (chunks, chunk_len) = split_k(pixels, groups, BIAS_BLOCKS, MIN_BIAS_CHUNK, 65535, 1);
 
     let (_ws, part) = partials(k, op, s.db, chunks, p.k)?;
     let geom = gemm_geometry(op, groups, chunks, 1)?;
@@ -252,8 +247,8 @@ fn bias_grad<E: Executor>(k: &Kernels<E>, s: &Operands, p: &DeconvParams) -> Res
 
 /// `dx` (written or added) as a gather GEMM over the 16 taps that read each input
 /// pixel: grid (⌈N·H·W/64⌉, ⌈C/64⌉).
-fn input_grad<E: Executor>(k: &Kernels<E>, dxa: u64, add: bool, s: &Operands, p: &DeconvParams) -> Result<()> {
-    let op = "deconv_backward (input gradient)";
+fn bwd_data<E: Executor>(k: &Kernels<E>, dxa: u64, add: bool, s: &Operands, p: &DeconvParams) -> Result<()> {
+    let op = "deconv_backward (bwd_data)";
     let pixels = p.n * p.h * p.w;
     let flags = vec_bits(vec4_ok(p.k, p.y_pitch, s.dy), vec4_ok(p.k, p.k, s.w), vec4_ok(p.c, p.x_pitch, dxa));
     let geom = gemm_geometry(op, blocks(pixels, TILE) as usize, blocks(p.c, TILE) as usize, 1)?;
@@ -271,6 +266,5 @@ fn input_grad<E: Executor>(k: &Kernels<E>, dxa: u64, add: bool, s: &Operands, p:
         Arg::I32(add as i32),
         Arg::I32(flags),
     ];
-    let name = k.precision.pick("deconv_bwd_data_f32", "deconv_bwd_data_bf16");
-    k.exec.launch(kernel(name), &geom, &args)
+    k.exec.launch(gemm_kernel(k, "deconv_bwd_data_f32", "deconv_bwd_data_f32_mma"), &geom, &args)
 }

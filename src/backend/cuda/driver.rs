@@ -26,22 +26,22 @@ use crate::error::{Error, Result};
 const DEFAULT_DYNAMIC_SMEM: u32 = 48 * 1024;
 
 /// The kernel files a [`Cuda`] compiles from: `(module, source)` pairs, the
-/// text of `common.cuh`, and the `(module, entry point)` pairs the sources declare.
+/// headers they may include, and the `(module, entry point)` pairs the sources declare.
 #[derive(Clone, Copy, Debug)]
 pub struct KernelSources {
     /// `(module, source)`, module being the file name without `.cu`.
     pub modules: &'static [(&'static str, &'static str)],
-    /// `kernels/common.cuh`.
-    pub common: &'static str,
-    /// `(module, kernel)` for every `EMU_EXPORT`ed entry point.
+    /// `(file name, text)` of the headers (`kernels/*.cuh`: `common.cuh`, ...).
+    pub headers: &'static [(&'static str, &'static str)],
+    /// `(module, kernel)` for every name in the files' `ENTRY_POINTS` lists.
     pub entry_points: &'static [(&'static str, &'static str)],
 }
 
 impl KernelSources {
     /// The crate's own `kernels/*.cu`, embedded at build time.
     pub fn builtin() -> Self {
-        use super::sources::{COMMON_HEADER, ENTRY_POINTS, SOURCES};
-        KernelSources { modules: SOURCES, common: COMMON_HEADER, entry_points: ENTRY_POINTS }
+        use super::sources::{ENTRY_POINTS, HEADERS, SOURCES};
+        KernelSources { modules: SOURCES, headers: HEADERS, entry_points: ENTRY_POINTS }
     }
 
     /// The source of `module`.
@@ -255,7 +255,7 @@ impl Cuda {
         if let Some(m) = modules.get(module) {
             return Ok(m.clone());
         }
-        let ptx = nvrtc::cached_ptx(module, self.sources.get(module)?, self.sources.common, &self.arch)?;
+        let ptx = nvrtc::cached_ptx(module, self.sources.get(module)?, self.sources.headers, &self.arch)?;
         self.bind()?;
         let loaded = self.ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx.as_str())).map_err(|e| {
             let hint = if e.0 == CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION {
@@ -500,7 +500,7 @@ mod tests {
     #[test]
     fn no_gpu_is_an_error_not_a_panic() {
         // On a machine with a GPU this opens it; elsewhere it must fail cleanly.
-        if let Err(e) = Cuda::with_sources(0, KernelSources { modules: &[], common: "", entry_points: &[] }) {
+        if let Err(e) = Cuda::with_sources(0, KernelSources { modules: &[], headers: &[], entry_points: &[] }) {
             assert!(matches!(e, Error::Cuda(_)), "{e}");
         }
     }

@@ -1,7 +1,8 @@
 //! Launchers of `kernels/layout.cu`: 8-bit RGB normalisation into the model's input,
-//! and NCHW ↔ NHWC (with pitch) for the `forward` command and prediction. Semantics,
-//! params and CPU reference: `backend::cpu::layout`. Not in the `Backend` trait yet,
-//! so these are functions over [`Kernels`].
+//! and NCHW ↔ NHWC (with pitch) for the `forward` command and prediction. Params:
+//! `backend::{ImageParams, LayoutParams}`; semantics and CPU reference:
+//! `backend::cpu::layout`. Not in the `Backend` trait yet, so these are functions
+//! over [`Kernels`].
 //!
 //! Each launcher: check (shapes, operand bounds, disjoint operands, `int` extents) →
 //! geometry → arguments → one launch. The results are exact (copies, or the
@@ -9,8 +10,7 @@
 
 use super::{addresses, int, Arg, Executor, Geometry, Kernel, Kernels, Operand};
 use super::{fits, stride_geometry};
-use crate::backend::cpu::layout::{ImageParams, LayoutParams};
-use crate::backend::At;
+use crate::backend::{At, ImageParams, LayoutParams};
 use crate::error::{Error, Result};
 
 const MODULE: &str = "layout";

@@ -4,10 +4,19 @@
 //! same kernel sources compiled for the host (`crate::backend::emu`). So the
 //! emulator checks exactly the grid, block and shared-memory sizes the GPU runs.
 //!
-//! One file per op family, named as its kernel file: `conv2d.rs` ↔
-//! `kernels/conv2d.cu` ↔ `backend/cpu/conv2d.rs` ↔ `tests/conv2d.rs`.
+//! One file per op family, named as its kernel files: `conv2d.rs` ↔
+//! `kernels/conv2d.cu` (f32 products) and `kernels/conv2d_mma.cu` (bf16 products on
+//! tensor cores, a module of its own because it needs sm_80) ↔ `backend/cpu/conv2d.rs`
+//! (the reference) ↔ `tests/conv2d.rs` (the reference's tests) and
+//! `tests/conv2d_kernels.rs` / `tests/conv2d_mma_kernels.rs` (the kernels against it);
+//! likewise `deconv`, and `adam`, `layout`, `loss`, `pool` with f32 kernels only. The
+//! GEMM kernels share the tile engine of `kernels/tile.cuh` and their op's loaders
+//! (`kernels/conv2d.cuh`, `kernels/deconv.cuh`). Kernel names say what is stored:
+//! `conv2d_fwd_f32` reads and writes f32, `conv2d_fwd_f32_mma` too, multiplying in
+//! bf16 on tensor cores.
 
 pub mod adam;
+pub(crate) mod backward;
 pub mod conv2d;
 pub mod deconv;
 pub mod driver;
@@ -91,16 +100,17 @@ pub trait Executor {
     fn elapsed_ms(&self, start: &Self::Mark, end: &Self::Mark) -> Result<f64>;
 }
 
-/// The arithmetic of the convolution forward pass on the kernel backend.
+/// The arithmetic of the convolution and deconvolution GEMMs (forward, input and
+/// weight gradients) on the kernel backend; everything else is f32 either way.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Precision {
     /// f32 products and sums, as the CPU reference (within 1e-5).
     #[default]
     F32,
-    /// bf16 products with f32 sums on tensor cores (the `*_bf16` kernels of
-    /// `conv2d.cu` and `deconv.cu`) in every convolution and deconvolution GEMM,
-    /// forward and backward: within 1e-2 of the reference. Bias gradients, masks,
-    /// pools, the loss and Adam stay f32.
+    /// bf16 products with f32 sums on tensor cores (the `*_f32_mma` kernels of
+    /// `conv2d_mma.cu` and `deconv_mma.cu`; f32 in memory) in every convolution and
+    /// deconvolution GEMM, forward and backward: within 1e-2 of the reference. Bias
+    /// gradients, masks, pools, the loss and Adam stay f32.
     Bf16,
 }
 
@@ -128,7 +138,7 @@ impl std::str::FromStr for Precision {
 pub struct Kernels<E: Executor> {
     /// The executor.
     pub exec: E,
-    /// Arithmetic of the convolution forward pass.
+    /// Arithmetic of the convolution and deconvolution GEMMs.
     pub precision: Precision,
 }
 
@@ -219,7 +229,7 @@ pub(crate) fn act_len(op: &str, pixels: usize, c: usize, pitch: usize) -> Result
     if pitch < c {
         return Err(Error::shape(op, format!("pixel pitch >= {c} channels"), format!("pitch {pitch}")));
     }
-    fits(op, "operands", Some(super::cpu::view_len(pixels, c, pitch)))
+    fits(op, "operands", Some(super::view_len(pixels, c, pitch)))
 }
 
 /// A 1-D grid-stride geometry over `total` items, 256 threads a block.
@@ -233,9 +243,9 @@ pub(crate) fn vec4_ok(c: usize, pitch: usize, addr: u64) -> bool {
     c.is_multiple_of(4) && pitch.is_multiple_of(4) && addr.is_multiple_of(16)
 }
 
-/// The GEMM kernels' `vec` argument (conv2d.cu's CONV_VEC_*, deconv.cu's VEC_*): which
-/// operands may move 16 bytes at a time — the gathered operand `a`, the other operand
-/// `b`, the output `out`.
+/// The GEMM kernels' `vec` argument (`VEC_A`, `VEC_B`, `VEC_OUT` of
+/// `kernels/tile.cuh`): which operands may move 16 bytes at a time — operand `a`,
+/// operand `b`, the output `out`.
 pub(crate) fn vec_bits(a: bool, b: bool, out: bool) -> i32 {
     i32::from(a) | i32::from(b) << 1 | i32::from(out) << 2
 }

@@ -10,8 +10,8 @@
 //! Options: `--gpu-architecture=compute_XY` (PTX, which the driver JIT-compiles for
 //! the exact GPU), `-std=c++17`, `-lineinfo` (source lines in profiles). Not
 //! `--use_fast_math`: the CPU comparisons need IEEE `expf`/`logf` and division.
-//! `common.cuh` is passed as an in-memory header, so `#include "common.cuh"` works
-//! with no include path.
+//! The headers of `kernels/` (`common.cuh`, `tile.cuh`, ...) are passed in memory, so
+//! `#include "tile.cuh"` works with no include path.
 
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
@@ -249,24 +249,28 @@ pub fn virtual_arch(arch: &str) -> String {
     }
 }
 
-/// Compiles kernel file `module` with the crate's `common.cuh` for `arch`
-/// (`sm_90` …) to PTX: `(ptx, log)`. Needs only libnvrtc, no GPU.
+/// Compiles kernel file `module` with the crate's headers (`kernels/*.cuh`) for
+/// `arch` (`sm_90` …) to PTX: `(ptx, log)`. Needs only libnvrtc, no GPU.
 pub fn compile_ptx(module: &str, source: &str, arch: &str) -> Result<(String, String)> {
-    compile_ptx_with(module, source, super::driver::KernelSources::builtin().common, arch)
+    compile_ptx_with(module, source, super::driver::KernelSources::builtin().headers, arch)
 }
 
-/// [`compile_ptx`] with an explicit `common.cuh` text.
-pub fn compile_ptx_with(module: &str, source: &str, common: &str, arch: &str) -> Result<(String, String)> {
-    nvrtc()?.compile(module, source, &[("common.cuh", common)], arch)
+/// [`compile_ptx`] with explicit headers, (file name, text).
+pub fn compile_ptx_with(module: &str, source: &str, headers: &[(&str, &str)], arch: &str) -> Result<(String, String)> {
+    nvrtc()?.compile(module, source, headers, arch)
 }
 
 /// PTX of `module` for `arch`, compiled at most once per process and kept on disk
-/// across runs (see [`cache_dir`]), keyed by a hash of the source, the header,
+/// across runs (see [`cache_dir`]), keyed by a hash of the source, the headers,
 /// the architecture, the options and the NVRTC version.
-pub fn cached_ptx(module: &str, source: &str, common: &str, arch: &str) -> Result<Arc<String>> {
+pub fn cached_ptx(module: &str, source: &str, headers: &[(&str, &str)], arch: &str) -> Result<Arc<String>> {
     static MEMORY: OnceLock<Mutex<HashMap<u64, Arc<String>>>> = OnceLock::new();
     let nv = nvrtc()?;
-    let key = cache_key(&[source, common, &virtual_arch(arch), &OPTIONS.join(" "), &nv.version_string()]);
+    let (virt, options, version) = (virtual_arch(arch), OPTIONS.join(" "), nv.version_string());
+    let mut parts = vec![source];
+    parts.extend(headers.iter().flat_map(|(name, text)| [*name, *text]));
+    parts.extend([virt.as_str(), options.as_str(), version.as_str()]);
+    let key = cache_key(&parts);
     let memory = MEMORY.get_or_init(Default::default);
     if let Some(ptx) = memory.lock().map_err(|_| poisoned())?.get(&key) {
         return Ok(ptx.clone());
@@ -279,7 +283,7 @@ pub fn cached_ptx(module: &str, source: &str, common: &str, arch: &str) -> Resul
     {
         Some(ptx) => ptx,
         None => {
-            let (ptx, _log) = compile_ptx_with(module, source, common, arch)?;
+            let (ptx, _log) = compile_ptx_with(module, source, headers, arch)?;
             if let Some(f) = &file {
                 // A cache that cannot be written only costs a recompilation next time.
                 let _ = write_atomically(f, &ptx);

@@ -2,8 +2,10 @@
 //! `kernels/` (every `*.cu`, sorted), so a new kernel file needs no registration.
 //!
 //! - `SOURCES`: (module, source text) of every kernel file;
-//! - `COMMON_HEADER`: the text of `kernels/common.cuh`, passed to NVRTC as the
-//!   header named `common.cuh` (the only include the kernels have);
-//! - `ENTRY_POINTS`: (module, kernel name) of every `EMU_EXPORT(name)` line.
+//! - `HEADERS`: (file name, text) of every `kernels/*.cuh` (`common.cuh`, `tile.cuh`,
+//!   ...), passed to NVRTC as in-memory headers, so `#include "tile.cuh"` needs no
+//!   include path;
+//! - `ENTRY_POINTS`: (module, kernel name) of every name in the kernel files'
+//!   `ENTRY_POINTS(...)` lists.
 
 include!(concat!(env!("OUT_DIR"), "/kernels.rs"));

@@ -110,8 +110,9 @@ void* shared_ptr(int slot, size_t bytes, const char* name);
 void* dyn_shared();
 [[noreturn]] void assert_failed(const char* cond, const char* file, int line);
 // Runs a launch; `thunk(ctx)` runs one thread. Returns 0, or 1 with emu_last_error set.
+// `max_threads`: the kernel's launch bounds (KERNEL_BOUNDS), 1024 without.
 int run_launch(const EmuLaunch* l, const char* kernel, void (*thunk)(void*), void* ctx, const u32* param_sizes,
-               u32 nparams);
+               u32 nparams, u32 max_threads);
 
 // The kernel's own parameter list, read from args[] exactly as cuLaunchKernel does.
 template <typename... P>
@@ -125,19 +126,28 @@ struct Entry {
     static void thunk(void* self) { static_cast<Entry*>(self)->call(std::index_sequence_for<P...>{}); }
 };
 template <typename... P>
-int launch(const EmuLaunch* l, const char* kernel, void (*fn)(P...), void** args) {
+int launch(const EmuLaunch* l, const char* kernel, void (*fn)(P...), void** args, u32 max_threads) {
     // The trailing 0 keeps the array non-empty for a kernel without parameters.
     static const u32 sizes[] = {static_cast<u32>(sizeof(P))..., 0};
     Entry<P...> e{fn, args};
-    return run_launch(l, kernel, &Entry<P...>::thunk, &e, sizes, sizeof...(P));
+    return run_launch(l, kernel, &Entry<P...>::thunk, &e, sizes, sizeof...(P), max_threads);
 }
 }  // namespace emu
 
-#define KERNEL(name) static void name
-#define KERNEL_BOUNDS(name, max_threads) static void name
-#define EMU_EXPORT(name)                                                      \
-    extern "C" int emu_entry_##name(const EmuLaunch* launch, void** args) { \
-        return ::emu::launch(launch, #name, name, args);                      \
+// A kernel is a static function; its launch bounds (the driver's 1024 without) go
+// with it, for the export to check.
+#define KERNEL(name)                                  \
+    static constexpr u32 name##_emu_max_threads = 1024; \
+    static void name
+#define KERNEL_BOUNDS(name, max_threads)                         \
+    static constexpr u32 name##_emu_max_threads = (max_threads); \
+    static void name
+// The list build.rs reads; the exports are generated from it (EMU_EXPORT, in a file
+// that includes the kernel file and ends with one EMU_EXPORT per entry point).
+#define ENTRY_POINTS(...)
+#define EMU_EXPORT(name)                                                            \
+    extern "C" int emu_entry_##name(const EmuLaunch* launch, void** args) {       \
+        return ::emu::launch(launch, #name, name, args, name##_emu_max_threads); \
     }
 
 #define EMU_ASSERT(cond)                                                            \
@@ -175,6 +185,7 @@ static inline T from_bits(u64 b) {
 enum ShflMode { kIdx, kUp, kDown, kBfly };
 static inline int shfl_src(ShflMode mode, int b, int width) {
     const int lane = (int)emu_cur_thread->lane;
+    b &= 0x1f;  // PTX reads the lane operand as b[4:0]: lane 33 is lane 1, an offset of 32 is 0
     const int segmask = (32 - width) & 0x1f;
     const int clamp = mode == kUp ? 0 : 0x1f;
     const int max_lane = (lane & segmask) | (clamp & ~segmask);

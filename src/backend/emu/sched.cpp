@@ -309,7 +309,7 @@ void syncthreads() {
 }
 
 int run_launch(const EmuLaunch* l, const char* kernel, void (*thunk)(void*), void* ctx, const u32* param_sizes,
-               u32 nparams) {
+               u32 nparams, u32 max_threads) {
     Runtime& r = rt();
     r.error.clear();
     r.nerrors = 0;
@@ -332,6 +332,13 @@ int run_launch(const EmuLaunch* l, const char* kernel, void (*thunk)(void*), voi
     if (nthreads == 0 || nthreads > kMaxThreads || l->grid[0] == 0 || l->grid[1] == 0 || l->grid[2] == 0) {
         report("bad geometry: grid (%u,%u,%u), block (%u,%u,%u)", l->grid[0], l->grid[1], l->grid[2], l->block[0],
                l->block[1], l->block[2]);
+        return 1;
+    }
+    if (nthreads > max_threads) {
+        // The driver refuses it too (CUDA_ERROR_INVALID_VALUE): the kernel was compiled
+        // for at most max_threads (its registers are budgeted for that many).
+        report("block of %llu threads, but the kernel's launch bounds allow at most %u", (unsigned long long)nthreads,
+               max_threads);
         return 1;
     }
     r.nthreads = (u32)nthreads;

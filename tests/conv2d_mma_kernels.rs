@@ -1,20 +1,20 @@
-//! The tensor-core convolutions (`kernels/conv2d_bf16.cu`, `Precision::Bf16`) against
+//! The tensor-core convolutions (`kernels/conv2d_mma.cu`, `Precision::Bf16`) against
 //! the CPU's f32 reference, through the `Backend` trait, on the cases of the f32
 //! kernel tests (`common::conv2d`): the emulator always, the GPU when there is one.
 //! Errors are judged against the op run on the inputs' magnitudes (‖a−b‖ ≤
 //! 1e-2·‖Σ|terms|‖), the bf16 rounding must show (not the f32 path), nothing outside
 //! the views is touched, and every thread order gives the same bytes.
 
-mod common;
+pub mod common;
 
-use common::conv2d::{assert_outside_equal, backward_on, forward_on, random_cases, sweep, view, Case, Data, Grad};
+use common::conv2d::{backward_on, forward_on, random_cases, sweep, Case, Data, Grad};
 use common::kernels::bf16;
 use common::{rng, tol};
 use lesionseg::backend::cpu::Cpu;
 use lesionseg::backend::emu;
 use lesionseg::backend::Backend;
 
-/// `conv2d_fwd_bf16` against the CPU's f32 forward: within the bf16 tolerance
+/// `conv2d_fwd_f32_mma` against the CPU's f32 forward: within the bf16 tolerance
 /// (‖a−b‖ ≤ 1e-2·‖Σ|terms|‖, see [`Data::magnitudes`]) on every case of the sweep and
 /// on random shapes, nothing outside `y`'s view written.
 fn check_bf16_forward<B: Backend>(be: &B, cases: &[Case]) {
@@ -26,7 +26,7 @@ fn check_bf16_forward<B: Backend>(be: &B, cases: &[Case]) {
         let got = forward_on(be, case, &d).unwrap_or_else(|e| panic!("{what}: {e}"));
         let p = &case.p;
         let scale = forward_on(&Cpu, case, &d.magnitudes()).unwrap();
-        let yv = |v: &[f32]| view(v, case.y_off, case.pixels(), p.k, p.y_pitch);
+        let yv = |v: &[f32]| case.y_at().channels(v);
         let (g, w) = (yv(&got), yv(&want));
         common::assert_scaled(&what, &g, &w, &yv(&scale), tol::BF16);
         // Not f32 arithmetic: bf16 rounding must show (a kernel that silently ran the
@@ -34,7 +34,7 @@ fn check_bf16_forward<B: Backend>(be: &B, cases: &[Case]) {
         if p.c * p.r * p.r >= 16 && w.iter().any(|v| *v != 0.0) {
             assert!(common::rel_l2(&g, &w) > 1e-6, "{what}: identical to f32 to 1e-6: not bf16 products");
         }
-        assert_outside_equal(&what, &got, &d.y, &[(case.y_off, case.pixels(), p.k, p.y_pitch)]);
+        case.y_at().assert_gaps(&got, &what);
     }
 }
 
@@ -62,23 +62,22 @@ fn check_bf16_backward<B: Backend>(be: &B, cases: &[Case]) {
             assert!(common::rel_l2(gw, ww) > 1e-6, "{what}: dw identical to f32 to 1e-6: not bf16 products");
         }
         let db_off = 2 + wl + 3;
-        let db_scale = common::channel_abs_sums(&view(&want_dy, case.y_off, pixels, p.k, p.y_pitch), p.k);
+        let db_scale = common::channel_abs_sums(&case.y_at().channels(&want_dy), p.k);
         let (got_db, want_db) = (&got_g[db_off..db_off + p.k], &want_g[db_off..db_off + p.k]);
         common::assert_scaled(&format!("{what}: db"), got_db, want_db, &db_scale, tol::F32);
-        assert_outside_equal(&format!("{what}: dw/db"), &got_g, &d.grads, &[(2, 1, wl, wl), (db_off, 1, p.k, p.k)]);
-        let x_view = (case.x_off, pixels, p.c, p.x_pitch);
+        common::assert_outside(&format!("{what}: dw/db"), &got_g, &case.grad_views());
         if case.grad == Grad::Skip {
             assert!(bits(&got_dx) == bits(&d.dx), "{what}: dx changed although skipped");
             continue;
         }
-        let xv = |v: &[f32]| view(v, case.x_off, pixels, p.c, p.x_pitch);
+        let xv = |v: &[f32]| case.x_at().channels(v);
         let (g, w) = (xv(&got_dx), xv(&want_dx));
         common::assert_scaled(&format!("{what}: dx"), &g, &w, &xv(&scale_dx), tol::BF16);
         // Rounding visible (an f32 run is within 1e-6), unless added into a larger dx.
         if case.grad == Grad::Write && p.k * p.r * p.r >= 16 && w.iter().any(|v| *v != 0.0) {
             assert!(common::rel_l2(&g, &w) > 1e-6, "{what}: dx identical to f32 to 1e-6: not bf16 products");
         }
-        assert_outside_equal(&format!("{what}: dx"), &got_dx, &d.dx, &[x_view]);
+        case.x_at().assert_gaps(&got_dx, &format!("{what}: dx"));
     }
 }
 
@@ -111,7 +110,7 @@ fn emu_bf16_backward_schedules_agree() {
 
 #[test]
 fn cuda_bf16_backward_matches_cpu() {
-    let Some(gpu) = lesionseg::device::test_gpu("conv2d_bf16_kernels::cuda_bf16_backward_matches_cpu").map(bf16) else {
+    let Some(gpu) = lesionseg::device::test_gpu("conv2d_mma_kernels::cuda_bf16_backward_matches_cpu").map(bf16) else {
         return;
     };
     let mut cases = sweep();
@@ -149,7 +148,7 @@ fn emu_bf16_forward_schedules_agree() {
 
 #[test]
 fn cuda_bf16_forward_matches_cpu() {
-    let Some(gpu) = lesionseg::device::test_gpu("conv2d_bf16_kernels::cuda_bf16_forward_matches_cpu").map(bf16) else {
+    let Some(gpu) = lesionseg::device::test_gpu("conv2d_mma_kernels::cuda_bf16_forward_matches_cpu").map(bf16) else {
         return;
     };
     let mut cases = sweep();
