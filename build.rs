@@ -196,7 +196,8 @@ fn emu_entries_rs(entries: &[(String, String)]) -> String {
     s += "];\n\n";
     s += "extern \"C\" {\n";
     for (_, name) in entries {
-        writeln!(s, "    fn emu_traced_entry_{name}(launch: *const EmuLaunch, args: *mut *mut c_void) -> i32;").unwrap();
+        writeln!(s, "    fn emu_traced_entry_{name}(launch: *const EmuLaunch, args: *mut *mut c_void) -> i32;")
+            .unwrap();
     }
     s += "}\n\n/// (module, kernel, instrumented host entry point) of every kernel, for the tracer.\n";
     s += "pub(crate) const EMU_TRACED_ENTRIES: &[(&str, &str, EmuEntry)] = &[\n";

@@ -314,7 +314,8 @@ impl Recorder {
             emu_trace_end(&mut totals);
             (rc, read_sites(&totals), read_races(&totals), read_footprints(&totals))
         };
-        let pointers: Vec<u64> = args.iter().filter_map(|a| if let Arg::Ptr(p) = *a { Some(p) } else { None }).collect();
+        let pointers: Vec<u64> =
+            args.iter().filter_map(|a| if let Arg::Ptr(p) = *a { Some(p) } else { None }).collect();
         let (unique_read, unique_written) = match &plan {
             None => sample::exact_unique(&footprints),
             Some(p) => sample::estimate_unique(geom.grid, p, &footprints, &pointers),
@@ -453,10 +454,7 @@ fn parse_addr2line(text: &str) -> Vec<Vec<String>> {
         }
         let Some(cur) = out.last_mut() else { continue };
         let loc = lines.next().unwrap_or("??:0");
-        let loc = ["kernels/", "src/"]
-            .iter()
-            .find_map(|k| loc.rfind(k).map(|i| &loc[i..]))
-            .unwrap_or(loc);
+        let loc = ["kernels/", "src/"].iter().find_map(|k| loc.rfind(k).map(|i| &loc[i..])).unwrap_or(loc);
         let func = l.split('(').next().unwrap_or(l).rsplit("::").next().unwrap_or(l);
         cur.push(format!("{func} at {}", loc.split(" (").next().unwrap_or(loc)));
     }
