@@ -63,7 +63,12 @@ fn load(arch: &str) -> StaticInfo {
                     let (ptx, _) =
                         nvrtc::compile_ptx_with(module, source, ks.common, arch).map_err(|e| e.to_string())?;
                     let (text, stats) = sass::sass(ptxas, nvdisasm, &ptx, arch)?;
-                    Ok(sass::summarize(&text, &stats))
+                    let bounds = sass::ptx_max_threads(&ptx);
+                    let mut list = sass::summarize(&text, &stats);
+                    for k in &mut list {
+                        k.max_threads = bounds.get(&k.name).copied();
+                    }
+                    Ok(list)
                 })
             })
             .collect();

@@ -12,6 +12,7 @@
 //! - L2: sectors requested × 32 bytes / L2 bandwidth;
 //! - smem: shared-memory wavefronts / (SMs × 1 per clock);
 //! - issue: warp instructions / (SMs × 4 per clock).
+//!
 //! The SM-local bounds (tensor, fp32, smem, issue) are stretched by wave quantisation:
 //! blocks run in waves of (blocks per SM from occupancy) × SMs, and the SMs of a
 //! partial last wave hold ⌈blocks / SMs⌉ blocks each.

@@ -191,30 +191,64 @@ impl LayerHook for Tagger<'_> {
     }
 }
 
-/// Traces one training step on the emulator and predicts it on `o.gpu`.
-pub fn run(o: &PredictOptions) -> Result<PredictReport> {
-    let start = Instant::now();
-    let config = TraceConfig { sampling: Sampling::Sample(o.max_blocks), races: false };
+/// One training step's launches, grouped by the layer pass that issued them.
+pub struct TracedStep {
+    /// (layer, pass, the pass's MACs, its launches) in issue order; a layer bracketed
+    /// twice in one pass (head_mid) has two entries.
+    pub passes: Vec<(Layer, Pass, usize, Vec<LaunchTrace>)>,
+    /// Parameters of the model.
+    pub parameters: usize,
+}
+
+/// One training step of UNet16 (`width`, `batch` × `size`², random weights and
+/// data) on a traced emulator with `config`, the convolutions in `precision`.
+pub fn trace_step(
+    config: TraceConfig,
+    precision: Precision,
+    batch: usize,
+    size: usize,
+    width: f64,
+    seed: u64,
+) -> Result<TracedStep> {
     let mut be = Kernels::new(Emu::traced(config));
-    be.precision = o.precision;
-    let mut t = Trainer::new(&be, o.batch, o.size, o.width, o.seed)?;
+    be.precision = precision;
+    let mut t = Trainer::new(&be, batch, size, width, seed)?;
     be.exec.take_traces();
     let mut tagger = Tagger { emu: &be.exec, open: None, spans: Vec::new() };
     t.train_step(&be, &mut tagger)?;
     let spans = std::mem::take(&mut tagger.spans);
-    let traces = be.exec.take_traces();
+    let mut traces = be.exec.take_traces().into_iter();
+    let mut passes = Vec::with_capacity(spans.len());
+    let mut at = 0;
+    for (layer, pass, a, b, macs) in spans {
+        if a < at || b < a {
+            return Err(Error::Config("launch bookkeeping out of order".into()));
+        }
+        // Launches between layer brackets (none today) are skipped.
+        traces.by_ref().take(a - at).for_each(drop);
+        passes.push((layer, pass, macs, traces.by_ref().take(b - a).collect()));
+        at = b;
+    }
+    Ok(TracedStep { passes, parameters: t.model.table.len })
+}
+
+/// Traces one training step on the emulator and predicts it on `o.gpu`.
+pub fn run(o: &PredictOptions) -> Result<PredictReport> {
+    let start = Instant::now();
+    let config = TraceConfig { sampling: Sampling::Sample(o.max_blocks), races: false };
+    let step = trace_step(config, o.precision, o.batch, o.size, o.width, o.seed)?;
     let info = static_info(o.gpu.arch);
 
     let mut rows: HashMap<(Layer, Pass), PassPrediction> = HashMap::new();
-    let mut launches = Vec::with_capacity(traces.len());
-    for (layer, pass, a, b, macs) in spans {
+    let mut launches = Vec::new();
+    for (layer, pass, macs, traces) in step.passes {
         let row = rows.entry((layer, pass)).or_default();
         row.macs += macs as u64;
-        for tr in traces.get(a..b).ok_or_else(|| Error::Config("launch bookkeeping out of range".into()))? {
-            let p = predict(o.gpu, &demand(tr, info.kernels.get(tr.kernel.name)));
-            row.add(&p, &Counters::of(tr, false));
+        for tr in traces {
+            let p = predict(o.gpu, &demand(&tr, info.kernels.get(tr.kernel.name)));
+            row.add(&p, &Counters::of(&tr, false));
             let pass_name = if pass == Pass::Forward { "forward" } else { "backward" };
-            launches.push(LaunchRow { layer: layer.to_string(), pass: pass_name, trace: tr.clone(), prediction: p });
+            launches.push(LaunchRow { layer: layer.to_string(), pass: pass_name, trace: tr, prediction: p });
         }
     }
     let layers = Layer::all()
@@ -231,7 +265,7 @@ pub fn run(o: &PredictOptions) -> Result<PredictReport> {
         launches,
         sass_note: info.note.clone(),
         seconds: start.elapsed().as_secs_f64(),
-        parameters: t.model.table.len,
+        parameters: step.parameters,
     };
     if let Some(v) = report.floor_violations().first() {
         return Err(Error::Config(format!("performance model inconsistent: {v}")));

@@ -207,13 +207,36 @@ pub struct KernelSass {
     pub whole: Mix,
     /// The main loop ([`main_loop`]), if the function has a loop.
     pub main_loop: Option<Mix>,
+    /// Its `__launch_bounds__` thread count (the PTX `.maxntid`), if it has one.
+    pub max_threads: Option<u32>,
+}
+
+/// The `.maxntid` of each entry point of `ptx` that declares one.
+pub fn ptx_max_threads(ptx: &str) -> HashMap<String, u32> {
+    let mut out = HashMap::new();
+    let mut entry: Option<String> = None;
+    for line in ptx.lines() {
+        let t = line.trim();
+        if let Some(rest) = t.split_once(".entry ").map(|(_, r)| r) {
+            entry = Some(rest.split('(').next().unwrap_or("").trim().to_string());
+        } else if let (Some(n), Some(e)) = (t.strip_prefix(".maxntid"), &entry) {
+            if let Some(v) = n.split(',').next().and_then(|v| v.trim().parse().ok()) {
+                out.insert(e.clone(), v);
+            }
+        } else if t.starts_with('{') {
+            entry = None;
+        }
+    }
+    out
 }
 
 /// The main loop of a function: of the loops (a branch back to an earlier offset,
 /// spanning target..branch), the one with the most HMMA, then FFMA, then memory
 /// instructions; among equals, the shortest (the innermost).
 pub fn main_loop(instrs: &[Instr]) -> Option<&[Instr]> {
-    let mut best: Option<(&[Instr], (u32, u32, u32, std::cmp::Reverse<usize>))> = None;
+    // (HMMA, FFMA, memory, shorter first): the larger key wins.
+    type Key = (u32, u32, u32, std::cmp::Reverse<usize>);
+    let mut best: Option<(&[Instr], Key)> = None;
     for (end, i) in instrs.iter().enumerate() {
         let Some(t) = i.target.filter(|&t| t <= i.offset) else { continue };
         let start = instrs.partition_point(|x| x.offset < t);
@@ -239,6 +262,7 @@ pub fn summarize(text: &str, stats: &[EntryStats]) -> Vec<KernelSass> {
                 stats: s.clone(),
                 whole: Mix::of(instrs),
                 main_loop: main_loop(instrs).map(Mix::of),
+                max_threads: None,
             })
         })
         .collect();
