@@ -189,24 +189,26 @@ mod tests {
     #[test]
     fn the_largest_bound_wins_and_waves_quantise() {
         let h = gpu("h100").unwrap();
+        // 4 blocks per SM (registers): three full waves.
         let d = LaunchDemand {
-            blocks: 132 * 10,
+            blocks: 132 * 4 * 3,
             threads: 128,
             smem_bytes: 19456,
             registers: Some(120),
             tensor_flops: 989.4e12 * 1e-3, // 1 ms at the peak
-            dram_bytes: 3.35e9 * 0.5e-3,   // 0.5 ms
+            dram_bytes: 3.35e12 * 0.5e-3,  // 0.5 ms
             ..Default::default()
         };
         let p = predict(h, &d);
         assert_eq!(p.bound, Bound::Tensor);
         assert!((p.ms - 1.0).abs() < 1e-9, "{p:?}");
         // One block more: a second wave with one block on one SM.
-        let p2 = predict(h, &LaunchDemand { blocks: 132 * 10 + 1, ..d.clone() });
-        assert!(p2.ms > 1.0 && p2.waves == 2, "{p2:?}");
-        // Four blocks: each SM-local bound stretched by 132/4.
+        assert_eq!((p.waves, p.occupancy.blocks), (3, 4));
+        let p2 = predict(h, &LaunchDemand { blocks: 132 * 4 * 3 + 1, ..d.clone() });
+        assert!(p2.ms > 1.0 && p2.waves == 4, "{p2:?}");
+        // Four blocks: each SM-local bound stretched by 132/4; DRAM is not.
         let p3 = predict(h, &LaunchDemand { blocks: 4, ..d });
-        assert!((p3.times[0] - 33.0).abs() < 1e-9, "{p3:?}");
+        assert!((p3.times[0] - 33.0).abs() < 1e-9 && (p3.times[2] - 0.5).abs() < 1e-9, "{p3:?}");
     }
 
     #[test]
