@@ -260,9 +260,38 @@ KERNEL(test_block_sum)(float* out, const float* in) {
     }
 }
 
+// ---- Planted access patterns for the access tracer (tests/counters.rs) ----
+
+// Shared-memory words at a stride: the 32 lanes fill a 1024-word array (32 stride-1
+// store requests), then lane i reads word i·stride: stride 1, 2 and 32 hit 1, 2 and 32
+// distinct words in one bank (1, 2 and 32 wavefronts). One warp.
+KERNEL(test_bank_stride)(float* out, int stride) {
+    SHARED(float, words, [1024]);
+    const int lane = threadIdx.x;
+    for (int i = lane; i < 1024; i += 32) words[i] = (float)i;
+    __syncwarp();
+    out[lane] = words[(lane * stride) & 1023];
+}
+
+// out[i] = in[i·stride] for i < n: stride 1 is a coalesced copy (a warp's 128 bytes
+// in 4 sectors), stride 32 floats puts every lane in a sector of its own (32).
+KERNEL(test_global_copy)(float* out, const float* in, int n, int stride) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = in[i * stride];
+}
+
+// A planted shared-memory race: thread t writes its cell and reads the cell of
+// thread t^32, in the other warp, with no barrier between. Two warps.
+KERNEL(test_shared_race)(float* out) {
+    SHARED(float, cell, [64]);
+    const int t = threadIdx.x;
+    cell[t] = (float)t;  // tracer: planted race, the write
+    out[t] = cell[t ^ 32];  // tracer: planted race, the read
+}
+
 // The entry points of this file (build.rs reads this list: the NVRTC entry-point table
 // and the emulator's exports are generated from it).
 ENTRY_POINTS(test_neighbour, test_oob_write, test_mma, test_ldmatrix, test_cp_async, test_shuffles, test_deadlock,
              test_bad_shuffle, test_convert, test_decode, test_sync_cost, test_shuffle_cost, test_sgemm, test_assert,
              test_wild_write, test_stack_overflow, test_shared_overrun, test_uninit_shared, test_early_exit,
-             test_block_sum)
+             test_block_sum, test_bank_stride, test_global_copy, test_shared_race)

@@ -17,6 +17,9 @@
 #   GPU_PERF=0     no performance part     GPU_BENCH=0       no criterion benchmarks
 #   GPU_BENCH_BF16=1  also the cuda-bf16_ criterion groups
 #   GPU_CHECK_BUDGET=480  steps that would start after this many seconds are skipped
+#   GPU_CALIBRATE=0  no calibration table (predicted beside measured per layer, bf16;
+#                    GPU_CALIBRATE_SIZE=256 GPU_CALIBRATE_BATCH=2, GPU_CALIBRATE_GPU=h100
+#                    when the card's name does not say which model to use)
 #
 # NVRTC is looked for in LESIONSEG_NVRTC, CUDA_HOME/CUDA_PATH, /usr/local/cuda*,
 # Python nvidia wheels and the linker path (by the binary itself; found here first
@@ -84,6 +87,26 @@ step() {
   if [ $rc -eq 0 ]; then results+=("PASS  $name (${took}s)"); else results+=("FAIL  $name (exit $rc, ${took}s)"); fi
   return 0
 }
+
+# Calibration of the performance model (README, "Predicting a GPU without one"):
+# the emulator's prediction for this card (made on the CPU, in the background while
+# the GPU steps run) beside `profile --device cuda` per layer, bf16, batch
+# $CAL_BATCH at ${CAL_SIZE}x${CAL_SIZE}. GPU_CALIBRATE=0 skips it; GPU_CALIBRATE_GPU
+# names the model (h100, a100, l4, orin) when the card's name does not.
+CAL_SIZE=${GPU_CALIBRATE_SIZE:-256}
+CAL_BATCH=${GPU_CALIBRATE_BATCH:-2}
+cal_gpu=${GPU_CALIBRATE_GPU:-}
+if [ -z "$cal_gpu" ]; then
+  case "$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)" in
+    *H100*) cal_gpu=h100 ;; *A100*) cal_gpu=a100 ;; *L40*) cal_gpu= ;; *L4*) cal_gpu=l4 ;; *Orin*) cal_gpu=orin ;;
+  esac
+fi
+cal_pid=
+if [ "${GPU_CALIBRATE:-1}" = 1 ] && [ -n "$cal_gpu" ]; then
+  .gpu/lesionseg profile --device emu --predict "$cal_gpu" --precision bf16 --size "$CAL_SIZE" \
+    --batch-size "$CAL_BATCH" --json >"$TMP/predicted.json" 2>"$TMP/predicted.err" &
+  cal_pid=$!
+fi
 
 step "nvidia-smi" nvidia-smi
 step "lesionseg info" .gpu/lesionseg info
@@ -185,6 +208,40 @@ PY
     fi
   fi
 fi
+if [ -n "$cal_pid" ]; then
+  step "lesionseg profile --device cuda --precision bf16 (calibration, batch $CAL_BATCH, $CAL_SIZE)" bash -c \
+    "LESIONSEG_SYNC=0 timeout 120 .gpu/lesionseg profile --device cuda --precision bf16 --size $CAL_SIZE \
+     --batch-size $CAL_BATCH --steps 5 --json > $TMP/measured.json"
+  step "profile --device emu --predict $cal_gpu (started in the background)" wait "$cal_pid"
+  calibration=$(python3 - "$TMP" "$cal_gpu" <<'PY' 2>&1
+import json, sys, os
+tmp, gpu = sys.argv[1], sys.argv[2]
+try:
+    pred = json.load(open(os.path.join(tmp, "predicted.json")))
+    meas = json.load(open(os.path.join(tmp, "measured.json")))
+except (OSError, ValueError) as e:
+    print(f"calibration: no table ({e}; see predicted.err / the profile step)")
+    sys.exit(0)
+m = {l["name"]: l for l in meas.get("layers", [])}
+print(f"calibration on {gpu}: predicted / measured per layer (bf16, batch {pred['batch']}, {pred['height']}x{pred['width']})")
+print(f"{'layer':<13} {'fwd pred':>9} {'fwd meas':>9} {'ratio':>6} {'bound':>6} | {'bwd pred':>9} {'bwd meas':>9} {'ratio':>6} {'bound':>6}")
+for l in pred["layers"]:
+    row = [f"{l['name']:<13}"]
+    for p in ("forward", "backward"):
+        pm = l[p]["ms"] or 0.0
+        mm = m.get(l["name"], {}).get(f"{p}_ms") or 0.0
+        ratio = f"{pm / mm:6.2f}" if pm and mm else f"{'-':>6}"
+        row.append(f"{pm:9.4f} {mm:9.4f} {ratio} {l[p]['bound'] or '-':>6}")
+    print(" | ".join([" ".join(row[:1]) + " " + row[1], row[2]]))
+ps, ms = pred["step_ms"], meas.get("step_median_ms")
+print(f"training step: predicted {ps:.3f} ms, measured {ms or float('nan'):.3f} ms, ratio {ps / ms if ms else float('nan'):.2f}")
+print("ratio = predicted / measured; constants change only from these tables, each change recorded in bench/RESULTS.md")
+PY
+)
+  [ -n "${OUT:-}" ] && echo "$calibration" >"$OUT/calibration.txt"
+elif [ "${GPU_CALIBRATE:-1}" = 1 ]; then
+  results+=("SKIP  calibration (no model for this card: set GPU_CALIBRATE_GPU=h100|a100|l4|orin)")
+fi
 rm -rf "$TMP" "$LESIONSEG_CACHE_DIR"
 
 card=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
@@ -204,6 +261,7 @@ summary() {
   printf '%s\n' "${results[@]}"
   if [ -n "${bench_table:-}" ]; then echo; echo "$bench_table"; fi
   if [ -n "${perf_table:-}" ]; then echo; echo "$perf_table"; fi
+  if [ -n "${calibration:-}" ]; then echo; echo "$calibration"; fi
   if [ $failed -eq 0 ]; then echo "RESULT:  PASS$skip_note"; else echo "RESULT:  FAIL ($failed of ${#results[@]} steps$skip_note)"; fi
 }
 # The summary also goes to $OUT (the device tool brings that folder back), ready to be

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod model;
 pub mod nvtx;
 pub mod overlay;
+pub mod perfmodel;
 pub mod plot;
 pub mod predict;
 pub mod profile;

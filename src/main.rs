@@ -214,6 +214,12 @@ enum Command {
         /// `nsys profile` or `ncu --nvtx` (they set NVTX_INJECTION64_PATH).
         #[arg(long)]
         nvtx: bool,
+        /// Predict the step on a GPU instead of timing it: h100, a100, l4 or orin.
+        /// With --device emu: one training step on the access-tracing emulator (large
+        /// launches sampled), every launch predicted from its memory counters, its
+        /// SASS and the GPU's specification (README: "Predicting a GPU without one").
+        #[arg(long, value_name = "GPU")]
+        predict: Option<String>,
     },
 
     /// What this machine offers the CUDA backend: driver, GPUs, NVRTC, ptxas, the
@@ -270,6 +276,9 @@ fn main() -> ExitCode {
             predict(device, precision, &o)
         }
         Command::Eval { pred, truth, json } => eval(&pred, &truth, json.as_deref()),
+        Command::Profile { device, batch_size, size, width, json, precision, predict: Some(gpu), .. } => {
+            predict_profile(device, precision, &gpu, batch_size, size, width, json)
+        }
         Command::Profile {
             device,
             batch_size,
@@ -282,6 +291,7 @@ fn main() -> ExitCode {
             json,
             precision,
             nvtx,
+            predict: None,
         } => {
             let o = lesionseg::profile::ProfileOptions {
                 batch: batch_size,
@@ -418,6 +428,44 @@ fn profile(
         println!("{}", lesionseg::profile::to_json(&r));
     } else {
         println!("{}", lesionseg::profile::format_table(&r));
+    }
+    Ok(())
+}
+
+/// `profile --predict GPU`: the emulator's counters through the performance model.
+fn predict_profile(
+    device: Device,
+    precision: Precision,
+    gpu: &str,
+    batch: usize,
+    size: usize,
+    width: f64,
+    json: bool,
+) -> lesionseg::Result<()> {
+    let keys = || lesionseg::perfmodel::GPUS.iter().map(|g| g.key).collect::<Vec<_>>().join(", ");
+    let Some(spec) = lesionseg::perfmodel::gpu(gpu) else {
+        return Err(lesionseg::Error::Config(format!("--predict {gpu}: unknown GPU; expected one of {}", keys())));
+    };
+    if device != Device::Emu {
+        return Err(lesionseg::Error::Config(format!(
+            "--predict runs on the emulator: add --device emu (got --device {device:?})"
+        )));
+    }
+    let o = lesionseg::profile::predict::PredictOptions {
+        gpu: spec,
+        batch,
+        size,
+        width,
+        precision,
+        max_blocks: 16,
+        seed: 2018,
+    };
+    eprintln!("tracing one training step on the emulator (large launches sampled)…");
+    let r = lesionseg::profile::predict::run(&o)?;
+    if json {
+        print!("{}", lesionseg::profile::prediction_json(&r));
+    } else {
+        print!("{}", lesionseg::profile::format_prediction(&r));
     }
     Ok(())
 }

@@ -27,7 +27,10 @@ use crate::model::unet::{Layer, LayerHook, NoHook, Pass};
 use crate::model::{UNet16, UNetConfig, Workspace};
 use crate::nvtx::{self, Nvtx, Ranges};
 
+pub mod predict;
+mod predict_table;
 mod report;
+pub use predict_table::{format_table as format_prediction, to_json as prediction_json};
 pub use report::{format_table, gflops, median, to_json, LayerRow, Memory, ProfileReport};
 
 /// What to profile.

@@ -187,12 +187,11 @@ impl<B: Backend> UNet16<B> {
         let (p, t) = (&ws.plan, &self.table);
         // Encoder: VGG16 blocks, each followed by its pool.
         let mut x = p.input;
-        let mut i = 0;
         for (b, &convs) in BLOCK_CONVS.iter().enumerate() {
             for j in 0..convs {
+                let i = encoder_index(b, j);
                 r.conv(Layer::Enc(b, j), p.enc[i], x, &t.encoder[i], true)?;
                 x = p.enc[i];
-                i += 1;
             }
             r.maxpool(Layer::Pool(b), p.pool[b], x)?;
             x = p.pool[b];
@@ -259,16 +258,15 @@ impl<B: Backend> UNet16<B> {
             let input = if d == 0 { p.pool[4] } else { p.cat[5 - d] };
             r.conv_back(Layer::DecConv(d), Dx::Write, p.dec_conv[d], input, conv, true)?;
         }
-        let mut i = 13;
         for b in (0..5).rev() {
-            let block_out = p.enc[i - 1];
+            let block_out = p.enc[encoder_index(b, BLOCK_CONVS[b] - 1)];
             // The decoder wrote this block output's gradient; its pool adds.
             r.timed(Layer::Pool(b), Pass::Backward, 0, |be| {
                 let mp = maxpool(p.pool[b], block_out);
                 be.maxpool_backward(at(dacts, block_out), at(dacts, p.pool[b]), at(acts, block_out), &mp)
             })?;
             for j in (0..BLOCK_CONVS[b]).rev() {
-                i -= 1;
+                let i = encoder_index(b, j);
                 let (x, dx) = match (j, b) {
                     (0, 0) => (p.input, if input_grad { Dx::Write } else { Dx::Skip }),
                     (0, _) => (p.pool[b - 1], Dx::Write),
@@ -279,6 +277,12 @@ impl<B: Backend> UNet16<B> {
         }
         Ok(parts)
     }
+}
+
+/// The position of conv `j` of encoder block `b` among the 13 encoder convolutions
+/// (`plan.enc`, `table.encoder`).
+fn encoder_index(b: usize, j: usize) -> usize {
+    BLOCK_CONVS[..b].iter().sum::<usize>() + j
 }
 
 /// One pass in progress: the model, the backend, the buffers and the observer.

@@ -26,6 +26,7 @@ pub mod nvrtc;
 pub mod pool;
 pub mod probe;
 pub mod ptxas;
+pub mod sass;
 pub mod sources;
 
 use super::{

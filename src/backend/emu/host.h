@@ -114,19 +114,23 @@ void* dyn_shared();
 int run_launch(const EmuLaunch* l, const char* kernel, void (*thunk)(void*), void* ctx, const u32* param_sizes,
                u32 nparams, u32 max_threads);
 
+// Not instrumented in the traced build (trace.cpp): these templates are instantiated
+// identically by both builds of a kernel file, and the linker keeps one copy.
+#define EMU_NO_TRACE __attribute__((no_sanitize_address))
+
 // The kernel's own parameter list, read from args[] exactly as cuLaunchKernel does.
 template <typename... P>
 struct Entry {
     void (*fn)(P...);
     void** args;
     template <size_t... I>
-    void call(std::index_sequence<I...>) {
+    EMU_NO_TRACE void call(std::index_sequence<I...>) {
         fn(*static_cast<P*>(args[I])...);
     }
-    static void thunk(void* self) { static_cast<Entry*>(self)->call(std::index_sequence_for<P...>{}); }
+    EMU_NO_TRACE static void thunk(void* self) { static_cast<Entry*>(self)->call(std::index_sequence_for<P...>{}); }
 };
 template <typename... P>
-int launch(const EmuLaunch* l, const char* kernel, void (*fn)(P...), void** args, u32 max_threads) {
+EMU_NO_TRACE int launch(const EmuLaunch* l, const char* kernel, void (*fn)(P...), void** args, u32 max_threads) {
     // The trailing 0 keeps the array non-empty for a kernel without parameters.
     static const u32 sizes[] = {static_cast<u32>(sizeof(P))..., 0};
     Entry<P...> e{fn, args};
@@ -145,10 +149,18 @@ int launch(const EmuLaunch* l, const char* kernel, void (*fn)(P...), void** args
 // The list build.rs reads; the exports are generated from it (EMU_EXPORT, in a file
 // that includes the kernel file and ends with one EMU_EXPORT per entry point).
 #define ENTRY_POINTS(...)
+#ifdef EMU_TRACED
+// The instrumented second build of every kernel file (build.rs, src/backend/emu/trace.cpp).
+#define EMU_EXPORT(name)                                                                \
+    extern "C" int emu_traced_entry_##name(const EmuLaunch* launch, void** args) {    \
+        return ::emu::launch(launch, #name, name, args, name##_emu_max_threads);      \
+    }
+#else
 #define EMU_EXPORT(name)                                                            \
     extern "C" int emu_entry_##name(const EmuLaunch* launch, void** args) {       \
         return ::emu::launch(launch, #name, name, args, name##_emu_max_threads); \
     }
+#endif
 
 #define EMU_ASSERT(cond)                                                            \
     do {                                                                            \
@@ -331,11 +343,14 @@ static inline void mma_16816_bf16(float d[4], const u32 a[4], const u32 b[2], co
 static inline void mma_16816_f16(float d[4], const u32 a[4], const u32 b[2], const float c[4]) {
     emu::mma_16816(1, d, a, b, c);
 }
-static inline void ldmatrix_x4(u32 r[4], const void* p) { emu::ldmatrix(r, 4, false, p); }
-static inline void ldmatrix_x2(u32 r[2], const void* p) { emu::ldmatrix(r, 2, false, p); }
-static inline void ldmatrix_x4_trans(u32 r[4], const void* p) { emu::ldmatrix(r, 4, true, p); }
-static inline void ldmatrix_x2_trans(u32 r[2], const void* p) { emu::ldmatrix(r, 2, true, p); }
-static inline void cp_async_16(void* dst, const void* src) { emu::cp_async_16(dst, src); }
+// Always inlined: the tracer names an access by its caller's return address, which
+// must lie in the kernel's own code.
+#define EMU_INLINE static inline __attribute__((always_inline))
+EMU_INLINE void ldmatrix_x4(u32 r[4], const void* p) { emu::ldmatrix(r, 4, false, p); }
+EMU_INLINE void ldmatrix_x2(u32 r[2], const void* p) { emu::ldmatrix(r, 2, false, p); }
+EMU_INLINE void ldmatrix_x4_trans(u32 r[4], const void* p) { emu::ldmatrix(r, 4, true, p); }
+EMU_INLINE void ldmatrix_x2_trans(u32 r[2], const void* p) { emu::ldmatrix(r, 2, true, p); }
+EMU_INLINE void cp_async_16(void* dst, const void* src) { emu::cp_async_16(dst, src); }
 static inline void cp_async_commit() { emu::cp_async_commit(); }
 static inline void cp_async_wait_all() { emu::cp_async_wait(-1); }
 template <int N>

@@ -114,6 +114,9 @@ void* shared_ptr(int id, size_t bytes, const char* name) {
 
 void* dyn_shared() { return rt().arena + kDynOffset; }
 
+u32 shared_arena_bytes() { return kArenaBytes; }
+u32 shared_dyn_offset() { return kDynOffset; }
+
 bool in_shared(const void* p, size_t bytes) {
     const Runtime& r = rt();
     const u8* b = static_cast<const u8*>(p);
@@ -135,6 +138,12 @@ void cp_async_16(void* dst, const void* src) {
     if (((uintptr_t)src & 15) || in_shared(src, 1)) {
         report("%s: cp_async_16 source %p is not 16-byte-aligned global memory", where().c_str(), src);
         return;
+    }
+    if (tracing()) {
+        trace_access(src, 16, false, kEmuAsyncLoad, __builtin_return_address(0));
+        // One instruction, two accesses: the store side is filed one byte further on,
+        // so the two are counted as separate sites (a site is its address and kind).
+        trace_access(dst, 16, true, kEmuAsyncStore, (const u8*)__builtin_return_address(0) + 1);
     }
     PendingCopy c;
     c.dst = static_cast<u8*>(dst);

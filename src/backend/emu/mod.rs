@@ -18,9 +18,14 @@
 //! Here: [`Emu`], an [`Executor`] whose buffers ([`EmuMem`]) have guard bytes checked
 //! after every launch, and [`race_check`], which runs a computation under several
 //! schedules and compares the outputs (a missing barrier shows as a difference).
+//! [`Emu::traced`] makes it a profiler ([`trace`]): memory-access counters, shared-
+//! memory races by name and line, per launch.
 
+pub mod counters;
 mod mem;
 mod race;
+mod sample;
+pub mod trace;
 
 use std::ffi::{c_char, c_void, CStr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,6 +83,8 @@ pub struct Emu {
     schedule: Schedule,
     registry: Registry,
     next_id: AtomicU64,
+    /// Set on a traced emulator: runs the instrumented kernels and keeps their counters.
+    tracer: Option<trace::Recorder>,
 }
 
 impl Default for Emu {
@@ -94,7 +101,22 @@ impl Emu {
 
     /// An emulator running threads in `schedule` order.
     pub fn with_schedule(schedule: Schedule) -> Self {
-        Emu { schedule, registry: Registry::default(), next_id: AtomicU64::new(0) }
+        Emu { schedule, registry: Registry::default(), next_id: AtomicU64::new(0), tracer: None }
+    }
+
+    /// An emulator that traces every launch (forward schedule): see [`trace`].
+    pub fn traced(config: trace::TraceConfig) -> Self {
+        Emu { tracer: Some(trace::Recorder::new(config)), ..Self::new() }
+    }
+
+    /// The launches traced since the last call, in order (empty when not traced).
+    pub fn take_traces(&self) -> Vec<trace::LaunchTrace> {
+        self.tracer.as_ref().map_or_else(Vec::new, trace::Recorder::take)
+    }
+
+    /// Launches traced and not yet taken.
+    pub fn traced_launches(&self) -> usize {
+        self.tracer.as_ref().map_or(0, trace::Recorder::count)
     }
 
     /// The schedule of this emulator's launches.
@@ -248,7 +270,10 @@ impl Executor for Emu {
         // `values` and `ptrs` outlive the call, which runs to completion on this
         // thread. The pointer arguments point into live buffers (checked above), and
         // whatever the kernel writes outside them is caught by the guards below.
-        let rc = unsafe { entry(&launch, ptrs.as_mut_ptr()) };
+        let rc = match &self.tracer {
+            Some(t) => t.run(kernel, geom, &launch, ptrs.as_mut_ptr(), args, &live)?,
+            None => unsafe { entry(&launch, ptrs.as_mut_ptr()) },
+        };
         let mut problems = Vec::new();
         if rc != 0 {
             // SAFETY: the runtime keeps a NUL-terminated message per OS thread until

@@ -20,6 +20,62 @@
 
 #include "host.h"
 
+// ---- tracing (trace.cpp), shared with Rust (#[repr(C)] in src/backend/emu/trace.rs) ----
+extern "C" {
+// What to trace in the next launch on this OS thread.
+struct EmuTraceRequest {
+    u32 nblocks;            // 0: every block of the grid, each of weight 1
+    const u32* blocks;      // nblocks × (x, y, z): the blocks to run, in order
+    const double* weights;  // nblocks: how many blocks of the grid each one stands for
+    u32 nbufs;
+    const u64* bufs;        // nbufs × (start, end): global buffers, sorted, disjoint
+    u32 races;              // check shared memory for races
+    u32 footprints;         // keep each block's global sectors
+};
+// The counters of one instruction (a static access site in the traced kernel).
+struct EmuSite {
+    u64 pc;         // return address of the access call
+    u32 kind;       // kEmu*
+    u32 size;       // bytes per lane
+    u32 loop;       // seen in two or more barrier intervals of one block
+    u32 pad;
+    double requests;    // warp-level requests
+    double lanes;       // lane accesses
+    double sectors;     // global: 32-byte sectors touched
+    double ideal;       // global: ceil(unique bytes / 32); shared: ideal wavefronts
+    double wavefronts;  // shared: wavefronts
+    double bytes;       // unique bytes per request, summed
+};
+// Two threads of one block on one shared-memory byte between the same barriers.
+struct EmuRace {
+    u64 pc_first, pc_second;
+    u32 tid_first, tid_second;
+    u32 block[3];
+    u32 offset;         // byte offset in the array
+    u32 kind;           // 0 read then write, 1 write then read, 2 write then write
+    const char* array;  // the SHARED array's name, or "dynamic shared memory"
+};
+struct EmuTraceTotals {
+    double mma, barriers, blocks;
+    u32 nsites, nraces, races_total, nfootprints;
+};
+// The global sectors one block touched: (address >> 5) << 1 | written, sorted.
+struct EmuFootprint {
+    u32 block[3];
+    u32 n;
+    const u64* sectors;
+};
+}
+enum : u32 {
+    kEmuGlobalLoad = 0,
+    kEmuGlobalStore = 1,
+    kEmuSharedLoad = 2,
+    kEmuSharedStore = 3,
+    kEmuLdmatrix = 4,
+    kEmuAsyncStore = 5,  // cp.async, its shared-memory side
+    kEmuAsyncLoad = 6,   // cp.async, its global side
+};
+
 namespace emu {
 
 constexpr u32 kMaxThreads = 1024;
@@ -136,6 +192,21 @@ void smem_block_begin();
 void smem_block_end();
 void copies_flush(Fiber& f, int groups_left);
 bool in_shared(const void* p, size_t bytes);
+
+u32 shared_arena_bytes();   // the arena's extent (static and dynamic parts)
+u32 shared_dyn_offset();    // where dynamic shared memory starts in it
+
+// trace.cpp: all no-ops unless the launch is traced
+bool tracing();
+const u32* trace_blocks(u32* n);  // the blocks to run, or null for the whole grid
+void trace_block_begin(u32 index);
+void trace_block_end();
+void trace_barrier();                       // a block barrier completed
+void trace_warp_sync(u32 warp, u32 mask);   // a __syncwarp completed
+void trace_mma();                           // a warp's mma completed
+// `kind` kEmuGlobalLoad means a plain access (load or store, global or shared, told
+// apart here); the runtime's primitives pass their own kind.
+void trace_access(const void* p, u32 size, bool write, u32 kind, const void* pc);
 
 // fault.cpp
 void faults_thread_init(Runtime& r);

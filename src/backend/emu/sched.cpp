@@ -126,6 +126,7 @@ void release_block_barrier() {
     for (u32 t = 0; t < r.nthreads; t++)
         if (r.fibers[t].state == State::AtBlockBarrier) tids[n++] = t;
     r.at_barrier = 0;
+    trace_barrier();
     make_runnable(tids, n);
 }
 
@@ -357,12 +358,25 @@ int run_launch(const EmuLaunch* l, const char* kernel, void (*thunk)(void*), voi
     smem_launch_begin();
     emu_block.block_dim = {l->block[0], l->block[1], l->block[2]};
     emu_block.grid_dim = {l->grid[0], l->grid[1], l->grid[2]};
-    for (u32 z = 0; z < l->grid[2] && !r.aborted; z++)
-        for (u32 y = 0; y < l->grid[1] && !r.aborted; y++)
-            for (u32 x = 0; x < l->grid[0] && !r.aborted; x++) {
-                emu_block.block_idx = {x, y, z};
-                run_block();
-            }
+    u32 nsampled = 0;
+    if (const u32* sampled = trace_blocks(&nsampled)) {
+        // A traced launch may run a sample of its blocks (the profile's), in order.
+        for (u32 i = 0; i < nsampled && !r.aborted; i++) {
+            emu_block.block_idx = {sampled[3 * i], sampled[3 * i + 1], sampled[3 * i + 2]};
+            trace_block_begin(i);
+            run_block();
+            trace_block_end();
+        }
+    } else {
+        for (u32 z = 0; z < l->grid[2] && !r.aborted; z++)
+            for (u32 y = 0; y < l->grid[1] && !r.aborted; y++)
+                for (u32 x = 0; x < l->grid[0] && !r.aborted; x++) {
+                    emu_block.block_idx = {x, y, z};
+                    trace_block_begin(0);
+                    run_block();
+                    trace_block_end();
+                }
+    }
     if (r.nerrors > kMaxMessages) r.error += "; and " + std::to_string(r.nerrors - kMaxMessages) + " more";
     return r.nerrors ? 1 : 0;
 }

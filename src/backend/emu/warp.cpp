@@ -109,7 +109,7 @@ void complete(u32 warp, u32 need) {
         }
     }
     switch (first.op) {
-        case WarpOp::Sync: break;
+        case WarpOp::Sync: trace_warp_sync(warp, need); break;
         case WarpOp::Shfl: {
             u32 readers = 0, sources = 0;  // one report per group, not per lane
             for (u32 m = need; m; m &= m - 1) {
@@ -148,6 +148,7 @@ void complete(u32 warp, u32 need) {
                 do_ldmatrix(warp, first.count & 0xff, first.count >> 8);
             } else {
                 do_mma(warp, first.op == WarpOp::MmaF16);
+                trace_mma();
             }
             break;
     }
@@ -255,6 +256,9 @@ void mma_16816(int kind, float d[4], const u32 a[4], const u32 b[2], const float
 
 void ldmatrix(u32* r, int count, bool trans, const void* smem) {
     Fiber& f = cur();
+    // Lane j*8+i gives row i of matrix j: 16 bytes read from shared memory.
+    if (tracing() && f.regs.lane < 8u * (u32)count)
+        trace_access(smem, 16, false, kEmuLdmatrix, __builtin_return_address(0));
     f.addr = smem;
     f.count = (u32)count | (u32)trans << 8;
     arrive(WarpOp::Ldmatrix, ~0u);
