@@ -38,6 +38,8 @@ pub fn load_model<B: Backend>(be: &B, weights_path: &Path) -> Result<UNet16<B>> 
 
 /// Runs the `forward` command on backend `be`.
 pub fn run<B: Backend>(be: &B, weights_path: &Path, input_path: &Path, output_path: &Path) -> Result<ForwardSummary> {
+    crate::output::refuse_inputs("--output", output_path, &[("--input", input_path), ("--weights", weights_path)])?;
+    crate::output::remove_stale_temps(crate::output::folder(output_path));
     let model = load_model(be, weights_path)?;
     let mut inputs = weights::read_plain(input_path)?;
     let input = inputs.remove("input").ok_or_else(|| Error::Data {
