@@ -76,6 +76,13 @@ pub fn run(pred: &Path, truth: &Path, json: Option<&Path>) -> Result<Report> {
         .collect();
     check_missing(pred, &pairs)?;
     if let Some(json) = json {
+        let name = json.file_name().unwrap_or_default().to_string_lossy();
+        if parse_mask_name(&name).is_some() {
+            return Err(Error::Output {
+                path: json.to_path_buf(),
+                reason: "--json is named like a mask (it would be read as one); name the report *.json".into(),
+            });
+        }
         for p in &pairs {
             crate::output::refuse_inputs("--json", json, &[("--truth", &p.truth), ("--pred", &p.pred)])?;
         }

@@ -140,6 +140,10 @@ fn outputs_that_are_inputs_are_refused() {
     let before = fs::read(&truth_mask).unwrap();
     refused(&["eval", "--pred", s(&pred), "--truth", s(&truth), "--json", s(&truth_mask)]);
     assert_eq!(fs::read(&truth_mask).unwrap(), before, "eval overwrote a truth mask");
+    // Nor a new file named like a mask (a later run would read it as one).
+    let future = truth.join("ISIC_0099999_attribute_streaks.png");
+    refused(&["eval", "--pred", s(&pred), "--truth", s(&truth), "--json", s(&future)]);
+    assert!(!future.exists());
     let _ = fs::remove_dir_all(&dir);
 }
 

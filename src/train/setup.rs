@@ -138,7 +138,7 @@ fn check_resources<B: Backend>(be: &B, o: &TrainOptions, r: &Recipe, plan: &cach
     }
     let known = |v: Option<u64>| v.map_or("an unknown amount".to_string(), fmt_bytes);
     let model_part = if on_host {
-        format!(" + the model and its buffers at batch {} {}", r.batch_size, fmt_bytes(model))
+        format!(" + the model and its buffers at batch {}: {}", r.batch_size, fmt_bytes(model))
     } else {
         String::new()
     };
