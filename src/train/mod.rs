@@ -144,7 +144,10 @@ struct Recipe {
     size: usize,
     batch_size: usize,
     seed: u64,
-    width: f64,
+    /// The model's shape: the width's, or the checkpoint's.
+    cfg: UNetConfig,
+    /// The width factor, when known (a checkpoint older than its record has none).
+    width: Option<f64>,
 }
 
 /// How a training run ended.
@@ -215,7 +218,7 @@ struct Run<B: Backend> {
 pub fn run<B: Backend>(be: &B, o: &TrainOptions) -> Result<TrainSummary> {
     o.validate()?;
     let resumed = setup::check_resume(o)?;
-    let recipe = setup::recipe(o, resumed.as_ref());
+    let recipe = setup::recipe(o, resumed.as_ref())?;
     setup::prepare_out(o)?;
     let (ds, report) = setup::load_data(be, o, &recipe)?;
     let split = setup::split(o, &ds, &recipe)?;
@@ -249,7 +252,7 @@ fn start<B: Backend>(be: &B, o: &TrainOptions, r: &Recipe) -> Result<Run<B>> {
         let state = TrainState { lr: o.lr.unwrap_or(state.lr), batch_size: Some(r.batch_size), ..state };
         return Ok(Run { model, adam_m, adam_v, state });
     }
-    let cfg = UNetConfig::scaled(r.width)?;
+    let cfg = r.cfg;
     let table = ParamTable::new(&cfg);
     let mut flat = default_init(&table, r.seed);
     if let Some(init) = &o.init {
@@ -269,7 +272,7 @@ fn start<B: Backend>(be: &B, o: &TrainOptions, r: &Recipe) -> Result<Run<B>> {
         seed: r.seed,
         size: r.size,
         batch_size: Some(r.batch_size),
-        width: Some(r.width),
+        width: r.width,
         epoch_loss_sum: 0.0,
     };
     Ok(Run { model, adam_m, adam_v, state })

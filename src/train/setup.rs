@@ -15,9 +15,10 @@ use crate::error::{Error, Result};
 use crate::model::{ParamTable, Plan, UNetConfig};
 use crate::resources::{available_memory, fmt_bytes, free_disk};
 
-/// For `--resume`: the checkpoint's state, read from its header alone, after
-/// checking that every option given agrees with it. `None` for a fresh run.
-pub(super) fn check_resume(o: &TrainOptions) -> Result<Option<TrainState>> {
+/// For `--resume`: the checkpoint's model shape and state, read from its header
+/// alone, after checking that every option given agrees with them. `None` for a
+/// fresh run.
+pub(super) fn check_resume(o: &TrainOptions) -> Result<Option<(UNetConfig, TrainState)>> {
     if !o.resume {
         return Ok(None);
     }
@@ -48,17 +49,27 @@ pub(super) fn check_resume(o: &TrainOptions) -> Result<Option<TrainState>> {
             return Err(differs("--width", width.to_string(), saved));
         }
     }
-    Ok(Some(state))
+    Ok(Some((cfg, state)))
 }
 
 /// The values to train with: given, else the checkpoint's, else the defaults.
-pub(super) fn recipe(o: &TrainOptions, resumed: Option<&TrainState>) -> Recipe {
-    Recipe {
-        size: o.size.or(resumed.map(|s| s.size)).unwrap_or(super::DEFAULT_SIZE),
-        batch_size: o.batch_size.or(resumed.and_then(|s| s.batch_size)).unwrap_or(super::DEFAULT_BATCH_SIZE),
-        seed: o.seed.or(resumed.map(|s| s.seed)).unwrap_or(super::DEFAULT_SEED),
-        width: o.width.or(resumed.and_then(|s| s.width)).unwrap_or(super::DEFAULT_WIDTH),
-    }
+pub(super) fn recipe(o: &TrainOptions, resumed: Option<&(UNetConfig, TrainState)>) -> Result<Recipe> {
+    let state = resumed.map(|(_, s)| s);
+    let width = match resumed {
+        Some((_, s)) => o.width.or(s.width),
+        None => Some(o.width.unwrap_or(super::DEFAULT_WIDTH)),
+    };
+    let cfg = match resumed {
+        Some((cfg, _)) => *cfg,
+        None => UNetConfig::scaled(width.unwrap_or(super::DEFAULT_WIDTH))?,
+    };
+    Ok(Recipe {
+        size: o.size.or(state.map(|s| s.size)).unwrap_or(super::DEFAULT_SIZE),
+        batch_size: o.batch_size.or(state.and_then(|s| s.batch_size)).unwrap_or(super::DEFAULT_BATCH_SIZE),
+        seed: o.seed.or(state.map(|s| s.seed)).unwrap_or(super::DEFAULT_SEED),
+        cfg,
+        width,
+    })
 }
 
 /// Creates the run folder, removes temporary files that killed runs left in it, and
@@ -112,7 +123,7 @@ pub(super) fn load_data<B: Backend>(be: &B, o: &TrainOptions, r: &Recipe) -> Res
 /// and of the last, shorter validation batch); disk for the cache when it must be
 /// written. Both figures are in the message when either is short.
 fn check_resources<B: Backend>(be: &B, o: &TrainOptions, r: &Recipe, plan: &cache::LoadPlan) -> Result<()> {
-    let cfg = UNetConfig::scaled(r.width)?;
+    let cfg = r.cfg;
     let n = plan.samples().len();
     let ids: Vec<String> = plan.samples().iter().map(|s| s.id.clone()).collect();
     // The split decides the shorter validation batch; a bad split CSV is reported later.
