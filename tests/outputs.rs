@@ -89,6 +89,32 @@ fn special_files_given_as_outputs_are_written_in_place() {
     let _ = std::io::Read::read_to_string(&mut reader, &mut got);
     assert!(got.contains("micro_average"), "the FIFO's reader got: {got:?}");
 
+    // A mask `predict` writes into its folder, there already as a symlink.
+    let (images, masks) = (dir.join("images"), dir.join("masks"));
+    fs::create_dir_all(&images).unwrap();
+    fs::create_dir_all(&masks).unwrap();
+    image::RgbImage::from_pixel(40, 30, image::Rgb([150, 90, 70])).save(images.join("ISIC_0000001.png")).unwrap();
+    let mask_target = dir.join("mask-target.png");
+    fs::write(&mask_target, "old").unwrap();
+    let mask_link = masks.join("ISIC_0000001_attribute_streaks.png");
+    std::os::unix::fs::symlink(&mask_target, &mask_link).unwrap();
+    let weights = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/narrow_weights.safetensors");
+    ok(&[
+        "predict",
+        "--device",
+        "cpu",
+        "--images",
+        s(&images),
+        "--weights",
+        s(&weights),
+        "--out",
+        s(&masks),
+        "--size",
+        "32",
+    ]);
+    assert!(fs::symlink_metadata(&mask_link).unwrap().file_type().is_symlink(), "predict replaced the symlink");
+    assert!(fs::read(&mask_target).unwrap().starts_with(b"\x89PNG"), "the link's target did not get the mask");
+
     // A character device (a private /dev/null made with mknod, as root only).
     let null = dir.join("null");
     let made = Command::new("mknod").arg(&null).args(["c", "1", "3"]).status().is_ok_and(|s| s.success());

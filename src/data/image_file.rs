@@ -47,7 +47,12 @@ fn read(path: &Path) -> Result<Vec<u8>, Failure> {
     if meta.len() > MAX_BYTES {
         return Err(Failure::Unreadable(format!("is {} bytes, more than an image file may have", meta.len())));
     }
-    std::fs::read(path).map_err(|e| Failure::Unreadable(e.to_string()))
+    // Never more than the limit, even if the file grows while it is read.
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    std::fs::File::open(path)
+        .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_BYTES), &mut bytes))
+        .map_err(|e| Failure::Unreadable(e.to_string()))?;
+    Ok(bytes)
 }
 
 /// Why `bytes` are a cut-short JPEG or PNG, if they are.
