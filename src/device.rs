@@ -39,7 +39,7 @@ impl std::str::FromStr for Device {
             "cpu" => Ok(Device::Cpu),
             "cuda" => Ok(Device::Cuda),
             "emu" => Ok(Device::Emu),
-            _ => Err(Error::argument("--device", format!("unknown device `{s}`: use auto, cpu, cuda or emu"))),
+            _ => Err(Error::argument("--device", format!("`{s}` is not a device: use auto, cpu, cuda or emu"))),
         }
     }
 }

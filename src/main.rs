@@ -36,18 +36,26 @@ fn real(r: Real) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync +
     move |s| r.parse(s)
 }
 
+/// A parser through `FromStr` whose message leaves the flag to clap, which names it.
+fn named<T: std::str::FromStr<Err = lesionseg::Error>>(s: &str) -> Result<T, String> {
+    s.parse().map_err(|e| match e {
+        lesionseg::Error::Argument { reason, .. } => reason,
+        other => other.to_string(),
+    })
+}
+
 /// Where a command runs: the same two flags on every command that runs the model.
 #[derive(Args, Clone, Copy)]
 struct DeviceArgs {
     /// auto (a usable GPU, else the CPU, saying which), cpu, cuda or emu (the CUDA
     /// kernels in the host emulator).
-    #[arg(long, default_value = "auto", allow_negative_numbers = true)]
+    #[arg(long, default_value = "auto", value_parser = named::<Device>, allow_negative_numbers = true)]
     device: Device,
     /// Convolution arithmetic on the GPU kernels: f32, or bf16 products on tensor
     /// cores for every convolution and deconvolution, forward and backward (f32
     /// accumulation, f32 weights, biases and Adam; within 1e-2 of f32). The cpu
     /// backend is f32 only.
-    #[arg(long, default_value = "f32", allow_negative_numbers = true)]
+    #[arg(long, default_value = "f32", value_parser = named::<Precision>, allow_negative_numbers = true)]
     precision: Precision,
 }
 

@@ -151,7 +151,8 @@ impl Counts {
         Ok(())
     }
 
-    /// Adds `other`'s sums to these (as if its pairs were added after these).
+    /// Adds `other`'s sums to these (each of its sums as one term, so the result is
+    /// not bit-identical to adding its pairs one by one).
     pub fn merge(&mut self, other: &Counts) {
         for (sum, o) in self.total.iter_mut().zip(other.total) {
             *sum += o;
