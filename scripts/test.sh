@@ -3,7 +3,9 @@
 # Runs on a machine with no GPU: unit and integration tests on the CPU backend,
 # against PyTorch goldens committed in tests/fixtures (no PyTorch needed here), the
 # kernels in the host emulator, and every kernel compiled by NVRTC and assembled by
-# ptxas for sm_80/86/89/90 (tests/nvrtc.rs).
+# ptxas for sm_80/86/89/90 (tests/nvrtc.rs); then `lesionseg eval` against the
+# official ISIC scorer, bit for bit (skipped, saying why, without Python >= 3.13 or
+# network for its one-time install into .cache/isic-scoring).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -91,6 +93,9 @@ COUNTERS_REPORT="${CARGO_TARGET_DIR:-target}/tmp/kernel-counters.txt"
 rm -f "$NVRTC_REPORT" "$SASS_REPORT" "$COUNTERS_REPORT"
 status=0
 cargo test || status=$?
+
+echo "== lesionseg eval against the official isic-challenge-scoring 5.8.0 (scripts/compare_official_scorer.sh)"
+scripts/compare_official_scorer.sh "${CARGO_TARGET_DIR:-target}/debug/lesionseg" || status=$?
 
 echo "== cargo clippy --all-targets -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings || status=$?

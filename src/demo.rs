@@ -3,12 +3,12 @@
 //! model for a fixed time, predicts the held-back images at their own size, scores
 //! them with the challenge's scorer, and writes overlays and the training curves.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::backend::Backend;
 use crate::data::{synth, TRAIN_IMAGE_DIR, TRAIN_MASK_DIR};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::train::{self, TrainOptions};
 use crate::{eval, predict};
 
@@ -31,11 +31,16 @@ pub struct DemoOptions {
     pub seed: u64,
 }
 
+/// Where the demo writes by default.
+pub const DEFAULT_OUT: &str = "lesionseg-demo";
+/// The demo's training time by default, in seconds.
+pub const DEFAULT_SECONDS: u64 = 120;
+
 impl Default for DemoOptions {
     fn default() -> Self {
         DemoOptions {
-            out: PathBuf::from("lesionseg-demo"),
-            train_time: Duration::from_secs(120),
+            out: PathBuf::from(DEFAULT_OUT),
+            train_time: Duration::from_secs(DEFAULT_SECONDS),
             train_images: 240,
             test_images: 40,
             size: 128,
@@ -45,25 +50,51 @@ impl Default for DemoOptions {
     }
 }
 
+/// Marks a folder as the demo's, so a second demo replaces its files and nothing
+/// else is ever replaced.
+const MARKER: &str = ".lesionseg-demo";
+
+/// Refuses a non-empty `out` the demo did not make; marks it as the demo's.
+fn claim(out: &Path) -> Result<()> {
+    let mut entries = std::fs::read_dir(out).map(|d| d.flatten().count()).unwrap_or(0);
+    if out.join(MARKER).exists() {
+        entries = 0;
+    }
+    if entries > 0 {
+        return Err(Error::Output {
+            path: out.to_path_buf(),
+            reason: "exists and was not made by the demo (which replaces what it made before); choose another --out"
+                .into(),
+        });
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    crate::output::write(&out.join(MARKER), b"made by lesionseg demo\n", crate::output::Sync::Rename)
+}
+
 /// Runs the demo on `be`, printing what it does and where everything went.
 pub fn run<B: Backend>(be: &B, o: &DemoOptions) -> Result<()> {
     let start = Instant::now();
+    crate::limits::DEMO_SECONDS.check(o.train_time.as_secs())?;
+    claim(&o.out)?;
     let (data, heldout, run_dir) = (o.out.join("data"), o.out.join("heldout"), o.out.join("run"));
     let (pred_dir, overlay_dir) = (o.out.join("predictions"), o.out.join("overlays"));
     println!("lesionseg demo on {}: synthetic ISIC 2018 Task 2 data, UNet16 at width {}", be.name(), o.width);
-    let summary = synth::synthesize(&data, o.train_images, o.size, o.seed)?;
+    let synth_opts =
+        |count, size, seed| synth::SynthOptions { force: true, ..synth::SynthOptions::new(count, size, seed) };
+    let summary = synth::synthesize_with(&data, &synth_opts(o.train_images, o.size, o.seed))?;
     println!("1. synthesised {} training images in {}", summary.count, data.display());
     // Held-back images at another size, to show masks come back at the original size.
     let test_size = o.size + o.size / 4;
-    synth::synthesize(&heldout, o.test_images, test_size, o.seed + 1)?;
+    synth::synthesize_with(&heldout, &synth_opts(o.test_images, test_size, o.seed + 1))?;
     println!("   and {} held-back {test_size}x{test_size} images in {}", o.test_images, heldout.display());
 
     println!("2. training for about {} s (80/20 train/validation split)", o.train_time.as_secs());
     let mut t = TrainOptions::new(data.clone(), run_dir.clone());
     t.epochs = 1000;
-    t.size = o.size;
-    t.width = o.width;
-    t.seed = o.seed;
+    t.size = Some(o.size);
+    t.width = Some(o.width);
+    t.seed = Some(o.seed);
+    t.force = true;
     t.time_limit = Some(o.train_time);
     let trained = train::run(be, &t)?;
     println!(

@@ -39,7 +39,7 @@ impl std::str::FromStr for Device {
             "cpu" => Ok(Device::Cpu),
             "cuda" => Ok(Device::Cuda),
             "emu" => Ok(Device::Emu),
-            _ => Err(Error::Config(format!("unknown device `{s}`: use auto, cpu, cuda or emu"))),
+            _ => Err(Error::argument("--device", format!("`{s}` is not a device: use auto, cpu, cuda or emu"))),
         }
     }
 }
@@ -64,10 +64,10 @@ impl Opened {
             Opened::Emu(k) => k.precision = p,
             Opened::Cpu(_) if p == Precision::F32 => {}
             Opened::Cpu(_) => {
-                return Err(Error::Config(format!(
-                    "--precision {p}: the cpu backend computes in f32 only; use --device cuda (or emu to check \
-                     the kernels)"
-                )))
+                return Err(Error::argument(
+                    format!("--precision {p}"),
+                    "the cpu backend computes in f32 only; use --device cuda (or emu to check the kernels)",
+                ))
             }
         }
         Ok(())
@@ -116,7 +116,7 @@ pub fn open(device: Device) -> Result<(Opened, Option<String>)> {
         Device::Cpu => Ok((Opened::Cpu(Cpu), None)),
         Device::Cuda => match open_cuda() {
             Ok(k) => Ok((Opened::Cuda(k), None)),
-            Err(e) => Err(Error::Config(format!("--device cuda: no usable GPU: {}", reason(&e)))),
+            Err(e) => Err(Error::Device(format!("--device cuda: no usable GPU: {}", reason(&e)))),
         },
         Device::Auto => match open_cuda() {
             Ok(k) => {

@@ -34,9 +34,65 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
-    /// A command-line or configuration value that cannot be used.
+    /// A command-line argument (or the library option behind it) outside what it
+    /// accepts; `arg` is the flag, e.g. `--size`.
+    #[error("{arg}: {reason}")]
+    Argument {
+        /// The flag or option.
+        arg: String,
+        /// The value given and what is accepted.
+        reason: String,
+    },
+    /// An output that would destroy something: an input of the same command, or a
+    /// run or dataset already in the folder.
+    #[error("{}: {reason}", path.display())]
+    Output {
+        /// The output path.
+        path: PathBuf,
+        /// What is there and what to do.
+        reason: String,
+    },
+    /// `--resume` cannot continue the checkpoint as asked (missing, not a training
+    /// checkpoint, or options that disagree with it).
+    #[error("--resume {}: {reason}", path.display())]
+    Resume {
+        /// The checkpoint.
+        path: PathBuf,
+        /// What disagrees.
+        reason: String,
+    },
+    /// Not enough memory or disk for the work asked: what it needs and what there is.
     #[error("{0}")]
-    Config(String),
+    Resources(String),
+    /// Training diverged: the loss became non-finite.
+    #[error(
+        "training stopped: the loss became {loss} at step {step} (epoch {epoch}, batch {batch}); {}",
+        match checkpoint {
+            Some(p) => format!("the last good checkpoint is {} — resume from it (--resume) with a lower --lr", p.display()),
+            None => "no checkpoint was written before it; start again with a lower --lr".to_string(),
+        }
+    )]
+    Diverged {
+        /// The non-finite loss.
+        loss: f64,
+        /// Optimizer steps taken before it.
+        step: u64,
+        /// Epoch (1-based).
+        epoch: u32,
+        /// Batch within the epoch (1-based).
+        batch: usize,
+        /// The last checkpoint on disk, when one was written.
+        checkpoint: Option<PathBuf>,
+    },
+    /// The device asked for is not usable (`--device cuda` without a GPU).
+    #[error("{0}")]
+    Device(String),
+    /// The performance model (`profile --predict`) met counters it cannot use.
+    #[error("profile --predict: {0}")]
+    Predict(String),
+    /// The NVTX tool named by the environment could not be loaded.
+    #[error("NVTX: {0}")]
+    Nvtx(String),
     /// The CUDA driver or a launch failed.
     #[error("CUDA: {0}")]
     Cuda(String),
@@ -71,5 +127,10 @@ impl Error {
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
+    }
+
+    /// An argument error for flag `arg`.
+    pub fn argument(arg: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Argument { arg: arg.into(), reason: reason.into() }
     }
 }

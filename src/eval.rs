@@ -49,6 +49,12 @@ struct Pair {
 /// 20 listed); a mask that cannot be decoded or whose size differs
 /// from its truth (the file is named).
 pub fn run(pred: &Path, truth: &Path, json: Option<&Path>) -> Result<Report> {
+    if crate::output::same_file(pred, truth) {
+        return Err(Error::argument(
+            "--pred",
+            format!("{} is the same folder as --truth: predictions are scored against another folder", pred.display()),
+        ));
+    }
     let mut found = BTreeMap::new();
     // A prediction folder inside the truth folder is not searched for truth.
     let skip = fs::canonicalize(pred).ok();
@@ -69,6 +75,18 @@ pub fn run(pred: &Path, truth: &Path, json: Option<&Path>) -> Result<Report> {
         .map(|(name, (attr, image, truth))| Pair { attr, image, truth, pred: pred.join(name) })
         .collect();
     check_missing(pred, &pairs)?;
+    if let Some(json) = json {
+        let name = json.file_name().unwrap_or_default().to_string_lossy();
+        if parse_mask_name(&name).is_some() {
+            return Err(Error::Output {
+                path: json.to_path_buf(),
+                reason: "--json is named like a mask (it would be read as one); name the report *.json".into(),
+            });
+        }
+        for p in &pairs {
+            crate::output::refuse_inputs("--json", json, &[("--truth", &p.truth), ("--pred", &p.pred)])?;
+        }
+    }
 
     // Decoding dominates; each pair is independent. `collect` keeps the (sorted)
     // order, so the sums below do not depend on scheduling.
@@ -80,7 +98,8 @@ pub fn run(pred: &Path, truth: &Path, json: Option<&Path>) -> Result<Report> {
     let images = pairs.iter().map(|p| p.image.as_str()).collect::<std::collections::BTreeSet<_>>().len();
     let report = Report { counts, images, pairs: pairs.len(), unmatched_predictions: unmatched(pred, &pairs)? };
     if let Some(path) = json {
-        crate::plot::write_atomic(path, to_json(&report).as_bytes())?;
+        crate::output::remove_stale_temps(crate::output::folder(path));
+        crate::output::write(path, to_json(&report).as_bytes(), crate::output::Sync::Rename)?;
     }
     Ok(report)
 }
@@ -164,12 +183,17 @@ fn score_pair(p: &Pair) -> Result<RawCounts> {
     RawCounts::of(truth.as_raw(), pred.as_raw())
 }
 
-/// Decodes a mask as 8-bit grey.
+/// Decodes a mask as 8-bit grey (a truncated file is an error).
 pub fn load_mask(path: &Path) -> Result<image::GrayImage> {
-    let reader = image::ImageReader::open(path).map_err(|e| Error::io(path, e))?;
-    let reader = reader.with_guessed_format().map_err(|e| Error::io(path, e))?;
-    let img =
-        reader.decode().map_err(|e| Error::Data { path: path.to_path_buf(), reason: format!("cannot decode: {e}") })?;
+    use crate::data::image_file::{decode, Failure};
+    let img = decode(path).map_err(|f| {
+        let reason = match f {
+            Failure::Missing => "no such file".to_string(),
+            Failure::Unreadable(e) => format!("cannot read: {e}"),
+            Failure::Corrupt(e) => format!("cannot decode: {e}"),
+        };
+        Error::Data { path: path.to_path_buf(), reason }
+    })?;
     Ok(img.to_luma8())
 }
 

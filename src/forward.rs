@@ -14,7 +14,7 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::model::{UNet16, View};
 use crate::tensor::{dims4, Tensor};
-use crate::weights;
+use crate::weights::{self, file::Role, file::TensorFile};
 
 /// What one `forward` run produced, for the caller to report.
 #[derive(Clone, Debug)]
@@ -38,19 +38,28 @@ pub fn load_model<B: Backend>(be: &B, weights_path: &Path) -> Result<UNet16<B>> 
 
 /// Runs the `forward` command on backend `be`.
 pub fn run<B: Backend>(be: &B, weights_path: &Path, input_path: &Path, output_path: &Path) -> Result<ForwardSummary> {
+    crate::output::refuse_inputs("--output", output_path, &[("--input", input_path), ("--weights", weights_path)])?;
+    crate::output::remove_stale_temps(crate::output::folder(output_path));
     let model = load_model(be, weights_path)?;
-    let mut inputs = weights::read_plain(input_path)?;
-    let input = inputs.remove("input").ok_or_else(|| Error::Data {
-        path: input_path.to_path_buf(),
-        reason: "no tensor named `input` (expected [N,3,H,W] f32)".into(),
-    })?;
+    // Only the two tensors used are read (after a memory check), whatever else the
+    // file holds.
+    let mut file = TensorFile::open(input_path, Role::Data)?;
+    if file.entry("input").is_none() {
+        let reason = "no tensor named `input` (expected [N,3,H,W] f32)".into();
+        return Err(Error::Data { path: input_path.to_path_buf(), reason });
+    }
+    file.check_memory(&["input", "target_mask"])?;
+    let input = file.read("input")?;
+    let target = match file.entry("target_mask") {
+        Some(_) => Some(file.read("target_mask")?),
+        None => None,
+    };
     let [n, c, h, w] = dims4(&input.shape, "input").map_err(|e| data_err(input_path, e))?;
     if c != 3 {
         return Err(data_err(input_path, Error::shape("input", "[N,3,H,W] (RGB)", format!("{:?}", input.shape))));
     }
     let ws = model.workspace(be, n, h, w).map_err(|e| data_err(input_path, e))?;
     let k = model.cfg.classes;
-    let target = inputs.remove("target_mask");
     if let Some(t) = &target {
         if t.shape != [n, k, h, w] {
             return Err(data_err(

@@ -1,12 +1,18 @@
 //! The `lesionseg` command line. Thin: parses arguments into plain data, calls the
-//! library, prints one clear line on error and exits non-zero.
+//! library, prints one clear line on error and exits non-zero (130 after Ctrl-C).
+//!
+//! Every numeric flag is parsed with its range from [`lesionseg::limits`] (shown in
+//! `--help`), so a bad value is refused before any work; defaults come from the
+//! library's constants, written once there.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use lesionseg::backend::cuda::Precision;
 use lesionseg::device::{self, Device, Opened};
+use lesionseg::limits::{self, Count, Real};
+use lesionseg::{predict, train};
 
 #[derive(Parser)]
 #[command(
@@ -17,6 +23,52 @@ use lesionseg::device::{self, Device, Opened};
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// A parser of `flag`'s values within its range.
+fn count<T: TryFrom<u64> + Clone + Send + Sync + 'static>(
+    c: Count,
+) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static {
+    move |s| c.parse(s)
+}
+
+fn real(r: Real) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
+    move |s| r.parse(s)
+}
+
+/// A parser through `FromStr` whose message leaves the flag to clap, which names it.
+fn named<T: std::str::FromStr<Err = lesionseg::Error>>(s: &str) -> Result<T, String> {
+    s.parse().map_err(|e| match e {
+        lesionseg::Error::Argument { reason, .. } => reason,
+        other => other.to_string(),
+    })
+}
+
+/// Where a command runs: the same two flags on every command that runs the model.
+#[derive(Args, Clone, Copy)]
+struct DeviceArgs {
+    /// auto (a usable GPU, else the CPU, saying which), cpu, cuda or emu (the CUDA
+    /// kernels in the host emulator).
+    #[arg(long, default_value = "auto", value_parser = named::<Device>, allow_negative_numbers = true)]
+    device: Device,
+    /// Convolution arithmetic on the GPU kernels: f32, or bf16 products on tensor
+    /// cores for every convolution and deconvolution, forward and backward (f32
+    /// accumulation, f32 weights, biases and Adam; within 1e-2 of f32). The cpu
+    /// backend is f32 only.
+    #[arg(long, default_value = "f32", value_parser = named::<Precision>, allow_negative_numbers = true)]
+    precision: Precision,
+}
+
+impl DeviceArgs {
+    /// Opens the backend, telling the user what `auto` chose.
+    fn open(self) -> lesionseg::Result<Opened> {
+        let (mut opened, note) = device::open(self.device)?;
+        if let Some(note) = note {
+            eprintln!("{note}");
+        }
+        opened.set_precision(self.precision)?;
+        Ok(opened)
+    }
 }
 
 #[derive(Subcommand)]
@@ -36,99 +88,51 @@ enum Command {
         /// Input tensors (safetensors).
         #[arg(long)]
         input: PathBuf,
-        /// Where to write the output tensors (safetensors; written atomically).
+        /// Where to write the output tensors (safetensors; a regular file is replaced
+        /// atomically, a device or FIFO written in place; not one of the inputs).
         #[arg(long)]
         output: PathBuf,
-        /// auto, cpu, cuda or emu.
-        #[arg(long, default_value = "auto")]
-        device: Device,
+        #[command(flatten)]
+        backend: DeviceArgs,
     },
     /// The whole job end to end with no data and no network (the default command):
     /// synthesise data, train a narrow model for about two minutes, predict held-back
     /// images, score them, write overlays and curves.
     Demo {
-        /// auto, cpu, cuda or emu.
-        #[arg(long, default_value = "auto")]
-        device: Device,
-        /// Where everything goes.
-        #[arg(long, default_value = "lesionseg-demo")]
+        #[command(flatten)]
+        backend: DeviceArgs,
+        /// Where everything goes (a new or empty folder, or an earlier demo's).
+        #[arg(long, default_value = lesionseg::demo::DEFAULT_OUT)]
         out: PathBuf,
-        /// Training time in seconds.
-        #[arg(long, default_value_t = 120)]
+        #[arg(long, default_value_t = lesionseg::demo::DEFAULT_SECONDS, value_parser = count::<u64>(limits::DEMO_SECONDS),
+              allow_negative_numbers = true, help = limits::DEMO_SECONDS.help("Training time in seconds"))]
         seconds: u64,
     },
     /// Synthetic dermoscopy images with the five attribute masks, in the ISIC 2018
     /// folder layout (so `train` reads them exactly as it reads the real download).
     Synth {
-        /// Output folder (created).
+        /// Output folder (created; one that holds images or masks is refused without --force).
         #[arg(long)]
         out: PathBuf,
-        /// Number of images.
-        #[arg(long)]
+        #[arg(long, value_parser = count::<usize>(limits::SYNTH_COUNT), allow_negative_numbers = true,
+              help = limits::SYNTH_COUNT.help("Number of images"))]
         count: usize,
-        /// Image side in pixels.
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = 256, value_parser = count::<usize>(limits::SYNTH_SIZE),
+              allow_negative_numbers = true, help = limits::SYNTH_SIZE.help("Image side in pixels"))]
         size: usize,
-        /// Seed (the same seed gives the same files).
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, value_parser = count::<u64>(limits::SEED), allow_negative_numbers = true,
+              help = limits::SEED.help("Seed (the same seed gives the same files)"))]
         seed: u64,
+        /// Write into folders that already hold images or masks, replacing files of the
+        /// same names (synthetic ids start at ISIC_0000000, as the real download's do).
+        #[arg(long)]
+        force: bool,
     },
     /// Train the multi-task U-Net on ISIC 2018 Task 2 data (the paper's recipe:
     /// Adam 1e-3, batch 8, ReduceLROnPlateau 0.8/5, flips, rotation, scale, shift,
     /// brightness and saturation). Checkpoints, metrics.csv and curves.png go to OUT.
-    Train {
-        /// Folder with ISIC2018_Task1-2_*_Input and ISIC2018_Task2_*_GroundTruth* inside.
-        #[arg(long)]
-        data: PathBuf,
-        /// Run folder: last/best_loss/best_jaccard.safetensors, metrics.csv, curves.png, split.csv.
-        #[arg(long)]
-        out: PathBuf,
-        /// Epochs in total (a resumed run continues up to this number).
-        #[arg(long, default_value_t = 100)]
-        epochs: u32,
-        /// Images per step.
-        #[arg(long, default_value_t = 8)]
-        batch_size: usize,
-        /// Training size (square, a multiple of 32; the paper: 512).
-        #[arg(long, default_value_t = 512)]
-        size: usize,
-        /// Learning rate (default 1e-3; with --resume, replaces the checkpoint's).
-        #[arg(long)]
-        lr: Option<f64>,
-        /// Channel width factor of a model trained from scratch (1 = the paper's, 32.2 M parameters).
-        #[arg(long, default_value_t = 1.0)]
-        width: f64,
-        /// torchvision VGG16 weights (safetensors) for the encoder; see weights/README.md.
-        #[arg(long)]
-        init: Option<PathBuf>,
-        /// Continue from OUT/last.safetensors (same step, learning rate and optimizer state).
-        #[arg(long)]
-        resume: bool,
-        /// `ID,Split` CSV (train/val); otherwise a seeded 80/20 split.
-        #[arg(long)]
-        split: Option<PathBuf>,
-        /// Leave out samples with a corrupt image or a missing or mis-sized mask (counted in the summary).
-        #[arg(long)]
-        skip_bad: bool,
-        /// Stop starting epochs after this many minutes.
-        #[arg(long)]
-        time_limit: Option<f64>,
-        /// Seed of initialisation, split, shuffling and augmentation.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// auto, cpu, cuda or emu.
-        #[arg(long, default_value = "auto")]
-        device: Device,
-        /// Name each training step and each layer's forward and backward in NVTX
-        /// ranges (run under `nsys profile`, which sets NVTX_INJECTION64_PATH).
-        #[arg(long)]
-        nvtx: bool,
-        /// Convolution arithmetic on the GPU kernels: f32, or bf16 products on tensor
-        /// cores for every convolution and deconvolution, forward and backward (f32
-        /// accumulation, f32 weights, biases and Adam). The cpu backend is f32 only.
-        #[arg(long, default_value = "f32")]
-        precision: Precision,
-    },
+    /// Ctrl-C saves the state and exits with status 130; continue with --resume.
+    Train(TrainArgs),
     /// Predict the five attribute masks of every JPEG/PNG in a folder, at each
     /// image's original size, as ISIC_<id>_attribute_<attribute>.png (0/255).
     Predict {
@@ -141,74 +145,67 @@ enum Command {
         /// Output folder for the masks.
         #[arg(long)]
         out: PathBuf,
-        /// Probability threshold (the paper: 0.3).
-        #[arg(long, default_value_t = 0.3)]
+        #[arg(long, default_value_t = predict::DEFAULT_THRESHOLD, value_parser = real(limits::THRESHOLD),
+              allow_negative_numbers = true, help = limits::THRESHOLD.help("Probability threshold (the paper: 0.3)"))]
         threshold: f64,
-        /// Network input size (default: the checkpoint's training size, else 512).
-        #[arg(long)]
+        #[arg(long, value_parser = count::<usize>(limits::NET_SIZE), allow_negative_numbers = true,
+              help = limits::NET_SIZE.help(&format!(
+                  "Network input size [default: the checkpoint's training size, else {}]", predict::DEFAULT_SIZE)))]
         size: Option<usize>,
-        /// Images per forward pass (images of equal size are batched).
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = predict::DEFAULT_BATCH_SIZE, value_parser = count::<usize>(limits::BATCH_SIZE),
+              allow_negative_numbers = true,
+              help = limits::BATCH_SIZE.help("Images per forward pass (images of equal size are batched)"))]
         batch_size: usize,
         /// Also write each image with the attributes drawn in colour, with a legend.
         #[arg(long)]
         overlays: Option<PathBuf>,
-        /// Convolution arithmetic on the GPU kernels: f32, or bf16 products on tensor
-        /// cores (within 1e-2 of f32). The cpu backend is f32 only.
-        #[arg(long, default_value = "f32")]
-        precision: Precision,
-        /// auto, cpu, cuda or emu.
-        #[arg(long, default_value = "auto")]
-        device: Device,
+        #[command(flatten)]
+        backend: DeviceArgs,
     },
     /// Score predicted masks with the ISIC 2018 Task 2 scorer (per-attribute
-    /// Jaccard and Dice, the micro-averaged Jaccard of the leaderboard).
+    /// Jaccard and Dice, the micro-averaged Jaccard of the leaderboard), equal to
+    /// the official isic-challenge-scoring package to the last bit.
     Eval {
         /// Folder of predicted masks.
         #[arg(long)]
         pred: PathBuf,
-        /// Folder of ground-truth masks.
+        /// Folder of ground-truth masks (searched recursively; not --pred).
         #[arg(long)]
         truth: PathBuf,
-        /// Also write the scores as JSON.
+        /// Also write the scores as JSON (not one of the masks read).
         #[arg(long)]
         json: Option<PathBuf>,
     },
     /// Time a few training steps and inference passes and break them down per layer.
     Profile {
-        /// auto, cpu, cuda or emu.
-        #[arg(long, default_value = "auto")]
-        device: Device,
-        /// Images per batch.
-        #[arg(long, default_value_t = 1)]
+        #[command(flatten)]
+        backend: DeviceArgs,
+        #[arg(long, default_value_t = 1, value_parser = count::<usize>(limits::BATCH_SIZE),
+              allow_negative_numbers = true, help = limits::BATCH_SIZE.help("Images per batch"))]
         batch_size: usize,
-        /// Input size (square, a multiple of 32).
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = 256, value_parser = count::<usize>(limits::NET_SIZE),
+              allow_negative_numbers = true, help = limits::NET_SIZE.help("Input size (square)"))]
         size: usize,
-        /// Channel width factor (1 = the paper's model).
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, value_parser = real(limits::WIDTH), allow_negative_numbers = true,
+              help = limits::WIDTH.help("Channel width factor (1 = the paper's model)"))]
         width: f64,
-        /// Untimed training steps first (caches, page faults, kernel compilation).
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = count::<usize>(limits::WARMUP), allow_negative_numbers = true,
+              help = limits::WARMUP.help("Untimed training steps first (caches, page faults, kernel compilation)"))]
         warmup: usize,
-        /// Timed steps (and inference passes, and hooked steps for the layer table).
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = count::<usize>(limits::STEPS), allow_negative_numbers = true,
+              help = limits::STEPS.help("Timed steps (and inference passes, and hooked steps for the layer table)"))]
         steps: usize,
         /// Skip the per-layer breakdown (and the peak measurement it needs).
         #[arg(long)]
         no_layers: bool,
-        /// Peak GFLOP/s for the percentage column (default: measured with a large
-        /// GEMM on the CPU, the datasheet fp32 peak on a known GPU).
-        #[arg(long)]
+        #[arg(long, value_parser = real(limits::PEAK_GFLOPS), allow_negative_numbers = true,
+              help = limits::PEAK_GFLOPS.help(
+                  "Peak GFLOP/s for the percentage column [default: measured with a large GEMM on the CPU, the \
+                   datasheet peak on a known GPU]"))]
         peak_gflops: Option<f64>,
         /// Print JSON instead of the table.
         #[arg(long)]
         json: bool,
-        /// Convolution arithmetic on the GPU kernels: f32, or bf16 products on tensor
-        /// cores for every convolution and deconvolution, forward and backward. The
-        /// cpu backend is f32 only.
-        #[arg(long, default_value = "f32")]
-        precision: Precision,
         /// Name each layer's forward and backward (`enc3_2 forward`) and each timed
         /// step in NVTX ranges, for Nsight Systems / Nsight Compute: run under
         /// `nsys profile` or `ncu --nvtx` (they set NVTX_INJECTION64_PATH).
@@ -227,60 +224,116 @@ enum Command {
     Info,
 }
 
+/// `lesionseg train`'s flags. Size, width, batch size and seed, when not given,
+/// are the defaults for a new run and the checkpoint's with --resume.
+#[derive(Args)]
+struct TrainArgs {
+    /// Folder with ISIC2018_Task1-2_*_Input and ISIC2018_Task2_*_GroundTruth* inside.
+    #[arg(long)]
+    data: PathBuf,
+    /// Run folder: last/best_loss/best_jaccard.safetensors, metrics.csv, curves.png,
+    /// split.csv. One that holds a run is refused without --resume or --force.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = train::DEFAULT_EPOCHS, value_parser = count::<u32>(limits::EPOCHS),
+          allow_negative_numbers = true, help = limits::EPOCHS.help("Epochs in total (a resumed run continues up to this number)"))]
+    epochs: u32,
+    #[arg(long, value_parser = count::<usize>(limits::BATCH_SIZE), allow_negative_numbers = true,
+          help = limits::BATCH_SIZE.help(&format!("Images per step [default: {}]", train::DEFAULT_BATCH_SIZE)))]
+    batch_size: Option<usize>,
+    #[arg(long, value_parser = count::<usize>(limits::NET_SIZE), allow_negative_numbers = true,
+          help = limits::NET_SIZE.help(&format!("Training size, square (the paper: 512) [default: {}]", train::DEFAULT_SIZE)))]
+    size: Option<usize>,
+    #[arg(long, value_parser = real(limits::LR), allow_negative_numbers = true,
+          help = limits::LR.help(&format!("Learning rate; with --resume, replaces the checkpoint's [default: {:e}]", train::DEFAULT_LR)))]
+    lr: Option<f64>,
+    #[arg(long, value_parser = real(limits::WIDTH), allow_negative_numbers = true,
+          help = limits::WIDTH.help(&format!(
+              "Channel width factor of a new model (1 = the paper's, 32.2 M parameters) [default: {}]",
+              train::DEFAULT_WIDTH)))]
+    width: Option<f64>,
+    /// torchvision VGG16 weights (safetensors) for the encoder; see weights/README.md.
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Continue from OUT/last.safetensors (same step, learning rate, optimizer state,
+    /// batches and augmentations).
+    #[arg(long)]
+    resume: bool,
+    /// Start over in an OUT that holds a run, replacing its checkpoints and logs.
+    #[arg(long)]
+    force: bool,
+    /// `ID,Split` CSV (train/val); otherwise a seeded 80/20 split.
+    #[arg(long)]
+    split: Option<PathBuf>,
+    /// Leave out samples with a corrupt image or a missing or mis-sized mask (counted in the summary).
+    #[arg(long)]
+    skip_bad: bool,
+    #[arg(long, value_parser = real(limits::TIME_LIMIT), allow_negative_numbers = true,
+          help = limits::TIME_LIMIT.help("Stop starting epochs after this many minutes"))]
+    time_limit: Option<f64>,
+    #[arg(long, value_parser = count::<u64>(limits::SEED), allow_negative_numbers = true,
+          help = limits::SEED.help(&format!(
+              "Seed of initialisation, split, shuffling and augmentation [default: {}]", train::DEFAULT_SEED)))]
+    seed: Option<u64>,
+    #[command(flatten)]
+    backend: DeviceArgs,
+    /// Name each training step and each layer's forward and backward in NVTX
+    /// ranges (run under `nsys profile`, which sets NVTX_INJECTION64_PATH).
+    #[arg(long)]
+    nvtx: bool,
+}
+
+impl TrainArgs {
+    fn options(self) -> train::TrainOptions {
+        let mut o = train::TrainOptions::new(self.data, self.out);
+        o.epochs = self.epochs;
+        o.batch_size = self.batch_size;
+        o.size = self.size;
+        o.lr = self.lr;
+        o.width = self.width;
+        o.init = self.init;
+        o.resume = self.resume;
+        o.force = self.force;
+        o.split_csv = self.split;
+        o.skip_bad = self.skip_bad;
+        o.time_limit = self.time_limit.map(|m| std::time::Duration::from_secs_f64(m * 60.0));
+        o.seed = self.seed;
+        o.nvtx = self.nvtx;
+        o
+    }
+}
+
+/// Exit status after Ctrl-C (128 + SIGINT), so `train && predict` stops.
+const INTERRUPTED: u8 = 130;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_demo = Command::Demo { device: Device::Auto, out: PathBuf::from("lesionseg-demo"), seconds: 120 };
-    let result = match cli.command.unwrap_or(default_demo) {
-        Command::Forward { weights, input, output, device } => forward(device, &weights, &input, &output),
-        Command::Demo { device, out, seconds } => demo(device, out, seconds),
-        Command::Synth { out, count, size, seed } => synth(&out, count, size, seed),
-        Command::Train {
-            data,
-            out,
-            epochs,
-            batch_size,
-            size,
-            lr,
-            width,
-            init,
-            resume,
-            split,
-            skip_bad,
-            time_limit,
-            seed,
-            device,
-            nvtx,
-            precision,
-        } => {
-            let mut o = lesionseg::train::TrainOptions::new(data, out);
-            o.nvtx = nvtx;
-            o.epochs = epochs;
-            o.batch_size = batch_size;
-            o.size = size;
-            o.lr = lr;
-            o.width = width;
-            o.init = init;
-            o.resume = resume;
-            o.split_csv = split;
-            o.skip_bad = skip_bad;
-            o.time_limit = time_limit.map(|m| std::time::Duration::from_secs_f64(m * 60.0));
-            o.seed = seed;
-            train(device, precision, &o)
+    let result = match cli.command {
+        None => {
+            let o = lesionseg::demo::DemoOptions::default();
+            demo(DeviceArgs { device: Device::Auto, precision: Precision::F32 }, o.out, o.train_time.as_secs())
         }
-        Command::Predict { images, weights, out, threshold, size, batch_size, overlays, precision, device } => {
-            let mut o = lesionseg::predict::PredictOptions::new(images, weights, out);
+        Some(Command::Forward { weights, input, output, backend }) => forward(backend, &weights, &input, &output),
+        Some(Command::Demo { backend, out, seconds }) => demo(backend, out, seconds),
+        Some(Command::Synth { out, count, size, seed, force }) => synth(&out, count, size, seed, force),
+        Some(Command::Train(args)) => {
+            let backend = args.backend;
+            train(backend, &args.options())
+        }
+        Some(Command::Predict { images, weights, out, threshold, size, batch_size, overlays, backend }) => {
+            let mut o = predict::PredictOptions::new(images, weights, out);
             o.threshold = threshold;
             o.size = size;
             o.batch_size = batch_size;
             o.overlays = overlays;
-            predict(device, precision, &o)
+            predict(backend, &o)
         }
-        Command::Eval { pred, truth, json } => eval(&pred, &truth, json.as_deref()),
-        Command::Profile { device, batch_size, size, width, json, precision, predict: Some(gpu), .. } => {
-            predict_profile(device, precision, &gpu, batch_size, size, width, json)
+        Some(Command::Eval { pred, truth, json }) => eval(&pred, &truth, json.as_deref()),
+        Some(Command::Profile { backend, batch_size, size, width, json, predict: Some(gpu), .. }) => {
+            predict_profile(backend, &gpu, batch_size, size, width, json)
         }
-        Command::Profile {
-            device,
+        Some(Command::Profile {
+            backend,
             batch_size,
             size,
             width,
@@ -289,10 +342,9 @@ fn main() -> ExitCode {
             no_layers,
             peak_gflops,
             json,
-            precision,
             nvtx,
             predict: None,
-        } => {
+        }) => {
             let o = lesionseg::profile::ProfileOptions {
                 batch: batch_size,
                 size,
@@ -304,15 +356,16 @@ fn main() -> ExitCode {
                 nvtx,
                 ..Default::default()
             };
-            profile(device, precision, &o, json)
+            profile(backend, &o, json)
         }
-        Command::Info => {
+        Some(Command::Info) => {
             print!("{}", lesionseg::info::report());
-            Ok(())
+            Ok(Done::Ok)
         }
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Done::Ok) => ExitCode::SUCCESS,
+        Ok(Done::Interrupted) => ExitCode::from(INTERRUPTED),
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
@@ -320,17 +373,18 @@ fn main() -> ExitCode {
     }
 }
 
-/// Opens the backend for `device`, telling the user what `auto` chose.
-fn backend(device: Device) -> lesionseg::Result<Opened> {
-    let (opened, note) = device::open(device)?;
-    if let Some(note) = note {
-        eprintln!("{note}");
-    }
-    Ok(opened)
+/// How a command that did not fail ended.
+enum Done {
+    /// Its work is done.
+    Ok,
+    /// Stopped by Ctrl-C (its state saved).
+    Interrupted,
 }
 
-fn forward(device: Device, weights: &Path, input: &Path, output: &Path) -> lesionseg::Result<()> {
-    let opened = backend(device)?;
+type Outcome = lesionseg::Result<Done>;
+
+fn forward(backend: DeviceArgs, weights: &Path, input: &Path, output: &Path) -> Outcome {
+    let opened = backend.open()?;
     let s = lesionseg::on_backend!(&opened, be => lesionseg::forward::run(be, weights, input, output))?;
     let (n, h, w) = s.batch;
     print!("forward: {} parameters, batch {n}x3x{h}x{w}, {:.3} s", s.parameters, s.seconds);
@@ -338,34 +392,35 @@ fn forward(device: Device, weights: &Path, input: &Path, output: &Path) -> lesio
         print!(", loss {:.6} (loss1 {:.6}, loss2 {:.6}, loss3 {:.6})", l.loss, l.loss1, l.loss2, l.loss3);
     }
     println!("\nwrote {}", output.display());
-    Ok(())
+    Ok(Done::Ok)
 }
 
-fn demo(device: Device, out: PathBuf, seconds: u64) -> lesionseg::Result<()> {
-    let opened = backend(device)?;
+fn demo(backend: DeviceArgs, out: PathBuf, seconds: u64) -> Outcome {
+    let opened = backend.open()?;
     let o =
         lesionseg::demo::DemoOptions { out, train_time: std::time::Duration::from_secs(seconds), ..Default::default() };
-    lesionseg::on_backend!(&opened, be => lesionseg::demo::run(be, &o))
+    lesionseg::on_backend!(&opened, be => lesionseg::demo::run(be, &o))?;
+    Ok(Done::Ok)
 }
 
-fn synth(out: &Path, count: usize, size: usize, seed: u64) -> lesionseg::Result<()> {
-    let summary = lesionseg::data::synth::synthesize(out, count, size, seed)?;
+fn synth(out: &Path, count: usize, size: usize, seed: u64, force: bool) -> Outcome {
+    let opts =
+        lesionseg::data::synth::SynthOptions { force, ..lesionseg::data::synth::SynthOptions::new(count, size, seed) };
+    let summary = lesionseg::data::synth::synthesize_with(out, &opts)?;
     print!("{summary}");
-    Ok(())
+    Ok(Done::Ok)
 }
 
-fn train(device: Device, precision: Precision, o: &lesionseg::train::TrainOptions) -> lesionseg::Result<()> {
+fn train(backend: DeviceArgs, o: &train::TrainOptions) -> Outcome {
     if o.nvtx {
         note_nvtx()?;
     }
-    let mut opened = backend(device)?;
-    opened.set_precision(precision)?;
-    let s = lesionseg::on_backend!(&opened, be => lesionseg::train::run(be, o))?;
-    use lesionseg::train::Stop;
+    let opened = backend.open()?;
+    let s = lesionseg::on_backend!(&opened, be => train::run(be, o))?;
     let why = match s.stop {
-        Stop::Finished => "finished",
-        Stop::Interrupted => "interrupted (resume with --resume)",
-        Stop::Budget => "time limit reached (resume with --resume and more --epochs)",
+        train::Stop::Finished => "finished",
+        train::Stop::Interrupted => "interrupted",
+        train::Stop::Budget => "time limit reached (resume with --resume and more --epochs)",
     };
     println!(
         "train {why}: {} epochs, {} steps, lr {:.3e}; {} training / {} validation images{}",
@@ -380,18 +435,26 @@ fn train(device: Device, precision: Precision, o: &lesionseg::train::TrainOption
         println!("{}", v.scores.table());
     }
     println!("checkpoints, metrics.csv and curves.png in {}", s.out.display());
-    Ok(())
+    if s.stop == train::Stop::Interrupted {
+        eprintln!(
+            "interrupted: the state is saved in {}; continue with `lesionseg train --resume --data {} --out {}`",
+            s.out.join(train::LAST).display(),
+            o.data.display(),
+            o.out.display()
+        );
+        return Ok(Done::Interrupted);
+    }
+    Ok(Done::Ok)
 }
 
-fn predict(device: Device, precision: Precision, o: &lesionseg::predict::PredictOptions) -> lesionseg::Result<()> {
-    let mut opened = backend(device)?;
-    opened.set_precision(precision)?;
-    let s = lesionseg::on_backend!(&opened, be => lesionseg::predict::run(be, o))?;
+fn predict(backend: DeviceArgs, o: &predict::PredictOptions) -> Outcome {
+    let opened = backend.open()?;
+    let s = lesionseg::on_backend!(&opened, be => predict::run(be, o))?;
     println!("predict: {} images → {} masks in {} ({:.1} s)", s.images, s.masks, o.out.display(), s.seconds);
     if let Some(dir) = &o.overlays {
         println!("overlays in {}", dir.display());
     }
-    Ok(())
+    Ok(Done::Ok)
 }
 
 /// Says on stderr whether `--nvtx` will reach a tool.
@@ -406,57 +469,47 @@ fn note_nvtx() -> lesionseg::Result<()> {
     Ok(())
 }
 
-fn eval(pred: &Path, truth: &Path, json: Option<&Path>) -> lesionseg::Result<()> {
+fn eval(pred: &Path, truth: &Path, json: Option<&Path>) -> Outcome {
     let report = lesionseg::eval::run(pred, truth, json)?;
     println!("{}", lesionseg::eval::format_table(&report));
-    Ok(())
+    Ok(Done::Ok)
 }
 
-fn profile(
-    device: Device,
-    precision: Precision,
-    o: &lesionseg::profile::ProfileOptions,
-    json: bool,
-) -> lesionseg::Result<()> {
+fn profile(backend: DeviceArgs, o: &lesionseg::profile::ProfileOptions, json: bool) -> Outcome {
     if o.nvtx {
         note_nvtx()?;
     }
-    let mut opened = backend(device)?;
-    opened.set_precision(precision)?;
+    let opened = backend.open()?;
     let r = lesionseg::on_backend!(&opened, be => lesionseg::profile::run(be, o))?;
     if json {
         println!("{}", lesionseg::profile::to_json(&r));
     } else {
         println!("{}", lesionseg::profile::format_table(&r));
     }
-    Ok(())
+    Ok(Done::Ok)
 }
 
 /// `profile --predict GPU`: the emulator's counters through the performance model.
-fn predict_profile(
-    device: Device,
-    precision: Precision,
-    gpu: &str,
-    batch: usize,
-    size: usize,
-    width: f64,
-    json: bool,
-) -> lesionseg::Result<()> {
+fn predict_profile(backend: DeviceArgs, gpu: &str, batch: usize, size: usize, width: f64, json: bool) -> Outcome {
     let keys = || lesionseg::perfmodel::GPUS.iter().map(|g| g.key).collect::<Vec<_>>().join(", ");
     let Some(spec) = lesionseg::perfmodel::gpu(gpu) else {
-        return Err(lesionseg::Error::Config(format!("--predict {gpu}: unknown GPU; expected one of {}", keys())));
+        return Err(lesionseg::Error::Argument {
+            arg: "--predict".into(),
+            reason: format!("unknown GPU `{gpu}`; expected one of {}", keys()),
+        });
     };
-    if device != Device::Emu {
-        return Err(lesionseg::Error::Config(format!(
-            "--predict runs on the emulator: add --device emu (got --device {device:?})"
-        )));
+    if backend.device != Device::Emu {
+        return Err(lesionseg::Error::Argument {
+            arg: "--predict".into(),
+            reason: format!("runs on the emulator: add --device emu (got --device {:?})", backend.device),
+        });
     }
     let o = lesionseg::profile::predict::PredictOptions {
         gpu: spec,
         batch,
         size,
         width,
-        precision,
+        precision: backend.precision,
         max_blocks: 16,
         seed: 2018,
     };
@@ -467,5 +520,5 @@ fn predict_profile(
     } else {
         print!("{}", lesionseg::profile::format_prediction(&r));
     }
-    Ok(())
+    Ok(Done::Ok)
 }

@@ -142,7 +142,7 @@ impl Nvtx {
         static TOOL: OnceLock<std::result::Result<Option<Nvtx>, String>> = OnceLock::new();
         match TOOL.get_or_init(Nvtx::attach) {
             Ok(tool) => Ok(tool.as_ref()),
-            Err(msg) => Err(Error::Config(msg.clone())),
+            Err(msg) => Err(Error::Nvtx(msg.clone())),
         }
     }
 

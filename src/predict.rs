@@ -29,12 +29,17 @@ use rayon::prelude::*;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::forward::download_nchw;
+use crate::limits;
 use crate::metrics::{ATTRIBUTES, K};
 use crate::model::{UNet16, Workspace};
 use crate::train::checkpoint;
 
 /// Input size when neither the options nor the checkpoint give one (the paper's).
 pub const DEFAULT_SIZE: usize = 512;
+/// The probability threshold of the paper's masks.
+pub const DEFAULT_THRESHOLD: f64 = 0.3;
+/// Images per forward pass by default.
+pub const DEFAULT_BATCH_SIZE: usize = 4;
 
 /// What to predict, from where, to where.
 #[derive(Clone, Debug, PartialEq)]
@@ -66,9 +71,9 @@ impl PredictOptions {
             images: images.into(),
             weights: weights.into(),
             out: out.into(),
-            threshold: 0.3,
+            threshold: DEFAULT_THRESHOLD,
             size: None,
-            batch_size: 4,
+            batch_size: DEFAULT_BATCH_SIZE,
             overlays: None,
             progress: true,
         }
@@ -105,17 +110,17 @@ struct Input {
 /// Runs `predict` on backend `be`.
 pub fn run<B: Backend>(be: &B, opts: &PredictOptions) -> Result<PredictSummary> {
     let start = Instant::now();
-    if !(opts.threshold > 0.0 && opts.threshold < 1.0) {
-        return Err(Error::Config(format!("--threshold {} is outside (0, 1)", opts.threshold)));
-    }
-    if opts.batch_size == 0 {
-        return Err(Error::Config("--batch-size must be at least 1".into()));
+    limits::THRESHOLD.check(opts.threshold)?;
+    limits::BATCH_SIZE.check(opts.batch_size)?;
+    if let Some(size) = opts.size {
+        limits::NET_SIZE.check(size)?;
     }
     let (model, meta) = load_checkpoint(be, &opts.weights)?;
     let (size, size_source) = input_size(opts, &meta)?;
     let inputs = list_inputs(&opts.images)?;
     for dir in std::iter::once(&opts.out).chain(&opts.overlays) {
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        crate::output::remove_stale_temps(dir);
     }
 
     // Batches of equal original size, in name order within each size.
@@ -179,11 +184,14 @@ fn input_size(opts: &PredictOptions, meta: &HashMap<String, String>) -> Result<(
         }
         (None, None) => (DEFAULT_SIZE, "default"),
     };
-    if size == 0 || size % 32 != 0 {
-        return Err(Error::Config(format!(
-            "input size {size} (from the {source}) is not a positive multiple of 32 (the network pools five times)"
-        )));
-    }
+    limits::NET_SIZE.check(size).map_err(|e| match source {
+        "checkpoint" => Error::Weights {
+            path: opts.weights.clone(),
+            tensor: None,
+            reason: format!("metadata `size` = {size} cannot be used ({e}); pass --size"),
+        },
+        _ => e,
+    })?;
     Ok((size, source))
 }
 
@@ -282,12 +290,7 @@ fn write_outputs(input: &Input, probs: &[f32], size: usize, opts: &PredictOption
 }
 
 fn decode_rgb(path: &Path) -> Result<RgbImage> {
-    let reader = image::ImageReader::open(path).map_err(|e| Error::io(path, e))?;
-    let reader = reader.with_guessed_format().map_err(|e| Error::io(path, e))?;
-    let img = reader
-        .decode()
-        .map_err(|e| Error::Data { path: path.to_path_buf(), reason: format!("cannot decode image: {e}") })?;
-    Ok(img.into_rgb8())
+    crate::data::isic::load_image(path).map(|img| img.into_rgb8())
 }
 
 /// Bilinear resize of a `src_w`×`src_h` plane to `dst_w`×`dst_h`, with half-pixel

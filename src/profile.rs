@@ -250,8 +250,23 @@ impl<B: Backend> LayerHook for Recorder<'_, B> {
     }
 }
 
+impl ProfileOptions {
+    /// Checks every value against its range ([`crate::limits`]).
+    pub fn validate(&self) -> Result<()> {
+        use crate::limits::{BATCH_SIZE, NET_SIZE, PEAK_GFLOPS, STEPS, WARMUP, WIDTH};
+        BATCH_SIZE.check(self.batch)?;
+        NET_SIZE.check(self.size)?;
+        WIDTH.check(self.width)?;
+        WARMUP.check(self.warmup)?;
+        STEPS.check(self.steps)?;
+        self.peak_gflops.map(|p| PEAK_GFLOPS.check(p)).transpose()?;
+        Ok(())
+    }
+}
+
 /// Runs the profile of [`ProfileOptions`] on `be`.
 pub fn run<B: Backend>(be: &B, o: &ProfileOptions) -> Result<ProfileReport> {
+    o.validate()?;
     let (peak_gflops, peak_source) = match o.peak_gflops {
         Some(p) => (Some(p), "given".to_string()),
         // Only the layer table has a percentage column.

@@ -18,6 +18,11 @@ fn close(got: f64, want: f64, what: &str) {
 
 /// Two images, 2x2 and 2x4, with counts worked out by hand (see the comments).
 fn hand_example() -> Counts {
+    hand_example_upto(5)
+}
+
+/// [`hand_example`]'s attributes `0..attrs` only.
+fn hand_example_upto(attrs: usize) -> Counts {
     let mut c = Counts::new();
     // Attribute 0. Image A (4 px): TP 1, FP 1, FN 1, TN 1 → each 0.25.
     c.add_image(0, &[255u8, 255, 0, 0], &[255u8, 0, 255, 0]).unwrap();
@@ -30,7 +35,7 @@ fn hand_example() -> Counts {
     c.add_image(2, &[129u8, 128, 0, 0], &[129u8, 0, 0, 0]).unwrap();
     c.add_image(2, &[0u8; 8], &[0u8; 8]).unwrap();
     // Attributes 3 and 4: empty everywhere (vacuous).
-    for k in 3..5 {
+    for k in 3..attrs {
         c.add_image(k, &[false; 4], &[false; 4]).unwrap();
         c.add_image(k, &[false; 8], &[false; 8]).unwrap();
     }
@@ -63,14 +68,7 @@ fn empty_attributes() {
     let c = hand_example();
     // The micro score sums counts: vacuous attributes add zeros, so leaving them out
     // entirely changes nothing.
-    let mut without = Counts::new();
-    for k in 0..3 {
-        without.tp[k] = c.tp[k];
-        without.fp[k] = c.fp[k];
-        without.fn_[k] = c.fn_[k];
-        without.tn[k] = c.tn[k];
-        without.images[k] = c.images[k];
-    }
+    let without = hand_example_upto(3);
     close(without.micro_jaccard(), c.micro_jaccard(), "micro without vacuous attributes");
     // Never scored: undefined and out of the mean.
     assert!(without.jaccard(3).is_nan() && without.dice(4).is_nan() && !without.is_vacuous(3));
@@ -329,4 +327,56 @@ fn training_curves_plot() {
     if std::env::var_os("LESIONSEG_KEEP").is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// `eval` sums in the official scorer's order, to the last bit: the official code
+/// (isic-challenge-scoring's `task2.score`) sums the normalised counts of every
+/// (attribute, image) row at once, one after another in the order of the sorted
+/// truth file names; per attribute it sums that attribute's rows in the same order.
+/// Transcribed here on random sizes and masks, compared bit for bit.
+#[test]
+fn eval_sums_in_the_official_order_bit_for_bit() {
+    let mut rng = common::rng();
+    let root = temp_dir("order");
+    let (truth, pred) = (root.join("truth"), root.join("pred"));
+    std::fs::create_dir_all(&truth).unwrap();
+    std::fs::create_dir_all(&pred).unwrap();
+    let mut rows = Vec::new();
+    for i in 0..40 {
+        let (w, h) = (rng.gen_range(3..60), rng.gen_range(3..60));
+        for attr in ATTRIBUTES {
+            let name = format!("ISIC_{:07}_attribute_{attr}.png", 3 * i + 1);
+            let (t, p) = (mask(&mut rng, w, h), mask(&mut rng, w, h));
+            save_mask(&truth.join(&name), &t, w, h, 0);
+            save_mask(&pred.join(&name), &p, w, h, 0);
+            rows.push((name, metrics::attribute_index(attr).unwrap(), RawCounts::of(&t, &p).unwrap()));
+        }
+    }
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    // [tp, fp, fn] sums: over everything, and per attribute, in row order.
+    let (mut all, mut per) = ([0.0f64; 3], [[0.0f64; 3]; K]);
+    for (_, k, r) in &rows {
+        let px = r.pixels() as f64;
+        for (j, v) in [r.tp, r.fp, r.fn_].into_iter().enumerate() {
+            all[j] += v as f64 / px;
+            per[*k][j] += v as f64 / px;
+        }
+    }
+    let jaccard = |s: [f64; 3]| s[0] / (s[0] + s[1] + s[2]);
+    let dice = |s: [f64; 3]| (2.0 * s[0]) / ((2.0 * s[0]) + s[1] + s[2]);
+    let report = eval::run(&pred, &truth, None).unwrap();
+    let c = &report.counts;
+    for k in 0..K {
+        assert_eq!(c.jaccard(k).to_bits(), jaccard(per[k]).to_bits(), "{} Jaccard", ATTRIBUTES[k]);
+        assert_eq!(c.dice(k).to_bits(), dice(per[k]).to_bits(), "{} Dice", ATTRIBUTES[k]);
+    }
+    assert_eq!(
+        c.micro_jaccard().to_bits(),
+        jaccard(all).to_bits(),
+        "micro Jaccard {} vs {}",
+        c.micro_jaccard(),
+        jaccard(all)
+    );
+    assert_eq!(c.micro_dice().to_bits(), dice(all).to_bits(), "micro Dice {} vs {}", c.micro_dice(), dice(all));
+    let _ = std::fs::remove_dir_all(&root);
 }

@@ -226,9 +226,9 @@ fn aspect_ratio_option() {
 fn bad_arguments_are_errors() {
     let out = temp_dir("bad");
     let config = |r: lesionseg::Result<_>| match r {
-        Err(Error::Config(msg)) => msg,
-        Err(other) => panic!("want a Config error, got {other}"),
-        Ok(_) => panic!("want a Config error, got Ok"),
+        Err(e @ Error::Argument { .. }) => e.to_string(),
+        Err(other) => panic!("want an Argument error, got {other}"),
+        Ok(_) => panic!("want an Argument error, got Ok"),
     };
     assert!(config(synthesize(&out, 0, 64, 0)).contains("--count"));
     assert!(config(synthesize(&out, 1, 31, 0)).contains("--size"));
@@ -266,7 +266,7 @@ fn timing_prevalence_and_previews() {
     let start = std::time::Instant::now();
     synthesize_with(&out, &quiet(100, 256, 0)).unwrap();
     println!("100 images at 256x256: {:.2} s", start.elapsed().as_secs_f64());
-    let summary = synthesize_with(&out, &quiet(1000, 256, 0)).unwrap();
+    let summary = synthesize_with(&out, &SynthOptions { force: true, ..quiet(1000, 256, 0) }).unwrap();
     println!("{summary}");
     let previews = std::env::temp_dir().join("lesionseg-synth-preview");
     std::fs::create_dir_all(&previews).unwrap();

@@ -24,10 +24,10 @@ fn data(dir: &Path) -> PathBuf {
 fn options(data: &Path, out: &Path) -> TrainOptions {
     let mut o = TrainOptions::new(data.to_path_buf(), out.to_path_buf());
     o.epochs = 2;
-    o.batch_size = 4;
-    o.size = 64;
-    o.width = 1.0 / 16.0;
-    o.seed = 3;
+    o.batch_size = Some(4);
+    o.size = Some(64);
+    o.width = Some(1.0 / 16.0);
+    o.seed = Some(3);
     o.quiet = true;
     o
 }
@@ -65,6 +65,13 @@ fn interrupted_then_resumed_equals_uninterrupted() {
     }
     let rows = std::fs::read_to_string(b.join("metrics.csv")).unwrap().lines().count();
     assert_eq!(rows, 3, "header + one row per epoch, none duplicated by the resume");
+    // The log is identical too, the interrupted epoch's train loss included (all
+    // but the last column, the epoch's wall time).
+    let log = |dir: &Path| -> Vec<String> {
+        let text = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+        text.lines().map(|l| l.rsplit_once(',').unwrap().0.to_string()).collect()
+    };
+    assert_eq!(log(&a), log(&b), "metrics.csv differs after the resume");
 }
 
 #[test]
@@ -97,4 +104,36 @@ fn checkpoints_load_as_weights_for_forward_and_predict() {
     let (same, meta) = lesionseg::predict::load_checkpoint(&Cpu, &last).unwrap();
     assert_eq!(model.table.len, same.table.len);
     assert_eq!(meta.get("size").map(String::as_str), Some("64"), "predict finds the training size");
+}
+
+/// Ctrl-C during `train`: the checkpoint is saved, the exit status is 130 (so
+/// `train && predict` stops), and the message says how to resume.
+#[test]
+fn ctrl_c_saves_and_exits_130() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = temp("ctrl-c");
+    let data = data(&dir);
+    let run = dir.join("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lesionseg"))
+        .args(["train", "--device", "cpu", "--data", data.to_str().unwrap(), "--out", run.to_str().unwrap()])
+        .args(["--size", "64", "--width", "0.0625", "--batch-size", "4", "--epochs", "100000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first line on stderr (the data summary) comes after the handler is set.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+    assert_eq!(status.code(), Some(130), "stdout: {stdout}\nstderr: {first}{rest}");
+    assert!(run.join(train::LAST).exists(), "no checkpoint saved");
+    assert!(format!("{stdout}{rest}").contains("--resume"), "says how to resume: {stdout}{rest}");
 }

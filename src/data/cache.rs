@@ -104,23 +104,72 @@ impl std::fmt::Display for LoadReport {
     }
 }
 
-/// Loads the ISIC folders under `data` at `size`x`size`, from the cache when it is
-/// current, else by decoding (and then writing the cache).
-pub fn load(data: &Path, size: usize, opts: &LoadOptions) -> Result<(Dataset, LoadReport)> {
-    let start = Instant::now();
+/// What [`load`] will do, found before anything is decoded: the samples, and the
+/// cache file (whether a current one exists, and what writing one would take), so
+/// that a caller can check memory and disk first.
+#[derive(Debug, Clone)]
+pub struct LoadPlan {
+    data: PathBuf,
+    size: usize,
+    found: super::isic::Discovery,
+    fp: u64,
+    cache_path: Option<PathBuf>,
+}
+
+impl LoadPlan {
+    /// The samples found (before any is decoded, so bad ones are still in).
+    pub fn samples(&self) -> &[Sample] {
+        &self.found.samples
+    }
+
+    /// The cache file that will be read or written, if caching.
+    pub fn cache_path(&self) -> Option<&Path> {
+        self.cache_path.as_deref()
+    }
+
+    /// Bytes the decoded dataset takes in memory (RGB and packed masks).
+    pub fn memory_bytes(&self) -> u64 {
+        self.samples().len() as u64 * (self.size * self.size) as u64 * 4
+    }
+
+    /// Bytes the cache file needs on disk; 0 when a current one exists.
+    pub fn cache_bytes_to_write(&self) -> u64 {
+        match &self.cache_path {
+            Some(p) if !p.exists() => HEADER_LEN as u64 + self.memory_bytes() + 64 * self.samples().len() as u64,
+            _ => 0,
+        }
+    }
+}
+
+/// Finds the samples under `data` and the cache for `size` (nothing is decoded).
+pub fn plan(data: &Path, size: usize, opts: &LoadOptions) -> Result<LoadPlan> {
     if size == 0 || size > 1 << 14 {
-        return Err(Error::Config(format!("image size {size} is out of range (1..=16384)")));
+        return Err(Error::argument("--size", format!("{size} is out of range (range: 1 to 16384)")));
     }
     let found = discover(data)?;
-    let mut report = LoadReport { size, ..Default::default() };
-    for dir in &found.ignored_inputs {
-        report.notes.push(format!("ignored {} (no ground-truth folder of its variant)", dir.display()));
-    }
     let fp = fingerprint(&found.samples, size);
     let cache_path = opts.use_cache.then(|| {
         let dir = opts.cache_dir.clone().unwrap_or_else(|| data.join(".lesionseg-cache"));
         dir.join(format!("isic-{size}-{fp:016x}.bin"))
     });
+    Ok(LoadPlan { data: data.to_path_buf(), size, found, fp, cache_path })
+}
+
+/// Loads the ISIC folders under `data` at `size`x`size`, from the cache when it is
+/// current, else by decoding (and then writing the cache).
+pub fn load(data: &Path, size: usize, opts: &LoadOptions) -> Result<(Dataset, LoadReport)> {
+    load_planned(plan(data, size, opts)?, opts)
+}
+
+/// [`load`] from a [`plan`] already made.
+pub fn load_planned(plan: LoadPlan, opts: &LoadOptions) -> Result<(Dataset, LoadReport)> {
+    let start = Instant::now();
+    let LoadPlan { data, size, found, fp, cache_path } = plan;
+    let data = data.as_path();
+    let mut report = LoadReport { size, ..Default::default() };
+    for dir in &found.ignored_inputs {
+        report.notes.push(format!("ignored {} (no ground-truth folder of its variant)", dir.display()));
+    }
     let cached = match &cache_path {
         Some(path) if path.exists() => match read_cache(path, size, fp) {
             Ok(hit) => Some(hit),
@@ -291,6 +340,7 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 fn write_cache(path: &Path, fp: u64, ds: &Dataset, skipped: &[Skipped]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    crate::output::remove_stale_temps(dir);
     let mut meta = Vec::new();
     for id in &ds.ids {
         put_str(&mut meta, id);
@@ -309,18 +359,12 @@ fn write_cache(path: &Path, fp: u64, ds: &Dataset, skipped: &[Skipped]) -> Resul
     for v in [fp, meta.len() as u64, checksum(&[&meta, ds.images(), ds.masks()])] {
         header.extend_from_slice(&v.to_le_bytes());
     }
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::io::BufWriter::new(File::create(&tmp)?);
+    crate::output::write_with(path, crate::output::Sync::Durable, |f| {
         for part in [&header[..], &meta, ds.images(), ds.masks()] {
             f.write_all(part)?;
         }
-        f.into_inner().map_err(|e| e.into_error())?.sync_all()
-    };
-    if let Err(e) = write().and_then(|_| std::fs::rename(&tmp, path)) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
-    }
+        Ok(())
+    })?;
     remove_stale(dir, ds.size, path);
     Ok(())
 }

@@ -73,7 +73,7 @@ impl Dataset {
             return Err(Error::shape("Dataset masks", format!("{n}x{size}x{size}"), masks.len()));
         }
         if masks.iter().any(|&m| m >> NUM_ATTRIBUTES != 0) {
-            return Err(Error::Config("Dataset masks: bits above the 5 attributes are set".into()));
+            return Err(Error::shape("Dataset masks", "bits of the 5 attributes only", "higher bits set"));
         }
         Ok(Dataset { size, ids, images, masks })
     }
@@ -244,25 +244,30 @@ fn bad(id: &str, kind: SkipKind, path: &Path, reason: String) -> Skipped {
     Skipped { id: id.to_owned(), kind, path: path.to_owned(), reason }
 }
 
-/// Opens and decodes an image file, guessing the format from the content.
+/// Opens and decodes an image file, guessing the format from the content; a
+/// truncated file is corrupt ([`super::image_file`]).
 fn open(id: &str, path: &Path, corrupt: SkipKind, what: &str) -> Result<DynamicImage, Skipped> {
-    let reader = image::ImageReader::open(path).map_err(|e| {
-        let kind = if e.kind() == std::io::ErrorKind::NotFound && corrupt == SkipKind::CorruptMask {
-            SkipKind::MissingMask
-        } else {
-            SkipKind::Unreadable
-        };
-        let reason = if kind == SkipKind::MissingMask { format!("missing {what} of ISIC_{id}") } else { e.to_string() };
-        bad(id, kind, path, reason)
-    })?;
-    let reader = reader.with_guessed_format().map_err(|e| bad(id, SkipKind::Unreadable, path, e.to_string()))?;
-    reader.decode().map_err(|e| bad(id, corrupt, path, format!("cannot decode {what}: {e}")))
+    use super::image_file::{decode, Failure};
+    decode(path).map_err(|f| match f {
+        Failure::Missing if corrupt == SkipKind::CorruptMask => {
+            bad(id, SkipKind::MissingMask, path, format!("missing {what} of ISIC_{id}"))
+        }
+        Failure::Missing => bad(id, SkipKind::Unreadable, path, "no such file".into()),
+        Failure::Unreadable(e) => bad(id, SkipKind::Unreadable, path, e),
+        Failure::Corrupt(e) => bad(id, corrupt, path, format!("cannot decode {what}: {e}")),
+    })
+}
+
+/// Decodes the image at `path` (any format the crate reads; a truncated file is an
+/// error naming it).
+pub fn load_image(path: &Path) -> Result<DynamicImage> {
+    open("", path, SkipKind::CorruptImage, "image").map_err(|s| s.to_error())
 }
 
 /// Decodes `path` and resizes it to `size`x`size` RGB. Returns the pixels and the
 /// original width and height (prediction resizes its masks back to them).
 pub fn load_image_resized(path: &Path, size: usize) -> Result<(Vec<u8>, u32, u32)> {
-    let img = open("", path, SkipKind::CorruptImage, "image").map_err(|s| s.to_error())?;
+    let img = load_image(path)?;
     let (w, h) = img.dimensions();
     Ok((resize_rgb(img, size), w, h))
 }
@@ -367,7 +372,7 @@ pub fn make_split(ids: &[String], csv: Option<&Path>, val_fraction: f64, seed: u
 /// out of both). Rows for ids not in `ids` are ignored (e.g. samples skipped as bad);
 /// an id of `ids` missing from the file is an error.
 pub fn read_split_csv(path: &Path, ids: &[String]) -> Result<Split> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = super::read_text(path, 64 << 20)?;
     let err =
         |line: usize, reason: String| Error::Data { path: path.to_owned(), reason: format!("line {line}: {reason}") };
     let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
@@ -408,7 +413,7 @@ pub fn read_split_csv(path: &Path, ids: &[String]) -> Result<Split> {
 }
 
 /// Writes `split` as a CSV that [`read_split_csv`] reads back (`ID,Split`, ids as
-/// `ISIC_<id>`, rows in id order), through a temporary file and a rename.
+/// `ISIC_<id>`, rows in id order), through [`crate::output`].
 pub fn write_split_csv(path: &Path, ids: &[String], split: &Split) -> Result<()> {
     let mut parts = vec![None; ids.len()];
     for (list, name) in [(&split.train, "train"), (&split.val, "val"), (&split.test, "test")] {
@@ -424,7 +429,5 @@ pub fn write_split_csv(path: &Path, ids: &[String], split: &Split) -> Result<()>
             text.push_str(&format!("ISIC_{id},{part}\n"));
         }
     }
-    let tmp = path.with_extension(format!("csv.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    crate::output::write(path, text.as_bytes(), crate::output::Sync::Rename)
 }

@@ -7,6 +7,18 @@
 //! TP/(TP+FP+FN) and Dice 2TP/(2TP+FP+FN), and over everything (all attributes, all
 //! images), giving the micro-averaged Jaccard: the leaderboard number.
 //!
+//! **Summation order**, so that the numbers equal the official scorer's to the last
+//! bit (`isic-challenge-scoring` 5.8.0, `task2.score`): it builds one pandas row per
+//! (attribute, image), in the order of the sorted truth file names, and sums the
+//! normalised rows with `DataFrame.sum`. That frame's block is column-major, so
+//! numpy reduces along a strided axis, which is a plain left-to-right sum (not its
+//! pairwise summation of contiguous data); per attribute it sums that attribute's
+//! rows in the same order. So both sums here are running sums in the order pairs are
+//! added: [`Counts::total`] over every pair (the micro average), the per-attribute
+//! arrays over each attribute's pairs. Adding the five per-attribute sums instead
+//! differs in the last bit or two. `eval` adds pairs in file-name order;
+//! `scripts/compare_official_scorer.sh` checks the result against the package.
+//!
 //! Beside it, [`Counts::mean_jaccard`] is the mean of the per-attribute Jaccards: the
 //! number the paper reports for its validation set, a different quantity (each
 //! attribute weighs the same there, however rare it is).
@@ -102,6 +114,9 @@ pub struct Counts {
     pub images: [usize; K],
     /// Of those, images whose truth mask has at least one foreground pixel.
     pub nonempty_truth: [usize; K],
+    /// Σ over every pair added, in the order added, of TP, FP, FN, TN / pixels: the
+    /// micro average's sums, in the official scorer's order (see the module doc).
+    pub total: [f64; 4],
 }
 
 impl Counts {
@@ -128,13 +143,20 @@ impl Counts {
         self.fp[attr] += raw.fp as f64 / px;
         self.fn_[attr] += raw.fn_ as f64 / px;
         self.tn[attr] += raw.tn as f64 / px;
+        for (sum, count) in self.total.iter_mut().zip([raw.tp, raw.fp, raw.fn_, raw.tn]) {
+            *sum += count as f64 / px;
+        }
         self.images[attr] += 1;
         self.nonempty_truth[attr] += usize::from(raw.tp + raw.fn_ > 0);
         Ok(())
     }
 
-    /// Adds `other`'s sums to these.
+    /// Adds `other`'s sums to these (each of its sums as one term, so the result is
+    /// not bit-identical to adding its pairs one by one).
     pub fn merge(&mut self, other: &Counts) {
+        for (sum, o) in self.total.iter_mut().zip(other.total) {
+            *sum += o;
+        }
         for k in 0..K {
             self.tp[k] += other.tp[k];
             self.fp[k] += other.fp[k];
@@ -199,7 +221,7 @@ impl Counts {
     }
 
     fn totals(&self) -> (f64, f64, f64) {
-        (self.tp.iter().sum(), self.fp.iter().sum(), self.fn_.iter().sum())
+        (self.total[0], self.total[1], self.total[2])
     }
 }
 

@@ -205,9 +205,7 @@ impl ScoreAccumulator {
 
 /// `ln(t / (1 − t))`, the logit at which the sigmoid crosses `t`.
 fn logit(t: f64) -> Result<f64> {
-    if !(t > 0.0 && t < 1.0) {
-        return Err(Error::Config(format!("threshold {t} is outside (0, 1)")));
-    }
+    crate::limits::THRESHOLD.check(t)?;
     Ok((t / (1.0 - t)).ln())
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Channel widths of every layer. The topology is fixed; only widths vary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,9 +28,7 @@ impl UNetConfig {
 
     /// Every channel count of the paper's model times `factor` (rounded, at least 1).
     pub fn scaled(factor: f64) -> Result<Self> {
-        if !(factor > 0.0 && factor <= 4.0) {
-            return Err(Error::Config(format!("width factor {factor} is outside (0, 4]")));
-        }
+        crate::limits::WIDTH.check(factor)?;
         let s = |c: usize| ((c as f64 * factor).round() as usize).max(1);
         let nf = 32;
         Ok(UNetConfig {

@@ -9,7 +9,7 @@
 pub(crate) mod file;
 pub(crate) mod text;
 
-pub(crate) use file::{write_atomic, write_png};
+pub(crate) use file::write_png;
 
 use std::path::Path;
 

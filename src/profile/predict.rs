@@ -222,7 +222,7 @@ pub fn trace_step(
     let mut at = 0;
     for (layer, pass, a, b, macs) in spans {
         if a < at || b < a {
-            return Err(Error::Config("launch bookkeeping out of order".into()));
+            return Err(Error::Predict("launch bookkeeping out of order".into()));
         }
         // Launches between layer brackets (none today) are skipped.
         traces.by_ref().take(a - at).for_each(drop);
@@ -268,7 +268,7 @@ pub fn run(o: &PredictOptions) -> Result<PredictReport> {
         parameters: step.parameters,
     };
     if let Some(v) = report.floor_violations().first() {
-        return Err(Error::Config(format!("performance model inconsistent: {v}")));
+        return Err(Error::Predict(format!("performance model inconsistent: {v}")));
     }
     Ok(report)
 }

@@ -1,7 +1,8 @@
 //! Training checkpoints: the model's parameters under their PyTorch names (so a
 //! checkpoint is also a weight file for `predict`, `forward` and PyTorch), Adam's
 //! moment buffers as two flat tensors, and the rest of the training state in the
-//! safetensors header. Written to a temporary name and renamed.
+//! safetensors header. Written through [`crate::output`]: a temporary name, fsync,
+//! rename, fsync of the folder.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -42,6 +43,13 @@ pub struct TrainState {
     pub seed: u64,
     /// Training image size (square).
     pub size: usize,
+    /// Images per step (`None` in checkpoints older than this field).
+    pub batch_size: Option<usize>,
+    /// The model's width factor, as given to a fresh run (`None` in older checkpoints).
+    pub width: Option<f64>,
+    /// Sum of the training losses of the batches done in the current, unfinished
+    /// epoch (`batch_in_epoch` of them), so a resumed run logs the same epoch loss.
+    pub epoch_loss_sum: f64,
 }
 
 /// A loaded checkpoint.
@@ -77,9 +85,13 @@ pub fn save(path: &Path, table: &ParamTable, params: &[f32], m: &[f32], v: &[f32
         ("best_jaccard", format!("{:e}", s.best_jaccard)),
         ("seed", s.seed.to_string()),
         ("size", s.size.to_string()),
+        // Rust prints the shortest text that parses back to the same f64.
+        ("epoch_loss_sum", format!("{:e}", s.epoch_loss_sum)),
         ("producer", format!("lesionseg {} train", env!("CARGO_PKG_VERSION"))),
     ]
     .into_iter()
+    .chain(s.batch_size.map(|b| ("batch_size", b.to_string())))
+    .chain(s.width.map(|w| ("width", format!("{w:e}"))))
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     weights::save_params_with_metadata(path, table, params, &extra, meta)
@@ -90,10 +102,7 @@ pub fn save(path: &Path, table: &ParamTable, params: &[f32], m: &[f32], v: &[f32
 /// with a [`NON_PARAMETER_PREFIXES`] prefix are training state; the rest must be
 /// exactly the model's parameters (any naming and dtype `weights` accepts).
 pub fn load(path: &Path) -> Result<Checkpoint> {
-    if !path.is_file() {
-        return Err(Error::Weights { path: path.to_path_buf(), tensor: None, reason: "no such file".into() });
-    }
-    let mut tensors = weights::read_tensors(path)?;
+    let (mut tensors, metadata) = weights::read_weights(path)?;
     let adam_m = tensors.remove(ADAM_M).map(|t| t.data);
     let adam_v = tensors.remove(ADAM_V).map(|t| t.data);
     tensors.retain(|name, _| !NON_PARAMETER_PREFIXES.iter().any(|p| name.starts_with(p)));
@@ -113,18 +122,44 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
             });
         }
     }
-    let metadata = weights::read_metadata(path)?;
     let state = if metadata.contains_key("step") { Some(parse_state(path, &metadata)?) } else { None };
     Ok(Checkpoint { cfg, params, adam_m, adam_v, state, metadata })
 }
 
+/// A checkpoint's model shape and training state from its header alone (nothing
+/// else is read): what `--resume` checks the options against before any work.
+pub fn peek(path: &Path) -> Result<(UNetConfig, Option<TrainState>)> {
+    let file = weights::file::TensorFile::open(path, weights::file::Role::Weights)?;
+    let shapes = file
+        .entries()
+        .iter()
+        .filter(|e| !NON_PARAMETER_PREFIXES.iter().any(|p| e.name.starts_with(p)))
+        .map(|e| (weights::canonical_name(&e.name), e.shape.clone()))
+        .collect();
+    let cfg = UNetConfig::from_shapes(&shapes).map_err(|(tensor, reason)| Error::Weights {
+        path: path.to_path_buf(),
+        tensor: Some(tensor),
+        reason,
+    })?;
+    let meta = file.metadata();
+    let state = if meta.contains_key("step") { Some(parse_state(path, meta)?) } else { None };
+    Ok((cfg, state))
+}
+
 fn parse_state(path: &Path, meta: &HashMap<String, String>) -> Result<TrainState> {
-    fn get<T: std::str::FromStr>(path: &Path, meta: &HashMap<String, String>, key: &str) -> Result<T> {
-        meta.get(key).and_then(|v| v.parse().ok()).ok_or_else(|| Error::Weights {
+    fn malformed(path: &Path, key: &str) -> Error {
+        Error::Weights {
             path: path.to_path_buf(),
             tensor: None,
             reason: format!("checkpoint metadata `{key}` is missing or malformed"),
-        })
+        }
+    }
+    /// A key added after the first checkpoints: absent is allowed, malformed is not.
+    fn optional<T: std::str::FromStr>(path: &Path, meta: &HashMap<String, String>, key: &str) -> Result<Option<T>> {
+        meta.get(key).map(|v| v.parse().map_err(|_| malformed(path, key))).transpose()
+    }
+    fn get<T: std::str::FromStr>(path: &Path, meta: &HashMap<String, String>, key: &str) -> Result<T> {
+        optional(path, meta, key)?.ok_or_else(|| malformed(path, key))
     }
     Ok(TrainState {
         step: get(path, meta, "step")?,
@@ -141,5 +176,8 @@ fn parse_state(path: &Path, meta: &HashMap<String, String>) -> Result<TrainState
         best_jaccard: get(path, meta, "best_jaccard")?,
         seed: get(path, meta, "seed")?,
         size: get(path, meta, "size")?,
+        batch_size: optional(path, meta, "batch_size")?,
+        width: optional(path, meta, "width")?,
+        epoch_loss_sum: optional(path, meta, "epoch_loss_sum")?.unwrap_or(0.0),
     })
 }

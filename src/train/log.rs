@@ -1,9 +1,9 @@
-//! The run's record: one CSV row per epoch (`metrics.csv`, appended, so a resumed
-//! run continues the same file), the curve plot redrawn from it, the progress bar
+//! The run's record: one CSV row per epoch (`metrics.csv`, rewritten whole through
+//! [`crate::output`] after each epoch, so a resumed run continues the same file and
+//! a kill never leaves half a row), the curve plot redrawn from it, the progress bar
 //! and the one-line epoch summary.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,14 +12,19 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::checkpoint::TrainState;
 use super::validate::ValMetrics;
 use crate::data::ATTRIBUTES;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Appends epoch rows to `metrics.csv` and keeps them for the plot.
 pub struct MetricsLog {
     path: PathBuf,
+    /// The file's lines, header first.
+    lines: RefCell<Vec<String>>,
     /// (epoch, train loss, val loss, micro Jaccard, mean Jaccard) of every epoch.
-    rows: std::cell::RefCell<Vec<[f64; 5]>>,
+    rows: RefCell<Vec<[f64; 5]>>,
 }
+
+/// Largest `metrics.csv` read back (a row is ~300 bytes; a million epochs fit).
+const MAX_LOG_BYTES: u64 = 1 << 30;
 
 fn header() -> String {
     let mut cols: Vec<String> = [
@@ -50,7 +55,8 @@ impl MetricsLog {
         let path = out.join("metrics.csv");
         let mut kept = vec![header()];
         let mut rows = Vec::new();
-        if let Ok(text) = std::fs::read_to_string(&path) {
+        if path.exists() {
+            let text = crate::data::read_text(&path, MAX_LOG_BYTES)?;
             for line in text.lines().skip(1) {
                 let v: Vec<f64> = line.split(',').map(|x| x.parse().unwrap_or(f64::NAN)).collect();
                 if v.len() > 9 && v[0] as u32 <= epochs_done && v[0] >= 1.0 {
@@ -59,9 +65,14 @@ impl MetricsLog {
                 }
             }
         }
-        let mut f = File::create(&path).map_err(|e| Error::io(&path, e))?;
-        writeln!(f, "{}", kept.join("\n")).map_err(|e| Error::io(&path, e))?;
-        Ok(MetricsLog { path, rows: std::cell::RefCell::new(rows) })
+        let log = MetricsLog { path, lines: RefCell::new(kept), rows: RefCell::new(rows) };
+        log.write()?;
+        Ok(log)
+    }
+
+    fn write(&self) -> Result<()> {
+        let text = self.lines.borrow().join("\n") + "\n";
+        crate::output::write(&self.path, text.as_bytes(), crate::output::Sync::Rename)
     }
 
     /// Appends the row of the epoch just finished (`lr` is the rate it ran at).
@@ -77,8 +88,8 @@ impl MetricsLog {
             cols.push(format!("{x:.6}"));
         }
         cols.push(format!("{:.2}", took.as_secs_f64()));
-        let mut f = OpenOptions::new().append(true).open(&self.path).map_err(|e| Error::io(&self.path, e))?;
-        writeln!(f, "{}", cols.join(",")).map_err(|e| Error::io(&self.path, e))?;
+        self.lines.borrow_mut().push(cols.join(","));
+        self.write()?;
         self.rows.borrow_mut().push([s.epoch as f64, train_loss, l.loss, c.micro_jaccard(), c.mean_jaccard()]);
         Ok(())
     }

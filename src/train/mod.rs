@@ -2,41 +2,57 @@
 //! 5) on validation loss, the paper's augmentations; per-epoch validation with
 //! loss components, per-attribute Jaccard, the official score and both heads' AUC;
 //! checkpoints best-by-loss, best-by-Jaccard and last; exact `--resume`; metrics
-//! as CSV and JSONL plus a PNG plot; a progress bar; Ctrl-C saves and exits; a NaN
-//! loss stops with the last good checkpoint kept.
+//! as CSV plus a PNG plot; a progress bar; Ctrl-C saves and stops; a NaN loss stops
+//! with the last good checkpoint kept.
+//!
+//! [`run`] is five steps, each a function: check the options and the run folder
+//! and, for `--resume`, the checkpoint's header ([`setup`]); load the data after
+//! checking memory and disk; split it; build the model and optimizer (fresh or from
+//! the checkpoint); loop over epochs ([`epoch`]: steps, then validation and
+//! checkpoints).
 //!
 //! Every source of randomness is derived from `(seed, epoch, batch)`, so resuming
 //! from a checkpoint replays exactly the batches and augmentations an uninterrupted
 //! run would have seen.
 
 pub mod checkpoint;
+mod epoch;
 mod log;
 pub mod schedule;
+mod setup;
 mod validate;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Once;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
-
-use crate::backend::{AdamParams, At, Backend, LossParts};
-use crate::data::augment::AugmentParams;
-use crate::data::batch::make_batch;
-use crate::data::cache::{self, LoadOptions};
-use crate::data::isic;
+use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::model::unet::{Layer, LayerHook, NoHook, Pass};
-use crate::model::{init::default_init, ParamTable, UNet16, UNetConfig, Workspace};
-use crate::nvtx::{self, Nvtx, Ranges};
+use crate::limits;
+use crate::model::{init::default_init, ParamTable, UNet16, UNetConfig};
 use checkpoint::TrainState;
 use schedule::Plateau;
 pub use validate::ValMetrics;
 
-/// What `lesionseg train` was asked to do.
+/// Total epochs by default.
+pub const DEFAULT_EPOCHS: u32 = 100;
+/// Images per step by default (the paper's).
+pub const DEFAULT_BATCH_SIZE: usize = 8;
+/// Training size by default (the paper's).
+pub const DEFAULT_SIZE: usize = 512;
+/// Adam's learning rate by default (the paper's).
+pub const DEFAULT_LR: f64 = 1e-3;
+/// Width factor by default (the paper's model).
+pub const DEFAULT_WIDTH: f64 = 1.0;
+/// Seed by default.
+pub const DEFAULT_SEED: u64 = 0;
+/// The validation share of a seeded split (the paper's 80/20).
+pub const VAL_FRACTION: f64 = 0.2;
+
+/// What `lesionseg train` was asked to do. The options that `--resume` must keep
+/// (size, width, batch size, seed) are `None` when not given: the default for a
+/// fresh run, the checkpoint's value when resuming (a different value is refused).
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
     /// ISIC-layout data folder.
@@ -45,21 +61,23 @@ pub struct TrainOptions {
     pub out: PathBuf,
     /// Total epochs (a resumed run continues up to this number).
     pub epochs: u32,
-    /// Images per step.
-    pub batch_size: usize,
-    /// Training image size (square, a multiple of 32).
-    pub size: usize,
-    /// Learning rate: of a fresh run (default 1e-3), or, with `resume`, replacing
+    /// Images per step ([`DEFAULT_BATCH_SIZE`]).
+    pub batch_size: Option<usize>,
+    /// Training image size, square, a multiple of 32 ([`DEFAULT_SIZE`]).
+    pub size: Option<usize>,
+    /// Learning rate: of a fresh run ([`DEFAULT_LR`]), or, with `resume`, replacing
     /// the checkpoint's (e.g. to continue more gently after a divergence).
     pub lr: Option<f64>,
-    /// Channel width factor of a model trained from scratch (1 = the paper's).
-    pub width: f64,
+    /// Channel width factor of a model trained from scratch ([`DEFAULT_WIDTH`]).
+    pub width: Option<f64>,
     /// torchvision VGG16 safetensors for the encoder.
     pub init: Option<PathBuf>,
     /// Continue from `out/last.safetensors`.
     pub resume: bool,
-    /// Seed of initialisation, split, shuffles and augmentation.
-    pub seed: u64,
+    /// Start over in a folder that holds a run (its files are removed first).
+    pub force: bool,
+    /// Seed of initialisation, split, shuffles and augmentation ([`DEFAULT_SEED`]).
+    pub seed: Option<u64>,
     /// Leave out unreadable samples instead of failing.
     pub skip_bad: bool,
     /// `ID,Split` CSV; otherwise a seeded 80/20 split.
@@ -80,14 +98,15 @@ impl TrainOptions {
         TrainOptions {
             data,
             out,
-            epochs: 100,
-            batch_size: 8,
-            size: 512,
+            epochs: DEFAULT_EPOCHS,
+            batch_size: None,
+            size: None,
             lr: None,
-            width: 1.0,
+            width: None,
             init: None,
             resume: false,
-            seed: 0,
+            force: false,
+            seed: None,
             skip_bad: false,
             split_csv: None,
             time_limit: None,
@@ -96,6 +115,39 @@ impl TrainOptions {
             nvtx: false,
         }
     }
+
+    /// Checks every value against its range ([`crate::limits`]) and the flags
+    /// against each other.
+    pub fn validate(&self) -> Result<()> {
+        limits::EPOCHS.check(self.epochs)?;
+        self.batch_size.map(|b| limits::BATCH_SIZE.check(b)).transpose()?;
+        self.size.map(|s| limits::NET_SIZE.check(s)).transpose()?;
+        self.lr.map(|lr| limits::LR.check(lr)).transpose()?;
+        self.width.map(|w| limits::WIDTH.check(w)).transpose()?;
+        if let Some(t) = self.time_limit {
+            limits::TIME_LIMIT.check(t.as_secs_f64() / 60.0)?;
+        }
+        if self.resume && self.force {
+            return Err(Error::argument("--force", "cannot be combined with --resume: continue a run, or start over"));
+        }
+        if self.resume && self.init.is_some() {
+            return Err(Error::argument("--init", "a resumed run continues its checkpoint's weights; drop --init"));
+        }
+        Ok(())
+    }
+}
+
+/// The values a run trains with: the options, else the checkpoint's, else the
+/// defaults.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Recipe {
+    size: usize,
+    batch_size: usize,
+    seed: u64,
+    /// The model's shape: the width's, or the checkpoint's.
+    cfg: UNetConfig,
+    /// The width factor, when known (a checkpoint older than its record has none).
+    width: Option<f64>,
 }
 
 /// How a training run ended.
@@ -132,12 +184,15 @@ pub const LAST: &str = "last.safetensors";
 pub const BEST_LOSS: &str = "best_loss.safetensors";
 /// Best validation micro Jaccard.
 pub const BEST_JACCARD: &str = "best_jaccard.safetensors";
+/// Every file a run writes in its folder.
+pub const RUN_FILES: [&str; 6] = [LAST, BEST_LOSS, BEST_JACCARD, "metrics.csv", "split.csv", "curves.png"];
 
 /// Raised by Ctrl-C; the loop polls it after every step.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-/// Installs the Ctrl-C handler once per process. A second Ctrl-C (while the
-/// checkpoint is being written, say) exits at once, as a user expects.
+/// Installs the Ctrl-C handler once per process and lowers the flag for this run.
+/// A second Ctrl-C (while the checkpoint is being written, say) exits at once with
+/// status 130, as a user expects.
 fn catch_ctrl_c() -> &'static AtomicBool {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -147,6 +202,7 @@ fn catch_ctrl_c() -> &'static AtomicBool {
             }
         });
     });
+    INTERRUPTED.store(false, Ordering::SeqCst);
     &INTERRUPTED
 }
 
@@ -158,153 +214,47 @@ struct Run<B: Backend> {
     state: TrainState,
 }
 
-/// Trains on `be` as `o` says.
+/// Trains on `be` as `o` says: the steps of the module doc, in order.
 pub fn run<B: Backend>(be: &B, o: &TrainOptions) -> Result<TrainSummary> {
-    crate::model::plan::check_input_size(o.batch_size.max(1), o.size, o.size)
-        .map_err(|e| Error::Config(format!("--size {}: {e}", o.size)))?;
-    if o.batch_size == 0 {
-        return Err(Error::Config("--batch-size must be at least 1".into()));
-    }
-    let nvtx = if o.nvtx { Nvtx::attached()? } else { None };
-    std::fs::create_dir_all(&o.out).map_err(|e| Error::io(&o.out, e))?;
-    let load_opts = LoadOptions { skip_bad: o.skip_bad, progress: !o.quiet, ..LoadOptions::default() };
-    let (ds, report) = cache::load(&o.data, o.size, &load_opts)?;
+    o.validate()?;
+    let resumed = setup::check_resume(o)?;
+    let recipe = setup::recipe(o, resumed.as_ref())?;
+    setup::prepare_out(o)?;
+    let (ds, report) = setup::load_data(be, o, &recipe)?;
+    let split = setup::split(o, &ds, &recipe)?;
+    let mut run = start(be, o, &recipe)?;
+    let flag = catch_ctrl_c();
     if !o.quiet {
+        // After the handler is set: a Ctrl-C from here on is caught and saved.
         eprintln!("{}", report.summary());
     }
-    let split = match &o.split_csv {
-        Some(csv) => isic::read_split_csv(csv, &ds.ids)?,
-        None => isic::split_seeded(ds.len(), 0.2, o.seed),
-    };
-    isic::write_split_csv(&o.out.join("split.csv"), &ds.ids, &split)?;
-    let (train_idx, val_idx) = (split.train, split.val);
-    if val_idx.is_empty() {
-        return Err(Error::Config("no validation images: add data or give a split with some `val` rows".into()));
-    }
-    if train_idx.len() < o.batch_size {
-        return Err(Error::Config(format!(
-            "{} training images, fewer than one batch of {}; lower --batch-size or add data",
-            train_idx.len(),
-            o.batch_size
-        )));
-    }
-    let mut run = start(be, o)?;
-    let log = log::MetricsLog::open(&o.out, run.state.epoch)?;
-    let flag = catch_ctrl_c();
-    let started = Instant::now();
-    let mut steps_here = 0u64;
-    let mut last_val = None;
-    let batches = train_idx.len() / o.batch_size;
-    let ws = run.model.workspace(be, o.batch_size, o.size, o.size)?;
-    let mut stop = Stop::Finished;
-    'epochs: while run.state.epoch < o.epochs {
-        if o.time_limit.is_some_and(|t| started.elapsed() >= t) {
-            stop = Stop::Budget;
-            break;
-        }
-        let epoch = run.state.epoch;
-        let order = shuffled(&train_idx, o.seed, epoch);
-        let bar = log::progress(o.quiet, batches as u64, epoch, o.epochs);
-        bar.set_position(run.state.batch_in_epoch as u64);
-        let (mut loss_sum, mut loss_n, epoch_start) = (0.0, 0usize, Instant::now());
-        for b in run.state.batch_in_epoch as usize..batches {
-            let mut rng = ChaCha8Rng::seed_from_u64(mix(o.seed, epoch as u64, b as u64));
-            let aug = AugmentParams::default();
-            let batch = make_batch(&ds, &order[b * o.batch_size..(b + 1) * o.batch_size], Some((&aug, &mut rng)))?;
-            let loss = train_step(be, &mut run, &ws, &batch.input, &batch.target, nvtx)?;
-            if !loss.loss.is_finite() {
-                bar.abandon();
-                return Err(Error::Config(format!(
-                    "training stopped: the loss became {} at step {} (epoch {}, batch {}); the last good \
-                     checkpoint is {} — resume from it (--resume) with a lower --lr",
-                    loss.loss,
-                    run.state.step,
-                    epoch + 1,
-                    b + 1,
-                    o.out.join(LAST).display()
-                )));
-            }
-            run.state.batch_in_epoch = b as u32 + 1;
-            steps_here += 1;
-            loss_sum += loss.loss;
-            loss_n += 1;
-            let ips = (loss_n * o.batch_size) as f64 / epoch_start.elapsed().as_secs_f64();
-            bar.set_message(format!("loss {:.4}  {ips:.1} img/s", loss_sum / loss_n as f64));
-            bar.inc(1);
-            let budget = o.max_steps.is_some_and(|m| steps_here >= m);
-            if flag.load(Ordering::SeqCst) || budget {
-                bar.abandon();
-                save(be, &run, &o.out.join(LAST))?;
-                stop = if budget { Stop::Budget } else { Stop::Interrupted };
-                break 'epochs;
-            }
-        }
-        bar.finish_and_clear();
-        run.state.epoch += 1;
-        run.state.batch_in_epoch = 0;
-        let val = validate::run(be, &run.model, &ds, &val_idx, &ws)?;
-        let lr_before = run.state.lr;
-        run.state.lr = run.state.plateau.step(val.loss.loss, run.state.lr);
-        let train_loss = if loss_n > 0 { loss_sum / loss_n as f64 } else { f64::NAN };
-        log.append(&run.state, train_loss, lr_before, &val, epoch_start.elapsed())?;
-        if !o.quiet {
-            eprintln!("{}", log::epoch_line(&run.state, o.epochs, train_loss, &val));
-        }
-        // The bests are updated first, so one download and one write of `last` serve
-        // all three files: an improved best is a copy of it.
-        let better_loss = val.loss.loss < run.state.best_val_loss;
-        let better_jaccard = val.micro_jaccard() > run.state.best_jaccard || !o.out.join(BEST_JACCARD).exists();
-        if better_loss {
-            run.state.best_val_loss = val.loss.loss;
-        }
-        if better_jaccard {
-            run.state.best_jaccard = run.state.best_jaccard.max(val.micro_jaccard());
-        }
-        let last = o.out.join(LAST);
-        save(be, &run, &last)?;
-        for (better, name) in [(better_loss, BEST_LOSS), (better_jaccard, BEST_JACCARD)] {
-            if better {
-                copy_atomic(&last, &o.out.join(name))?;
-            }
-        }
-        log.plot(&o.out.join("curves.png"))?;
-        last_val = Some(val);
-    }
+    let (stop, last_val) = epoch::train(be, &mut run, &ds, &split, o, recipe.batch_size, flag)?;
     Ok(TrainSummary {
         stop,
         state: run.state,
         last_val,
-        samples: (train_idx.len(), val_idx.len()),
+        samples: (split.train.len(), split.val.len()),
         skipped: report.skipped.len(),
         out: o.out.clone(),
     })
 }
 
 /// A fresh run (initialised, optionally from VGG16) or the state in `out/last`.
-fn start<B: Backend>(be: &B, o: &TrainOptions) -> Result<Run<B>> {
+fn start<B: Backend>(be: &B, o: &TrainOptions, r: &Recipe) -> Result<Run<B>> {
     let last = o.out.join(LAST);
     if o.resume {
-        let ck = checkpoint::load(&last).map_err(|e| match e {
-            Error::Io { .. } => Error::Config(format!("--resume: no checkpoint at {}", last.display())),
-            e => e,
-        })?;
-        let state = ck.state.ok_or_else(|| Error::Config(format!("{} has no training state", last.display())))?;
-        if state.size != o.size {
-            return Err(Error::Config(format!(
-                "--resume: the checkpoint was trained at --size {}, not {}",
-                state.size, o.size
-            )));
-        }
+        let ck = checkpoint::load(&last)?;
+        let state = ck.state.ok_or_else(|| Error::Resume { path: last.clone(), reason: "no training state".into() })?;
         let model = UNet16::new(be, ck.cfg, &ck.params)?;
         let (adam_m, adam_v) = (be.alloc(model.table.len)?, be.alloc(model.table.len)?);
         be.upload(&adam_m, 0, ck.adam_m.as_deref().unwrap_or(&vec![0.0; model.table.len]))?;
         be.upload(&adam_v, 0, ck.adam_v.as_deref().unwrap_or(&vec![0.0; model.table.len]))?;
-        let state = TrainState { lr: o.lr.unwrap_or(state.lr), ..state };
+        let state = TrainState { lr: o.lr.unwrap_or(state.lr), batch_size: Some(r.batch_size), ..state };
         return Ok(Run { model, adam_m, adam_v, state });
     }
-    let cfg = UNetConfig::scaled(o.width)?;
+    let cfg = r.cfg;
     let table = ParamTable::new(&cfg);
-    let mut flat = default_init(&table, o.seed);
+    let mut flat = default_init(&table, r.seed);
     if let Some(init) = &o.init {
         let tensors = crate::weights::read_tensors(init)?;
         crate::weights::pack_into(&table, &tensors, init, &mut flat, true)?;
@@ -315,50 +265,20 @@ fn start<B: Backend>(be: &B, o: &TrainOptions) -> Result<Run<B>> {
         step: 0,
         epoch: 0,
         batch_in_epoch: 0,
-        lr: o.lr.unwrap_or(1e-3),
+        lr: o.lr.unwrap_or(DEFAULT_LR),
         plateau: Plateau::new(0.8, 5),
         best_val_loss: f64::INFINITY,
         best_jaccard: f64::NEG_INFINITY,
-        seed: o.seed,
-        size: o.size,
+        seed: r.seed,
+        size: r.size,
+        batch_size: Some(r.batch_size),
+        width: r.width,
+        epoch_loss_sum: 0.0,
     };
     Ok(Run { model, adam_m, adam_v, state })
 }
 
-/// One optimizer step on a batch already normalised (NHWC input and targets).
-fn train_step<B: Backend>(
-    be: &B,
-    run: &mut Run<B>,
-    ws: &Workspace<B>,
-    input: &[f32],
-    target: &[f32],
-    nvtx: Option<&Nvtx>,
-) -> Result<LossParts> {
-    let _r = nvtx::range(nvtx, c"train_step");
-    be.upload(&ws.acts, ws.plan.input.off, input)?;
-    be.upload(&ws.target, 0, target)?;
-    let mut ranges = Ranges { nvtx, inner: &mut NoHook };
-    run.model.forward_profiled(be, ws, &mut ranges)?;
-    let loss = run.model.backward_profiled(be, ws, false, &mut ranges)?;
-    if !loss.loss.is_finite() {
-        return Ok(loss);
-    }
-    run.state.step += 1;
-    let m = &run.model;
-    let p = AdamParams {
-        len: m.table.len,
-        lr: run.state.lr as f32,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        step: run.state.step,
-    };
-    ranges.begin(Layer::Adam, Pass::Backward, 0);
-    be.adam(At::new(&m.params, 0), At::new(&run.adam_m, 0), At::new(&run.adam_v, 0), At::new(&m.grads, 0), &p)?;
-    ranges.end(Layer::Adam, Pass::Backward);
-    Ok(loss)
-}
-
+/// Writes the run's state to `path` (a checkpoint).
 fn save<B: Backend>(be: &B, run: &Run<B>, path: &Path) -> Result<()> {
     let len = run.model.table.len;
     let (mut p, mut m, mut v) = (vec![0.0; len], vec![0.0; len], vec![0.0; len]);
@@ -366,31 +286,4 @@ fn save<B: Backend>(be: &B, run: &Run<B>, path: &Path) -> Result<()> {
     be.download(&run.adam_m, 0, &mut m)?;
     be.download(&run.adam_v, 0, &mut v)?;
     checkpoint::save(path, &run.model.table, &p, &m, &v, &run.state)
-}
-
-/// Copies `src` to `dst` through a temporary name in the same folder, so `dst` is
-/// never half-written.
-fn copy_atomic(src: &Path, dst: &Path) -> Result<()> {
-    let tmp = dst.with_extension("safetensors.tmp");
-    std::fs::copy(src, &tmp).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, dst).map_err(|e| Error::io(dst, e))
-}
-
-/// The training order of `epoch`: a permutation seeded by (seed, epoch).
-fn shuffled(idx: &[usize], seed: u64, epoch: u32) -> Vec<usize> {
-    let mut order = idx.to_vec();
-    order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(seed, epoch as u64, u64::MAX)));
-    order
-}
-
-/// A well-mixed seed from three numbers (splitmix64 steps).
-fn mix(a: u64, b: u64, c: u64) -> u64 {
-    let mut z = a ^ b.rotate_left(21) ^ c.rotate_left(42);
-    for _ in 0..2 {
-        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-    }
-    z
 }

@@ -6,6 +6,8 @@
 //! for convs and `[C,K,4,4]` for transposed convs, f32 on export. Internal layouts
 //! exist only in the flat buffer ([`pack`], [`unpack`]).
 
+pub mod file;
+mod json;
 mod layout;
 mod names;
 
@@ -14,43 +16,48 @@ pub use names::canonical_name;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 
-use safetensors::tensor::{Dtype, SafeTensorError, View};
-use safetensors::SafeTensors;
+use safetensors::tensor::{Dtype, View};
 
 use crate::error::{Error, Result};
 use crate::model::ParamTable;
-use crate::tensor::{f32_from_bytes, DType, Tensor};
-
-/// What to tell the user whose file could not be parsed.
-const RE_EXPORT: &str = "re-export it with safetensors.torch.save_file(model.state_dict(), path)";
+use crate::tensor::Tensor;
+use file::{Role, TensorFile};
 
 /// Every tensor of the safetensors file at `path`, as f32 host tensors in the file's
 /// (PyTorch) layout, under canonical names ([`canonical_name`]): a `module.` prefix
 /// removed, the paper's `convB.J` aliases and torchvision's `features.N` renamed to
 /// `encoder.N`. When the file is a full torchvision VGG16 (it has `features.*`
-/// tensors), its `classifier.*` tensors (the fully connected layers) are dropped.
+/// tensors), its `classifier.*` tensors (the fully connected layers) are dropped
+/// without being read.
 ///
-/// f32, f16 and bf16 are accepted; any other dtype is an error naming the tensor.
-/// A name and its alias both present (as in a real `state_dict` of the paper's
-/// model) must hold identical values; one is kept. A file that is missing,
-/// truncated, not safetensors or whose header disagrees with its size is an error
-/// naming the path, never a panic. The whole file is read into memory.
+/// f32, f16 and bf16 are accepted; any other dtype is an error naming the tensor, and
+/// so is a NaN or infinite value. A name and its alias both present (as in a real
+/// `state_dict` of the paper's model) must hold identical values; one is kept. A file
+/// that is missing, truncated, not safetensors or whose header disagrees with its
+/// size is an error naming the path, never a panic; nothing is read beyond what the
+/// header describes (see [`file`]).
 pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
-    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
-    let entries = parse(path, &bytes)?;
-    let vgg = entries.iter().any(|(name, _)| names::is_torchvision_features(name));
+    Ok(read_weights(path)?.0)
+}
+
+/// [`read_tensors`] and the header's string metadata, from one reading.
+pub fn read_weights(path: &Path) -> Result<(BTreeMap<String, Tensor>, HashMap<String, String>)> {
+    let mut file = TensorFile::open(path, Role::Weights)?;
+    // Sorted, so that which of two disagreeing aliases an error names first does
+    // not depend on the header's order.
+    let mut wanted: Vec<String> = file.entries().iter().map(|e| e.name.clone()).collect();
+    wanted.sort();
+    let vgg = wanted.iter().any(|name| names::is_torchvision_features(name));
+    wanted.retain(|name| !(vgg && names::is_torchvision_classifier(name)));
+    file.check_memory(&wanted.iter().map(String::as_str).collect::<Vec<_>>())?;
 
     let mut out: BTreeMap<String, Tensor> = BTreeMap::new();
     let mut origin: BTreeMap<String, String> = BTreeMap::new();
-    for (name, tensor) in entries {
-        if vgg && names::is_torchvision_classifier(&name) {
-            continue;
-        }
+    for name in wanted {
+        let tensor = file.read(&name)?;
+        check_finite(path, &name, &tensor)?;
         let canonical = canonical_name(&name);
         if let Some(kept) = out.get(&canonical) {
             if !same(kept, &tensor) {
@@ -66,41 +73,30 @@ pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
         origin.insert(canonical.clone(), name);
         out.insert(canonical, tensor);
     }
-    Ok(out)
+    Ok((out, file.metadata().clone()))
+}
+
+/// A NaN or infinity in weights is an error naming the tensor and the first place.
+fn check_finite(path: &Path, name: &str, t: &Tensor) -> Result<()> {
+    let Some(i) = t.data.iter().position(|v| !v.is_finite()) else { return Ok(()) };
+    let bad = t.data.iter().filter(|v| !v.is_finite()).count();
+    let reason = format!(
+        "holds {} at element {i} ({bad} of {} values are not finite); the weights are unusable (a diverged \
+         training run?)",
+        t.data[i],
+        t.data.len()
+    );
+    Err(weights_error(path, Some(name), reason))
 }
 
 /// Every tensor of a safetensors file under the names the file gives them (no
-/// aliasing, nothing dropped), as f32: for files of data rather than parameters,
-/// such as the `forward` command's inputs. Dtypes and errors as [`read_tensors`].
+/// aliasing, nothing dropped), as f32: for files of data rather than parameters.
+/// Dtypes and the reading as [`read_tensors`]; errors name the file as data.
 pub fn read_plain(path: &Path) -> Result<BTreeMap<String, Tensor>> {
-    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
-    Ok(parse(path, &bytes)?.into_iter().collect())
-}
-
-/// The tensors of a safetensors file's bytes, converted to f32, sorted by name (so
-/// that which of two disagreeing aliases an error names first does not depend on
-/// the header's order).
-fn parse(path: &Path, bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
-    let file = SafeTensors::deserialize(bytes).map_err(|e| not_safetensors(path, bytes, &e))?;
-    let mut entries = file.tensors();
-    entries.sort_by(|a, b| a.0.cmp(&b.0));
-    entries
-        .into_iter()
-        .map(|(name, view)| {
-            let dtype = match view.dtype() {
-                Dtype::F32 => DType::F32,
-                Dtype::F16 => DType::F16,
-                Dtype::BF16 => DType::BF16,
-                other => {
-                    let reason =
-                        format!("dtype {other:?} is not supported (f32, f16 or bf16 only); convert it with .float()");
-                    return Err(weights_error(path, Some(&name), reason));
-                }
-            };
-            let tensor = Tensor { shape: view.shape().to_vec(), data: f32_from_bytes(dtype, view.data()) };
-            Ok((name, tensor))
-        })
-        .collect()
+    let mut file = TensorFile::open(path, Role::Data)?;
+    let names: Vec<String> = file.entries().iter().map(|e| e.name.clone()).collect();
+    file.check_memory(&names.iter().map(String::as_str).collect::<Vec<_>>())?;
+    names.into_iter().map(|name| Ok((name.clone(), file.read(&name)?))).collect()
 }
 
 /// The shape of every tensor, by name (the input of `UNetConfig::from_shapes`).
@@ -148,11 +144,10 @@ pub fn save_params_with_metadata(
     write_views(path, views, Some(metadata))
 }
 
-/// The string metadata of a safetensors file's header (empty when it has none).
+/// The string metadata of a safetensors file's header (empty when it has none);
+/// only the header is read.
 pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
-    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| not_safetensors(path, &bytes, &e))?;
-    Ok(meta.metadata().clone().unwrap_or_default())
+    Ok(TensorFile::open(path, Role::Weights)?.metadata().clone())
 }
 
 /// An f32 tensor borrowed for serialisation.
@@ -197,27 +192,7 @@ fn write_views(path: &Path, tensors: Vec<(&str, &Tensor)>, metadata: Option<Hash
     let bytes = safetensors::serialize(views, &metadata)
         .map_err(|e| weights_error(path, None, format!("cannot serialise: {e}")))?;
 
-    let tmp = temp_path(path)?;
-    let written = fs::File::create(&tmp).and_then(|mut f| {
-        f.write_all(&bytes)?;
-        f.sync_all()
-    });
-    if let Err(e) = written.and_then(|()| fs::rename(&tmp, path)) {
-        // Best effort: the temporary file is ours and useless now.
-        let _ = fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
-    }
-    Ok(())
-}
-
-/// A name next to `path`, unique within this process and among processes, for
-/// writing before the rename (same directory, so the rename cannot cross devices).
-fn temp_path(path: &Path) -> Result<PathBuf> {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let file =
-        path.file_name().ok_or_else(|| weights_error(path, None, "is not a file path".to_string()))?.to_string_lossy();
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    Ok(path.with_file_name(format!(".{file}.tmp.{}.{n}", std::process::id())))
+    crate::output::write(path, &bytes, crate::output::Sync::Durable)
 }
 
 /// Bitwise equality, so that identical tensors holding NaNs still compare equal.
@@ -230,44 +205,4 @@ fn same(a: &Tensor, b: &Tensor) -> bool {
 /// An `Error::Weights` for `path`.
 fn weights_error(path: &Path, tensor: Option<&str>, reason: String) -> Error {
     Error::Weights { path: path.to_path_buf(), tensor: tensor.map(str::to_string), reason }
-}
-
-/// The error for bytes the safetensors parser rejected, saying what is wrong in
-/// the user's terms and what to do about it.
-fn not_safetensors(path: &Path, bytes: &[u8], e: &SafeTensorError) -> Error {
-    // torch.save writes a zip archive (since PyTorch 1.6) or, before, a pickle that
-    // starts with protocol 2 and the long magic number; read as a safetensors
-    // header length either would be implausibly large.
-    let torch_save = bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(&[0x80, 0x02, 0x8a, 0x0a]);
-    if torch_save {
-        let reason = format!("a PyTorch checkpoint (torch.save), not a safetensors file; {RE_EXPORT}");
-        return weights_error(path, None, reason);
-    }
-    let header_len = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
-    let after_len = bytes.len().saturating_sub(8);
-    let detail = match e {
-        _ if bytes.is_empty() => "the file is empty".to_string(),
-        SafeTensorError::HeaderTooSmall => {
-            format!("the file is {} bytes long, shorter than the 8-byte header length", bytes.len())
-        }
-        SafeTensorError::HeaderTooLarge => {
-            format!("the header length field says {} bytes, beyond safetensors' 100 MB limit", header_len.unwrap_or(0))
-        }
-        SafeTensorError::InvalidHeaderLength => {
-            format!("the header length field says {} bytes but only {after_len} follow it", header_len.unwrap_or(0))
-        }
-        SafeTensorError::InvalidHeader => "the header is not UTF-8 text".to_string(),
-        SafeTensorError::InvalidHeaderDeserialization => "the header is not safetensors JSON".to_string(),
-        SafeTensorError::InvalidOffset(name) => {
-            format!("tensor `{name}`'s data offsets leave a gap or overlap the previous tensor")
-        }
-        SafeTensorError::TensorInvalidInfo => "a tensor's byte range does not match its shape and dtype".to_string(),
-        SafeTensorError::MetadataIncompleteBuffer => format!(
-            "the {} bytes of tensor data after the header are not what the header describes",
-            after_len.saturating_sub(header_len.unwrap_or(0) as usize)
-        ),
-        SafeTensorError::ValidationOverflow => "a tensor's shape is too large to address".to_string(),
-        other => format!("{other:?}"),
-    };
-    weights_error(path, None, format!("not a safetensors file or truncated: {detail}; {RE_EXPORT}"))
 }

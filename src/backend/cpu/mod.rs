@@ -193,7 +193,7 @@ impl Backend for Cpu {
     fn alloc(&self, len: usize) -> Result<CpuBuf> {
         let mut v = Vec::new();
         v.try_reserve_exact(len)
-            .map_err(|_| Error::Config(format!("cannot allocate {} MiB of host memory", (len * 4) >> 20)))?;
+            .map_err(|_| Error::Resources(format!("cannot allocate {} MiB of host memory", (len * 4) >> 20)))?;
         v.resize(len, 0.0);
         Ok(CpuBuf { data: UnsafeCell::new(v) })
     }

@@ -130,7 +130,7 @@ impl std::str::FromStr for Precision {
         match s {
             "f32" | "fp32" => Ok(Precision::F32),
             "bf16" => Ok(Precision::Bf16),
-            other => Err(Error::Config(format!("precision `{other}`: expected f32 or bf16"))),
+            other => Err(Error::argument("--precision", format!("`{other}` is not f32 or bf16"))),
         }
     }
 }

@@ -33,7 +33,7 @@ mod scene;
 
 use std::fmt;
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use image::codecs::jpeg::JpegEncoder;
@@ -74,12 +74,16 @@ pub struct SynthOptions {
     /// Show a progress bar on stderr (for 64 images or more; hidden when stderr is not
     /// a terminal).
     pub progress: bool,
+    /// Write into folders that already hold images or masks (replacing files of the
+    /// same names); otherwise that is refused, since synthetic ids start at
+    /// `ISIC_0000000` as the real download's do.
+    pub force: bool,
 }
 
 impl SynthOptions {
     /// `count` square `size`x`size` images from `seed`, JPEG quality 90, progress bar.
     pub fn new(count: usize, size: usize, seed: u64) -> Self {
-        SynthOptions { count, size, seed, aspect_ratios: vec![1.0], jpeg_quality: 90, progress: true }
+        SynthOptions { count, size, seed, aspect_ratios: vec![1.0], jpeg_quality: 90, progress: true, force: false }
     }
 
     /// Width and height of image `index`.
@@ -103,29 +107,20 @@ impl SynthOptions {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.count == 0 || self.count > MAX_COUNT {
-            return Err(Error::Config(format!("synth: --count must be 1 to {MAX_COUNT}, got {}", self.count)));
-        }
-        if !(MIN_SIZE..=MAX_SIZE).contains(&self.size) {
-            return Err(Error::Config(format!(
-                "synth: --size must be {MIN_SIZE} to {MAX_SIZE} pixels, got {}",
-                self.size
-            )));
-        }
+        crate::limits::SYNTH_COUNT.check(self.count)?;
+        crate::limits::SYNTH_SIZE.check(self.size)?;
         if self.aspect_ratios.is_empty() {
-            return Err(Error::Config("synth: at least one aspect ratio is needed".into()));
+            return Err(Error::argument("aspect ratios", "at least one is needed"));
         }
         for &r in &self.aspect_ratios {
             let long = self.size as f64 * r.max(1.0 / r);
             if !(r.is_finite() && r > 0.0 && long <= MAX_SIZE as f64) {
-                return Err(Error::Config(format!(
-                    "synth: aspect ratio {r} at size {} gives a side outside {MIN_SIZE}..={MAX_SIZE}",
-                    self.size
-                )));
+                let reason = format!("{r} at size {} gives a side outside {MIN_SIZE}..={MAX_SIZE}", self.size);
+                return Err(Error::argument("aspect ratio", reason));
             }
         }
         if !(1..=100).contains(&self.jpeg_quality) {
-            return Err(Error::Config(format!("synth: JPEG quality must be 1 to 100, got {}", self.jpeg_quality)));
+            return Err(Error::argument("JPEG quality", format!("{} is out of range (1 to 100)", self.jpeg_quality)));
         }
         Ok(())
     }
@@ -145,9 +140,8 @@ pub struct SynthSample {
 /// writes it (there, compressed to JPEG).
 pub fn sample(seed: u64, index: usize, width: usize, height: usize) -> Result<SynthSample> {
     if !(MIN_SIZE..=MAX_SIZE).contains(&width.min(height)) || width.max(height) > MAX_SIZE {
-        return Err(Error::Config(format!(
-            "synth: image sides must be {MIN_SIZE} to {MAX_SIZE}, got {width}x{height}"
-        )));
+        let reason = format!("{width}x{height}: image sides must be {MIN_SIZE} to {MAX_SIZE}");
+        return Err(Error::argument("--size", reason));
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(index as u64);
@@ -212,11 +206,17 @@ pub fn synthesize(out: &Path, count: usize, size: usize, seed: u64) -> Result<Sy
 /// Writes `out/ISIC2018_Task1-2_Training_Input/ISIC_<id>.jpg` and
 /// `out/ISIC2018_Task2_Training_GroundTruth_v3/ISIC_<id>_attribute_<attribute>.png`
 /// (8-bit gray, 0/255) for ids `0000000`.., in parallel, each file written under a
-/// temporary name and renamed, so a reader never sees a partial file. Existing files
-/// of the same names are replaced.
+/// temporary name and renamed ([`crate::output`]), so a reader never sees a partial
+/// file. Folders that already hold files are refused unless `opts.force`.
 pub fn synthesize_with(out: &Path, opts: &SynthOptions) -> Result<SynthSummary> {
     opts.validate()?;
     let (image_dir, mask_dir) = (out.join(TRAIN_IMAGE_DIR), out.join(TRAIN_MASK_DIR));
+    for dir in [&image_dir, &mask_dir] {
+        crate::output::remove_stale_temps(dir);
+        if !opts.force {
+            refuse_existing(out, dir)?;
+        }
+    }
     for dir in [&image_dir, &mask_dir] {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
@@ -263,21 +263,41 @@ pub fn synthesize_with(out: &Path, opts: &SynthOptions) -> Result<SynthSummary> 
     Ok(summary)
 }
 
-/// Encodes into `<path>.tmp`, then renames it to `path`.
+/// Refuses to write into `dir` (under `out`) when it already holds files.
+fn refuse_existing(out: &Path, dir: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+    let files = entries.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count();
+    if files == 0 {
+        return Ok(());
+    }
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    Err(Error::Output {
+        path: out.to_path_buf(),
+        reason: format!(
+            "already holds a dataset ({files} files in {name}); synthetic ids start at ISIC_0000000 as the real \
+             download's do, so its images would be overwritten: choose another --out, or pass --force to replace \
+             them"
+        ),
+    })
+}
+
+/// Encodes into a temporary file and renames it to `path` ([`crate::output`]).
 fn write_atomic(
     path: &Path,
     encode: impl FnOnce(&mut BufWriter<File>) -> std::result::Result<(), image::ImageError>,
 ) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let mut writer = BufWriter::new(file);
-    encode(&mut writer).map_err(|e| match e {
-        image::ImageError::IoError(e) => Error::io(&tmp, e),
-        other => Error::Data { path: tmp.clone(), reason: format!("encoding failed: {other}") },
-    })?;
-    writer.flush().map_err(|e| Error::io(&tmp, e))?;
-    drop(writer);
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    let mut encode_error = None;
+    let written = crate::output::write_with(path, crate::output::Sync::Rename, |w| {
+        encode(w).map_err(|e| match e {
+            image::ImageError::IoError(e) => e,
+            other => {
+                encode_error = Some(other.to_string());
+                std::io::Error::other("encoding failed")
+            }
+        })
+    });
+    match encode_error {
+        Some(reason) => Err(Error::Data { path: path.to_path_buf(), reason: format!("encoding failed: {reason}") }),
+        None => written,
+    }
 }
