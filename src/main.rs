@@ -211,11 +211,12 @@ enum Command {
         /// `nsys profile` or `ncu --nvtx` (they set NVTX_INJECTION64_PATH).
         #[arg(long)]
         nvtx: bool,
-        /// Predict the step on a GPU instead of timing it: h100, a100, l4 or orin.
-        /// With --device emu: one training step on the access-tracing emulator (large
-        /// launches sampled), every launch predicted from its memory counters, its
-        /// SASS and the GPU's specification (README: "Predicting a GPU without one").
-        #[arg(long, value_name = "GPU")]
+        /// Predict the step on a GPU instead of timing it. With --device emu: one
+        /// training step on the access-tracing emulator (large launches sampled), every
+        /// launch predicted from its memory counters, its SASS and the GPU's
+        /// specification (README: "Predicting a GPU without one").
+        #[arg(long, value_name = "GPU", allow_negative_numbers = true,
+              value_parser = clap::builder::PossibleValuesParser::new(lesionseg::perfmodel::GPUS.iter().map(|g| g.key)))]
         predict: Option<String>,
     },
 
