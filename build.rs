@@ -10,12 +10,29 @@
 //!   `extern "C"` declarations of every `emu_entry_<name>` and `EMU_ENTRIES`, the table
 //!   the emulator launches from.
 //!
+//! - `$OUT_DIR/embedded_kernels.rs` (included by `src/backend/cuda/embedded.rs`): every
+//!   kernel file compiled ahead of time by NVRTC 13.0 (cubins and PTX; see `build/aot.rs`).
+//!
 //! New kernel files are picked up by globbing `kernels/`, sorted so the output is
 //! deterministic.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::{env, fs};
+
+// Shared with the library, so that the build finds and drives NVRTC exactly as the
+// binary does at run time, and embeds by the rules the loader checks by.
+#[path = "build/aot.rs"]
+mod aot;
+#[path = "src/backend/cuda/embed.rs"]
+#[allow(dead_code)]
+mod embed;
+#[path = "src/backend/cuda/locate.rs"]
+#[allow(dead_code)]
+mod locate;
+#[path = "src/backend/cuda/nvrtc_lib.rs"]
+#[allow(dead_code)]
+mod nvrtc_lib;
 
 /// The emulator runtime, compiled with the kernels.
 const RUNTIME: &[&str] = &[
@@ -33,6 +50,11 @@ fn main() {
     let kernels = kernel_files(&root.join("kernels"));
 
     println!("cargo:rerun-if-changed=kernels");
+    for f in
+        ["build/aot.rs", "src/backend/cuda/locate.rs", "src/backend/cuda/nvrtc_lib.rs", "src/backend/cuda/embed.rs"]
+    {
+        println!("cargo:rerun-if-changed={f}");
+    }
     for f in RUNTIME.iter().chain(HEADERS) {
         println!("cargo:rerun-if-changed={f}");
     }
@@ -67,6 +89,7 @@ fn main() {
     let entries = entry_points(&kernels);
     fs::write(out.join("kernels.rs"), kernels_rs(&root, &kernels, &entries)).expect("write kernels.rs");
     fs::write(out.join("emu_entries.rs"), emu_entries_rs(&entries)).expect("write emu_entries.rs");
+    aot::embed(&root, &out, &kernels);
 }
 
 /// (module, path) of every `kernels/*.cu`, sorted by module name.

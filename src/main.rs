@@ -296,10 +296,7 @@ fn main() -> ExitCode {
             };
             profile(device, precision, &o, json)
         }
-        Command::Info => {
-            print!("{}", lesionseg::info::report());
-            Ok(())
-        }
+        Command::Info => info(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -394,6 +391,16 @@ fn note_nvtx() -> lesionseg::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Prints the report; a kernel file that fails on a present GPU is an error.
+fn info() -> lesionseg::Result<()> {
+    let r = lesionseg::info::report();
+    print!("{}", r.text);
+    match r.problems.len() {
+        0 => Ok(()),
+        n => Err(lesionseg::Error::Cuda(format!("{n} problem(s) on the GPU: {}", r.problems.join("; ")))),
+    }
 }
 
 fn eval(pred: &Path, truth: &Path, json: Option<&Path>) -> lesionseg::Result<()> {

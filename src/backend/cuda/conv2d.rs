@@ -3,8 +3,8 @@
 //! `backend::cpu::conv2d`, kernel design: the headers of the two kernel files).
 //!
 //! Every launch goes check (shapes, operand bounds, disjoint outputs, sizes that fit
-//! the kernels' `int` indices) → allocate (the weight gradient's split-K workspace)
-//! → arguments → one launch. The geometry is computed here once, so the emulator runs
+//! the kernels' `int` indices) → workspace (the weight gradient's split-K partials,
+//! from the backend's reused scratch) → arguments → one launch. The geometry is computed here once, so the emulator runs
 //! exactly the grid the GPU runs.
 //!
 //! The forward pass and the input gradient run `conv2d_fwd_f32` / `conv2d_bwd_data_f32`,
@@ -25,7 +25,7 @@
 //! 2. `conv2d_bwd_filter_f32`: `dw` and `db`, split-K over pixel chunks into a
 //!    workspace, then `conv2d_bwd_filter_reduce_f32` sums the partials in split order
 //!    (no float atomics: the bits depend only on the shapes); with a single split
-//!    the kernel writes `dw` and `db` directly and no workspace is allocated;
+//!    the kernel writes `dw` and `db` directly and no workspace is used;
 //! 3. `conv2d_bwd_data_f32`: `dx` written or added into, unless [`GradIn::Skip`].
 
 use super::{addresses, blocks, int, vec4_ok, vec_bits, Arg, Executor, Geometry, Kernel, Kernels, Operand};
@@ -233,19 +233,17 @@ fn weight_grad<E: Executor>(
     let tiles = [blocks(rows, TILE), blocks(p.k, TILE)];
     let (splits, chunk) = wgrad_splits(pixels, tiles[0] as usize * tiles[1] as usize);
 
-    // Allocate: partials [splits][rows][K] then db partials [splits][K].
+    // The workspace (reused, not zeroed: every split writes its whole partial):
+    // partials [splits][rows][K] then db partials [splits][K].
     let workspace = if splits > 1 {
         let len = splits.checked_mul(wlen + p.k).filter(|&l| l <= i32::MAX as usize);
         let len = len.ok_or_else(|| Error::shape(OP, "a split-K workspace below 2^31 elements", format!("{p:?}")))?;
-        Some(k.exec.alloc(len)?)
+        Some(k.scratch(OP, len)?)
     } else {
         None
     };
     let (part, db_part) = match &workspace {
-        Some(ws) => {
-            let base = k.exec.addr(ws);
-            (base, base + 4 * (splits * wlen) as u64)
-        }
+        Some(ws) => (ws.at(0), ws.at(splits * wlen)),
         None => (dwa, dba),
     };
 
@@ -259,8 +257,7 @@ fn weight_grad<E: Executor>(
 
     if let Some(ws) = &workspace {
         let geom = geometry([blocks(wlen + p.k, THREADS as usize), 1, 1]);
-        let args =
-            [Arg::Ptr(dwa), Arg::Ptr(dba), Arg::Ptr(k.exec.addr(ws)), int(OP, splits)?, int(OP, wlen)?, int(OP, p.k)?];
+        let args = [Arg::Ptr(dwa), Arg::Ptr(dba), Arg::Ptr(ws.at(0)), int(OP, splits)?, int(OP, wlen)?, int(OP, p.k)?];
         k.exec.launch(BWD_FILTER_REDUCE, &geom, &args)?;
     }
     Ok(())

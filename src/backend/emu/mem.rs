@@ -124,6 +124,8 @@ impl Drop for Alloc {
 /// A buffer of f32 in the emulator's "device" memory (host memory with guards).
 pub struct EmuMem {
     pub(crate) alloc: Arc<Alloc>,
+    /// Uncounts the buffer from the emulator's allocator figures when dropped.
+    pub(crate) _tracked: crate::backend::memory::Tracked,
 }
 
 impl std::fmt::Debug for EmuMem {

@@ -18,6 +18,11 @@
 //! Here: [`Emu`], an [`Executor`] whose buffers ([`EmuMem`]) have guard bytes checked
 //! after every launch, and [`race_check`], which runs a computation under several
 //! schedules and compares the outputs (a missing barrier shows as a difference).
+//! Every buffer is counted (`backend::memory`), and op workspaces are filled with NaN
+//! each time an op takes them, so a kernel reading what its op did not write fails.
+//! [`Emu::memory_only`] checks every launch but runs none: the memory figures of
+//! sizes the emulator could not run in reasonable time (they depend on the shapes
+//! only).
 
 mod mem;
 mod race;
@@ -28,6 +33,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::backend::cuda::{Arg, Executor, Geometry, Kernel, Kernels};
+use crate::backend::memory::{Accounting, MemoryStats};
 use crate::error::{Error, Result};
 use mem::{Alloc, Registry};
 
@@ -77,6 +83,9 @@ pub struct Emu {
     schedule: Schedule,
     registry: Registry,
     next_id: AtomicU64,
+    accounting: Arc<Accounting>,
+    /// False for [`Emu::memory_only`]: launches are checked, not run.
+    run_kernels: bool,
 }
 
 impl Default for Emu {
@@ -93,7 +102,38 @@ impl Emu {
 
     /// An emulator running threads in `schedule` order.
     pub fn with_schedule(schedule: Schedule) -> Self {
-        Emu { schedule, registry: Registry::default(), next_id: AtomicU64::new(0) }
+        Emu {
+            schedule,
+            registry: Registry::default(),
+            next_id: AtomicU64::new(0),
+            accounting: Accounting::new(),
+            run_kernels: true,
+        }
+    }
+
+    /// An emulator that allocates, uploads and checks every launch (entry point,
+    /// geometry, operand addresses) exactly as [`Emu::new`] does, but runs no kernel:
+    /// downloads read zeros. For the allocator's figures at sizes too large to
+    /// emulate (they depend on the shapes alone); the memory it counts is reserved
+    /// but, never written, mostly not resident.
+    pub fn memory_only() -> Self {
+        Emu { run_kernels: false, ..Self::new() }
+    }
+
+    /// Whether launches run ([`Emu::memory_only`] says no).
+    pub fn runs_kernels(&self) -> bool {
+        self.run_kernels
+    }
+
+    /// Fills the first `len` elements of `mem` with NaN.
+    fn poison(&self, mem: &EmuMem, len: usize) -> Result<()> {
+        Self::range_check(mem, 0, len, "poison")?;
+        if self.run_kernels {
+            // SAFETY: the range is inside the buffer (checked above); no launch runs
+            // while the emulator's methods do (every launch completes in `launch`).
+            unsafe { std::slice::from_raw_parts_mut(mem.alloc.data() as *mut f32, len) }.fill(f32::NAN);
+        }
+        Ok(())
     }
 
     /// The schedule of this emulator's launches.
@@ -162,13 +202,40 @@ impl Executor for Emu {
         "emu"
     }
 
+    fn describe(&self) -> String {
+        if self.run_kernels {
+            "emu".into()
+        } else {
+            "emu (memory only: launches checked, not run)".into()
+        }
+    }
+
+    fn memory_stats(&self) -> Option<MemoryStats> {
+        Some(self.accounting.stats())
+    }
+
+    fn reset_peak_memory(&self) {
+        self.accounting.reset_peak();
+    }
+
     fn alloc(&self, len: usize) -> Result<EmuMem> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let alloc =
             Alloc::new(len, id).ok_or_else(|| Error::Cuda(format!("emu: out of host memory allocating {len} f32")))?;
         let alloc = Arc::new(alloc);
         self.registry.add(&alloc);
-        Ok(EmuMem { alloc })
+        // Counted as the GPU counts it: at least one element.
+        Ok(EmuMem { alloc, _tracked: self.accounting.track(4 * len.max(1) as u64) })
+    }
+
+    fn alloc_scratch(&self, len: usize) -> Result<EmuMem> {
+        self.alloc(len)
+    }
+
+    fn fresh_scratch(&self, mem: &EmuMem, _len: usize) -> Result<()> {
+        // All of it, not just what this op planned: a read past the plan would
+        // otherwise see what an earlier, larger op left there.
+        self.poison(mem, mem.alloc.len())
     }
 
     fn len(&self, mem: &EmuMem) -> usize {
@@ -219,6 +286,9 @@ impl Executor for Emu {
             }
         }
 
+        if !self.run_kernels {
+            return Ok(());
+        }
         let mut values: Vec<ArgValue> = args
             .iter()
             .map(|a| match *a {
