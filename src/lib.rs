@@ -3,6 +3,7 @@
 //! fallback and the reference. See DESIGN.md for the architecture.
 
 pub mod backend;
+pub mod capi;
 pub mod data;
 pub mod demo;
 pub mod device;
@@ -16,6 +17,7 @@ pub mod nvtx;
 pub mod overlay;
 pub mod plot;
 pub mod predict;
+pub mod predictor;
 pub mod profile;
 pub mod tensor;
 pub mod train;
