@@ -231,8 +231,7 @@ pub extern "C" fn lesionseg_last_error() -> *const c_char {
 /// The name of attribute `k` (0..4), as in the output file names; NULL otherwise.
 #[no_mangle]
 pub extern "C" fn lesionseg_attribute_name(k: c_int) -> *const c_char {
-    const NAMES: [&CStr; 5] =
-        [c"pigment_network", c"negative_network", c"streaks", c"milia_like_cyst", c"globules"];
+    const NAMES: [&CStr; 5] = [c"pigment_network", c"negative_network", c"streaks", c"milia_like_cyst", c"globules"];
     debug_assert!(NAMES.iter().zip(ATTRIBUTES).all(|(c, a)| c.to_str() == Ok(a)));
     usize::try_from(k).ok().and_then(|k| NAMES.get(k)).map_or(std::ptr::null(), |c| c.as_ptr())
 }
@@ -278,7 +277,9 @@ mod tests {
         let rc = unsafe { lesionseg_predictor_open(c"x".as_ptr(), 9, 0, 0, &mut out) };
         assert_eq!(rc, LESIONSEG_ERROR_ARGUMENT);
         // SAFETY: a NULL handle is checked.
-        let rc = unsafe { lesionseg_predict_masks(std::ptr::null_mut(), [0u8; 3].as_ptr(), 1, 1, 0.3, [0u8; 5].as_mut_ptr()) };
+        let rc = unsafe {
+            lesionseg_predict_masks(std::ptr::null_mut(), [0u8; 3].as_ptr(), 1, 1, 0.3, [0u8; 5].as_mut_ptr())
+        };
         assert_eq!(rc, LESIONSEG_ERROR_ARGUMENT);
         // SAFETY: NULL is ignored.
         unsafe { lesionseg_predictor_free(std::ptr::null_mut()) };

@@ -214,6 +214,11 @@ enum Command {
         /// `nsys profile` or `ncu --nvtx` (they set NVTX_INJECTION64_PATH).
         #[arg(long)]
         nvtx: bool,
+        /// With --device emu: check every launch but run none, and report only the
+        /// memory figures (exact: they depend on the shapes alone), for sizes the
+        /// emulator could not run in reasonable time (512x512, batch 16).
+        #[arg(long)]
+        memory_only: bool,
     },
 
     /// What this machine offers the CUDA backend: driver, GPUs, NVRTC, ptxas, the
@@ -282,6 +287,7 @@ fn main() -> ExitCode {
             json,
             precision,
             nvtx,
+            memory_only,
         } => {
             let o = lesionseg::profile::ProfileOptions {
                 batch: batch_size,
@@ -289,9 +295,10 @@ fn main() -> ExitCode {
                 width,
                 warmup,
                 steps,
-                layers: !no_layers,
+                layers: !no_layers && !memory_only,
                 peak_gflops,
                 nvtx,
+                memory_only,
                 ..Default::default()
             };
             profile(device, precision, &o, json)
@@ -418,7 +425,18 @@ fn profile(
     if o.nvtx {
         note_nvtx()?;
     }
-    let mut opened = backend(device)?;
+    let mut opened = match (o.memory_only, device) {
+        (false, _) => backend(device)?,
+        (true, Device::Emu) => {
+            use lesionseg::backend::{cuda::Kernels, emu::Emu};
+            Opened::Emu(Kernels::new(Emu::memory_only()))
+        }
+        (true, _) => {
+            return Err(lesionseg::Error::Config(
+                "--memory-only needs --device emu (the emulator can skip the kernels; other devices cannot)".into(),
+            ))
+        }
+    };
     opened.set_precision(precision)?;
     let r = lesionseg::on_backend!(&opened, be => lesionseg::profile::run(be, o))?;
     if json {

@@ -101,10 +101,11 @@ impl<B: Backend> Session<B> {
     }
 }
 
+/// The session on whichever backend was opened (boxed: a session holds its plan).
 enum Inner {
-    Cpu(Session<Cpu>),
-    Cuda(Session<Kernels<Cuda>>),
-    Emu(Session<Kernels<Emu>>),
+    Cpu(Box<Session<Cpu>>),
+    Cuda(Box<Session<Kernels<Cuda>>>),
+    Emu(Box<Session<Kernels<Emu>>>),
 }
 
 /// Weights loaded once on a device, ready to predict image after image.
@@ -198,7 +199,7 @@ impl Predictor {
     }
 }
 
-fn session<B: Backend>(be: B, ck: &crate::train::checkpoint::Checkpoint) -> Result<Session<B>> {
+fn session<B: Backend>(be: B, ck: &crate::train::checkpoint::Checkpoint) -> Result<Box<Session<B>>> {
     let model = UNet16::for_inference(&be, ck.cfg, &ck.params)?;
-    Ok(Session { be, model, ws: None })
+    Ok(Box::new(Session { be, model, ws: None }))
 }

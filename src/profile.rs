@@ -5,12 +5,18 @@
 //! What is measured, in order:
 //! 1. on the CPU, the machine's practical peak: a large f32 GEMM with the `gemm`
 //!    crate on all rayon threads (the percentage column is relative to it);
-//! 2. `warmup` untimed training steps (first-touch page faults, caches, GPU JIT);
-//! 3. `steps` timed training steps (forward, loss, backward, Adam) and `steps`
-//!    timed inference passes, with no hook attached: the headline numbers;
+//! 2. inference as `predict` runs it (no gradients, the shared inference arena),
+//!    alone on the device: one untimed pass, then `steps` timed passes;
+//! 3. `warmup` untimed training steps (first-touch page faults, caches, GPU JIT),
+//!    then `steps` timed training steps (forward, loss, backward, Adam), with no
+//!    hook attached: the headline numbers;
 //! 4. with `layers`, `steps` more training steps with a [`LayerHook`] that puts a
 //!    backend mark ([`Backend::mark`]: a CUDA event on a GPU, the wall clock on the
 //!    CPU) before and after every layer; per-layer figures are medians over them.
+//!
+//! Around 2 and 3 the backend's allocator accounting (the GPU and the emulator count
+//! every buffer, the op workspaces included) gives each phase's peak and the bytes
+//! allocated per timed iteration, which is 0 once warmed up.
 //!
 //! The same table and JSON are printed by `bench/pytorch_reference.py` for PyTorch,
 //! so the two engines can be compared line by line.
@@ -24,11 +30,11 @@ use crate::backend::{AdamParams, At, Backend, LossParts};
 use crate::error::{Error, Result};
 use crate::model::init::default_init;
 use crate::model::unet::{Layer, LayerHook, NoHook, Pass};
-use crate::model::{UNet16, UNetConfig, Workspace};
+use crate::model::{Plan, UNet16, UNetConfig, Workspace};
 use crate::nvtx::{self, Nvtx, Ranges};
 
 mod report;
-pub use report::{format_table, gflops, median, to_json, LayerRow, Memory, ProfileReport};
+pub use report::{format_table, gflops, median, to_json, Allocated, LayerRow, Memory, ProfileReport};
 
 /// What to profile.
 #[derive(Clone, Debug)]
@@ -53,6 +59,9 @@ pub struct ProfileOptions {
     /// Put every layer pass and every timed step in an NVTX range (when a tool such
     /// as Nsight Systems is attached; see [`crate::nvtx`]).
     pub nvtx: bool,
+    /// The backend runs no kernels (`Emu::memory_only`): only the memory figures
+    /// mean something, so only they are reported.
+    pub memory_only: bool,
 }
 
 impl Default for ProfileOptions {
@@ -67,6 +76,7 @@ impl Default for ProfileOptions {
             seed: 2018,
             peak_gflops: None,
             nvtx: false,
+            memory_only: false,
         }
     }
 }
@@ -137,8 +147,52 @@ impl<B: Backend> Trainer<B> {
             optimizer: 2 * params,
             process_peak_rss: process_peak_rss(),
             device_in_use: be.device_memory_in_use(),
+            ..Memory::default()
         }
     }
+}
+
+/// The model for the forward pass alone, as `predict` runs it: no gradients, the
+/// inference arena (tensors share memory once their consumers have run).
+pub struct Inference<B: Backend> {
+    /// The model (the same random weights as [`Trainer::new`]'s).
+    pub model: UNet16<B>,
+    /// The inference arena, input uploaded.
+    pub ws: Workspace<B>,
+}
+
+impl<B: Backend> Inference<B> {
+    /// [`Trainer::new`]'s model and batch, for inference.
+    pub fn new(be: &B, batch: usize, size: usize, width: f64, seed: u64) -> Result<Self> {
+        let cfg = UNetConfig::scaled(width)?;
+        let table = crate::model::ParamTable::new(&cfg);
+        let model = UNet16::for_inference(be, cfg, &default_init(&table, seed))?;
+        let ws = model.inference_workspace(be, batch, size, size)?;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
+        let input: Vec<f32> = (0..ws.plan.input.len()).map(|_| rng.gen_range(-2.0..2.0)).collect();
+        be.upload(&ws.acts, ws.plan.input.off, &input)?;
+        Ok(Inference { model, ws })
+    }
+
+    /// One forward pass.
+    pub fn infer(&self, be: &B, hook: &mut dyn LayerHook) -> Result<()> {
+        self.model.forward_profiled(be, &self.ws, hook)
+    }
+
+    /// Waits for the queued work (see [`Trainer::fence`]).
+    pub fn fence(&self, be: &B) -> Result<()> {
+        be.download(&self.model.params, 0, &mut [0.0])
+    }
+}
+
+/// What the allocator did during one phase of the profile: its peak above what was
+/// live before the phase, and the bytes allocated per timed iteration.
+fn allocator_figures<B: Backend>(be: &B, base_live: u64, before_timed: u64, iterations: usize) -> Option<Allocated> {
+    let now = be.memory_stats()?;
+    Some(Allocated {
+        peak: now.peak.saturating_sub(base_live),
+        per_iteration: (now.allocated - before_timed) / iterations.max(1) as u64,
+    })
 }
 
 /// Per channel of each image, a random rectangle, or nothing one time in three.
@@ -263,9 +317,34 @@ pub fn run<B: Backend>(be: &B, o: &ProfileOptions) -> Result<ProfileReport> {
         },
     };
     let nvtx = if o.nvtx { Nvtx::attached()? } else { None };
+    let mut plain = Ranges { nvtx, inner: &mut NoHook };
+    let allocated = |be: &B| be.memory_stats().map_or(0, |m| m.allocated);
+    let live = |be: &B| be.memory_stats().map_or(0, |m| m.live);
+
+    // Inference first, alone on the device, as `predict` runs it (its peak is its own).
+    let (forward_ms, inference) = {
+        be.reset_peak_memory();
+        let base = live(be);
+        let inf = Inference::new(be, o.batch, o.size, o.width, o.seed)?;
+        // One untimed pass: first-touch, the kernels, the workspace's first plan.
+        inf.infer(be, &mut plain)?;
+        inf.fence(be)?;
+        let before = allocated(be);
+        let mut forward_ms = Vec::with_capacity(o.steps);
+        for _ in 0..o.steps {
+            let _r = nvtx::range(nvtx, c"inference");
+            let start = Instant::now();
+            inf.infer(be, &mut plain)?;
+            inf.fence(be)?;
+            forward_ms.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        (forward_ms, allocator_figures(be, base, before, o.steps))
+    };
+
+    be.reset_peak_memory();
+    let base = live(be);
     let mut t = Trainer::new(be, o.batch, o.size, o.width, o.seed)?;
     let mut loss = LossParts::default();
-    let mut plain = Ranges { nvtx, inner: &mut NoHook };
     {
         let _r = nvtx::range(nvtx, c"warm-up");
         for _ in 0..o.warmup {
@@ -273,6 +352,7 @@ pub fn run<B: Backend>(be: &B, o: &ProfileOptions) -> Result<ProfileReport> {
         }
         t.fence(be)?;
     }
+    let before = allocated(be);
     let mut step_ms = Vec::with_capacity(o.steps);
     for _ in 0..o.steps {
         let _r = nvtx::range(nvtx, c"train_step");
@@ -281,14 +361,7 @@ pub fn run<B: Backend>(be: &B, o: &ProfileOptions) -> Result<ProfileReport> {
         t.fence(be)?;
         step_ms.push(start.elapsed().as_secs_f64() * 1e3);
     }
-    let mut forward_ms = Vec::with_capacity(o.steps);
-    for _ in 0..o.steps {
-        let _r = nvtx::range(nvtx, c"inference");
-        let start = Instant::now();
-        t.infer(be, &mut plain)?;
-        t.fence(be)?;
-        forward_ms.push(start.elapsed().as_secs_f64() * 1e3);
-    }
+    let training = allocator_figures(be, base, before, o.steps);
     let layers = if o.layers { profile_layers(be, &mut t, o.steps, nvtx)? } else { Vec::new() };
     Ok(ProfileReport {
         engine: "lesionseg".into(),
@@ -305,8 +378,14 @@ pub fn run<B: Backend>(be: &B, o: &ProfileOptions) -> Result<ProfileReport> {
         layers,
         peak_gflops,
         peak_source,
-        memory: t.memory(be),
+        memory: Memory {
+            inference_activations: (Plan::inference(&t.model.cfg, o.batch, o.size, o.size)?.len * 4) as u64,
+            inference,
+            training,
+            ..t.memory(be)
+        },
         loss: loss.loss,
+        memory_only: o.memory_only,
     })
 }
 

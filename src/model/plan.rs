@@ -206,7 +206,10 @@ impl Plan {
         let items = plan.lifetimes(&roots);
         let (offsets, len) = packing::pack(&items, ALIGN);
         let moved = |off: usize| {
-            let r = roots.iter().position(|r| r.off <= off && off < r.off + r.len().max(1)).expect("every view is in a root");
+            let r = roots
+                .iter()
+                .position(|r| r.off <= off && off < r.off + r.len().max(1))
+                .expect("every view is in a root");
             offsets[r] + (off - roots[r].off)
         };
         for v in plan.views_mut() {
@@ -217,10 +220,12 @@ impl Plan {
         Ok(plan)
     }
 
-    /// The most elements alive at once in the forward pass: what no inference arena
-    /// can go below.
-    pub fn live_peak(&self) -> usize {
-        packing::live_peak(&self.lifetimes(&self.roots()))
+    /// The most elements alive at once in the forward pass of a batch of `n` images
+    /// of `h`×`w`: what no inference arena can go below.
+    pub fn live_peak(cfg: &UNetConfig, n: usize, h: usize, w: usize) -> Result<usize> {
+        // On the training plan, where every tensor has its own place to be found by.
+        let plan = Plan::new(cfg, n, h, w)?;
+        Ok(packing::live_peak(&plan.lifetimes(&plan.roots())))
     }
 
     /// Every view of the plan.

@@ -86,6 +86,8 @@ pub struct Emu {
     accounting: Arc<Accounting>,
     /// False for [`Emu::memory_only`]: launches are checked, not run.
     run_kernels: bool,
+    /// The next address a memory-only emulator hands out.
+    next_addr: AtomicU64,
 }
 
 impl Default for Emu {
@@ -108,14 +110,15 @@ impl Emu {
             next_id: AtomicU64::new(0),
             accounting: Accounting::new(),
             run_kernels: true,
+            next_addr: AtomicU64::new(1 << 44),
         }
     }
 
-    /// An emulator that allocates, uploads and checks every launch (entry point,
-    /// geometry, operand addresses) exactly as [`Emu::new`] does, but runs no kernel:
-    /// downloads read zeros. For the allocator's figures at sizes too large to
-    /// emulate (they depend on the shapes alone); the memory it counts is reserved
-    /// but, never written, mostly not resident.
+    /// An emulator that counts every allocation and checks every launch (entry
+    /// point, geometry, operand addresses) exactly as [`Emu::new`] does, but backs
+    /// buffers with no memory and runs no kernel: uploads are dropped, downloads read
+    /// zeros. For the allocator's figures at sizes too large to emulate (they depend
+    /// on the shapes alone): a 15 GiB training step costs no memory here.
     pub fn memory_only() -> Self {
         Emu { run_kernels: false, ..Self::new() }
     }
@@ -128,7 +131,7 @@ impl Emu {
     /// Fills the first `len` elements of `mem` with NaN.
     fn poison(&self, mem: &EmuMem, len: usize) -> Result<()> {
         Self::range_check(mem, 0, len, "poison")?;
-        if self.run_kernels {
+        if mem.alloc.is_real() {
             // SAFETY: the range is inside the buffer (checked above); no launch runs
             // while the emulator's methods do (every launch completes in `launch`).
             unsafe { std::slice::from_raw_parts_mut(mem.alloc.data() as *mut f32, len) }.fill(f32::NAN);
@@ -220,8 +223,12 @@ impl Executor for Emu {
 
     fn alloc(&self, len: usize) -> Result<EmuMem> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let alloc =
-            Alloc::new(len, id).ok_or_else(|| Error::Cuda(format!("emu: out of host memory allocating {len} f32")))?;
+        let alloc = if self.run_kernels {
+            Alloc::new(len, id).ok_or_else(|| Error::Cuda(format!("emu: out of host memory allocating {len} f32")))?
+        } else {
+            let span = Alloc::span(len).next_multiple_of(256) as u64;
+            Alloc::reserve(len, id, self.next_addr.fetch_add(span, Ordering::Relaxed))
+        };
         let alloc = Arc::new(alloc);
         self.registry.add(&alloc);
         // Counted as the GPU counts it: at least one element.
@@ -248,6 +255,9 @@ impl Executor for Emu {
 
     fn upload(&self, mem: &EmuMem, off: usize, src: &[f32]) -> Result<()> {
         Self::range_check(mem, off, src.len(), "upload")?;
+        if !mem.alloc.is_real() {
+            return Ok(());
+        }
         // SAFETY: the range was checked to lie inside the buffer's data.
         unsafe {
             std::ptr::copy_nonoverlapping(src.as_ptr(), (mem.alloc.data() as *mut f32).add(off), src.len());
@@ -257,6 +267,10 @@ impl Executor for Emu {
 
     fn download(&self, mem: &EmuMem, off: usize, dst: &mut [f32]) -> Result<()> {
         Self::range_check(mem, off, dst.len(), "download")?;
+        if !mem.alloc.is_real() {
+            dst.fill(0.0);
+            return Ok(());
+        }
         // SAFETY: the range was checked to lie inside the buffer's data.
         unsafe {
             std::ptr::copy_nonoverlapping((mem.alloc.data() as *const f32).add(off), dst.as_mut_ptr(), dst.len());
