@@ -34,7 +34,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(note) = predictor.device_note() {
         eprintln!("{note}");
     }
-    println!("{} on {}, network input {}x{}", weights.display(), predictor.device(), predictor.size(), predictor.size());
+    println!(
+        "{} on {}, network input {}x{}",
+        weights.display(),
+        predictor.device(),
+        predictor.size(),
+        predictor.size()
+    );
     if let Some(dir) = &out {
         std::fs::create_dir_all(dir)?;
     }
@@ -47,7 +53,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let shares: Vec<String> = ATTRIBUTES
             .iter()
             .zip(&masks.maps)
-            .map(|(a, m)| format!("{a} {:.1}%", 100.0 * m.iter().filter(|&&v| v == 255).count() as f64 / m.len() as f64))
+            .map(|(a, m)| {
+                format!("{a} {:.1}%", 100.0 * m.iter().filter(|&&v| v == 255).count() as f64 / m.len() as f64)
+            })
             .collect();
         println!("{} ({w}x{h}): {}", path.display(), shares.join(", "));
         if let Some(dir) = &out {

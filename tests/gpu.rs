@@ -54,6 +54,8 @@ fn smoke_sources() -> KernelSources {
 /// saying why when there is no NVRTC (a driver-only machine, where the embedded
 /// kernels' tests below are what runs).
 fn smoke_gpu(test: &str) -> Option<Kernels<Cuda>> {
+    // The policy first: no GPU is a skip, or a failure where one is required.
+    drop(test_gpu(test)?);
     if let Err(e) = lesionseg::backend::cuda::nvrtc::nvrtc() {
         println!("{test}: SKIPPED: this test's own kernels need NVRTC ({e})");
         return None;
