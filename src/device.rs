@@ -26,7 +26,7 @@ pub enum Device {
     Auto,
     /// The CPU backend.
     Cpu,
-    /// The CUDA backend (hand-written kernels via NVRTC).
+    /// The CUDA backend (hand-written kernels, embedded or compiled by NVRTC).
     Cuda,
     /// The host emulator running the CUDA kernels on the CPU.
     Emu,

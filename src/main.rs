@@ -221,8 +221,10 @@ enum Command {
         memory_only: bool,
     },
 
-    /// What this machine offers the CUDA backend: driver, GPUs, NVRTC, ptxas, the
-    /// kernel cache, and registers / shared memory of every kernel.
+    /// What this machine offers the CUDA backend: driver, GPUs, the kernels embedded
+    /// in this binary, NVRTC, ptxas, the kernel cache; how each kernel file reaches
+    /// the GPU and why, and registers / shared memory of every kernel. Exits non-zero
+    /// when a kernel file fails to load on a present GPU.
     Info,
 }
 

@@ -1,7 +1,8 @@
 //! Backends that run the hand-written kernels in `kernels/`: the launch logic
 //! (shape checks, geometry, arguments) is written once here, over an
-//! [`Executor`] that either drives a GPU (`driver`: cudarc + NVRTC) or runs the
-//! same kernel sources compiled for the host (`crate::backend::emu`). So the
+//! [`Executor`] that either drives a GPU (`driver`: cudarc, with the kernels embedded
+//! at build time or compiled by NVRTC) or runs the same kernel sources compiled for
+//! the host (`crate::backend::emu`). So the
 //! emulator checks exactly the grid, block and shared-memory sizes the GPU runs.
 //!
 //! One file per op family, named as its kernel file: `conv2d.rs` ↔
