@@ -33,7 +33,10 @@ use crate::model::unet::{Layer, LayerHook, NoHook, Pass};
 use crate::model::{Plan, UNet16, UNetConfig, Workspace};
 use crate::nvtx::{self, Nvtx, Ranges};
 
+mod memory;
 mod report;
+pub use memory::Inference;
+use memory::{allocator_figures, process_peak_rss};
 pub use report::{format_table, gflops, median, to_json, Allocated, LayerRow, Memory, ProfileReport};
 
 /// What to profile.
@@ -152,49 +155,6 @@ impl<B: Backend> Trainer<B> {
     }
 }
 
-/// The model for the forward pass alone, as `predict` runs it: no gradients, the
-/// inference arena (tensors share memory once their consumers have run).
-pub struct Inference<B: Backend> {
-    /// The model (the same random weights as [`Trainer::new`]'s).
-    pub model: UNet16<B>,
-    /// The inference arena, input uploaded.
-    pub ws: Workspace<B>,
-}
-
-impl<B: Backend> Inference<B> {
-    /// [`Trainer::new`]'s model and batch, for inference.
-    pub fn new(be: &B, batch: usize, size: usize, width: f64, seed: u64) -> Result<Self> {
-        let cfg = UNetConfig::scaled(width)?;
-        let table = crate::model::ParamTable::new(&cfg);
-        let model = UNet16::for_inference(be, cfg, &default_init(&table, seed))?;
-        let ws = model.inference_workspace(be, batch, size, size)?;
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
-        let input: Vec<f32> = (0..ws.plan.input.len()).map(|_| rng.gen_range(-2.0..2.0)).collect();
-        be.upload(&ws.acts, ws.plan.input.off, &input)?;
-        Ok(Inference { model, ws })
-    }
-
-    /// One forward pass.
-    pub fn infer(&self, be: &B, hook: &mut dyn LayerHook) -> Result<()> {
-        self.model.forward_profiled(be, &self.ws, hook)
-    }
-
-    /// Waits for the queued work (see [`Trainer::fence`]).
-    pub fn fence(&self, be: &B) -> Result<()> {
-        be.download(&self.model.params, 0, &mut [0.0])
-    }
-}
-
-/// What the allocator did during one phase of the profile: its peak above what was
-/// live before the phase, and the bytes allocated per timed iteration.
-fn allocator_figures<B: Backend>(be: &B, base_live: u64, before_timed: u64, iterations: usize) -> Option<Allocated> {
-    let now = be.memory_stats()?;
-    Some(Allocated {
-        peak: now.peak.saturating_sub(base_live),
-        per_iteration: (now.allocated - before_timed) / iterations.max(1) as u64,
-    })
-}
-
 /// Per channel of each image, a random rectangle, or nothing one time in three.
 fn random_masks(rng: &mut impl Rng, n: usize, size: usize, k: usize) -> Vec<f32> {
     let mut t = vec![0.0; n * size * size * k];
@@ -213,14 +173,6 @@ fn random_masks(rng: &mut impl Rng, n: usize, size: usize, k: usize) -> Vec<f32>
         }
     }
     t
-}
-
-/// Peak resident set of this process (`VmHWM`), Linux only.
-fn process_peak_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }
 
 /// A layer pass: what the profile times.
