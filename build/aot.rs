@@ -16,8 +16,8 @@
 //! Compiled images are cached by their `embed::build_key` (source, `common.cuh`,
 //! target, options, NVRTC version) in `target/lesionseg-kernel-images/`, shared by
 //! every profile (and emptied by `cargo clean`), so an unchanged kernel is never
-//! compiled twice (a fresh build compiles 8 files × 6 targets: 30 s of CPU, about
-//! 40 s on the 2 shared cores measured). A source NVRTC rejects fails the build
+//! compiled twice (a fresh build compiles 8 files × 6 targets: about 23 s of CPU,
+//! 38 s on the 2 shared cores measured). A source NVRTC rejects fails the build
 //! with NVRTC's log: an embedded set with a hole would be worse.
 
 use std::fmt::Write as _;
