@@ -15,14 +15,18 @@
 //!   `extern "C"` declarations of every `emu_entry_<name>` and `EMU_ENTRIES`, the table
 //!   the emulator launches from.
 //!
-//! Every kernel file is compiled twice: as is (`emu_entry_<name>`, what launches
-//! run) and instrumented for the access tracer (`$OUT_DIR/traced/<module>.cpp`,
-//! exporting `emu_traced_entry_<name>`, see `src/backend/emu/trace.cpp`): GCC's
-//! kernel-address instrumentation with a call threshold of 0 turns each load and store
-//! into a call the tracer defines. The second copy is wrapped in a namespace of its
-//! own, so the two never share an inline function or a type, and built without the
-//! passes that would merge or split accesses (SRA, store merging, vectorisation,
-//! loop-to-memset), so a 16-byte vector load stays one 16-byte access, as on the GPU.
+//! - `$OUT_DIR/embedded_kernels.rs` (included by `src/backend/cuda/embedded.rs`): every
+//!   kernel file compiled ahead of time by NVRTC 13.0 (cubins and PTX; see `build/aot.rs`).
+//!
+//! Every kernel file is compiled twice for the emulator: as is (`emu_entry_<name>`,
+//! what launches run) and instrumented for the access tracer
+//! (`$OUT_DIR/traced/<module>.cpp`, exporting `emu_traced_entry_<name>`, see
+//! `src/backend/emu/trace.cpp`): GCC's kernel-address instrumentation with a call
+//! threshold of 0 turns each load and store into a call the tracer defines. The second
+//! copy is wrapped in a namespace of its own, so the two never share an inline function
+//! or a type, and built without the passes that would merge or split accesses (SRA,
+//! store merging, vectorisation, loop-to-memset), so a 16-byte vector load stays one
+//! 16-byte access, as on the GPU.
 //!
 //! New kernel files and headers are picked up by globbing `kernels/`, sorted so the
 //! output is deterministic.
@@ -30,6 +34,20 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::{env, fs};
+
+// Shared with the library, so that the build finds and drives NVRTC exactly as the
+// binary does at run time, and embeds by the rules the loader checks by.
+#[path = "build/aot.rs"]
+mod aot;
+#[path = "src/backend/cuda/embed.rs"]
+#[allow(dead_code)]
+mod embed;
+#[path = "src/backend/cuda/locate.rs"]
+#[allow(dead_code)]
+mod locate;
+#[path = "src/backend/cuda/nvrtc_lib.rs"]
+#[allow(dead_code)]
+mod nvrtc_lib;
 
 /// The emulator runtime, compiled with the kernels.
 const RUNTIME: &[&str] = &[
@@ -50,6 +68,11 @@ fn main() {
     let headers = kernel_files(&root.join("kernels"), "cuh");
 
     println!("cargo:rerun-if-changed=kernels");
+    for f in
+        ["build/aot.rs", "src/backend/cuda/locate.rs", "src/backend/cuda/nvrtc_lib.rs", "src/backend/cuda/embed.rs"]
+    {
+        println!("cargo:rerun-if-changed={f}");
+    }
     for f in RUNTIME.iter().chain(EMU_HEADERS).chain([&TRACER]) {
         println!("cargo:rerun-if-changed={f}");
     }
@@ -74,6 +97,7 @@ fn main() {
 
     fs::write(out.join("kernels.rs"), kernels_rs(&kernels, &headers, &entries)).expect("write kernels.rs");
     fs::write(out.join("emu_entries.rs"), emu_entries_rs(&entries)).expect("write emu_entries.rs");
+    aot::embed(&out, &kernels, &headers);
 }
 
 /// Writes a generated source only when its text changed, so the C++ compiler's

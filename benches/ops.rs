@@ -41,7 +41,7 @@ use lesionseg::backend::{
 use lesionseg::model::plan::BLOCK_CONVS;
 use lesionseg::model::unet::{Layer, NoHook};
 use lesionseg::model::{ParamKind, ParamTable, Plan, UNetConfig, View};
-use lesionseg::profile::Trainer;
+use lesionseg::profile::{Inference, Trainer};
 use rand::{Rng, SeedableRng};
 
 /// One op launch of the model, with the shape it has there.
@@ -358,7 +358,8 @@ fn model_benches<B: Backend>(c: &mut Criterion, be: &B, dev: &str, train: &[Scal
         let mut t = None;
         g.throughput(Throughput::Elements(2 * model_macs(s).0));
         g.bench_function(BenchmarkId::from_parameter(s.label()), |bch| {
-            let t = t.get_or_insert_with(|| trainer(s));
+            // As `predict` runs it: no gradients, the shared inference arena.
+            let t = t.get_or_insert_with(|| Inference::new(be, s.n, s.size, 1.0, 7).expect("inference"));
             timed(bch, be, || {
                 t.infer(be, &mut NoHook).unwrap();
             })

@@ -20,10 +20,15 @@
 #   GPU_CALIBRATE=0  no calibration table (predicted beside measured per layer, bf16;
 #                    GPU_CALIBRATE_SIZE=256 GPU_CALIBRATE_BATCH=2, GPU_CALIBRATE_GPU=h100
 #                    when the card's name does not say which model to use)
+#   GPU_CHECK_DRIVER_ONLY=1   hide every NVRTC: the check on the driver alone
 #
-# NVRTC is looked for in LESIONSEG_NVRTC, CUDA_HOME/CUDA_PATH, /usr/local/cuda*,
-# Python nvidia wheels and the linker path (by the binary itself; found here first
-# only to print it). Exit status: 0 when every step passed.
+# The GPU needs only the NVIDIA driver: the kernels are embedded in the binaries
+# (cubins for sm_80/86/87/89/90, PTX the driver compiles for other GPUs); nothing
+# here looks for or exports an NVRTC. An NVRTC the binaries find by themselves is
+# used only for kernels they do not embed (tests/gpu.rs's own), never one newer
+# than the driver. GPU_CHECK_DRIVER_ONLY=1 hides every NVRTC (LESIONSEG_NVRTC set to
+# an empty folder), as on a host that has none. `lesionseg info` (the first step)
+# says which path each kernel file took. Exit status: 0 when every step passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -34,18 +39,13 @@ if [ ! -x .gpu/lesionseg ]; then
 fi
 build_info() { sed -n "s/^$1=//p" .gpu/BUILD_INFO 2>/dev/null; }
 
-# Library lookup, for the record (the binary searches the same places).
-if [ -z "${LESIONSEG_NVRTC:-}" ]; then
-  for d in "${CUDA_HOME:-/nonexistent}"/lib64 "${CUDA_PATH:-/nonexistent}"/lib64 /usr/local/cuda/lib64 \
-    /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda-13*/lib64 \
-    $(python3 -c 'import site; print(" ".join(p + "/nvidia/cu13/lib" for p in site.getsitepackages()))' 2>/dev/null); do
-    if [ -f "$d/libnvrtc.so.13" ]; then
-      export LESIONSEG_NVRTC="$d/libnvrtc.so.13"
-      break
-    fi
-  done
+if [ "${GPU_CHECK_DRIVER_ONLY:-0}" = 1 ]; then
+  no_nvrtc=$(mktemp -d)
+  export LESIONSEG_NVRTC="$no_nvrtc"  # searched alone, and empty: no NVRTC at all
+  echo "NVRTC: hidden (GPU_CHECK_DRIVER_ONLY=1): the driver and the embedded kernels only"
+else
+  echo "NVRTC: not needed; lesionseg info below says whether one was found and whether it was used"
 fi
-echo "NVRTC: ${LESIONSEG_NVRTC:-not found in the usual places; leaving the search to lesionseg}"
 
 export LESIONSEG_BIN="$ROOT/.gpu/lesionseg"  # the binary tests/gpu.rs runs
 export LESIONSEG_ROOT="$ROOT"                # where tests/gpu.rs finds tests/fixtures
@@ -109,7 +109,10 @@ if [ "${GPU_CALIBRATE:-1}" = 1 ] && [ -n "$cal_gpu" ]; then
 fi
 
 step "nvidia-smi" nvidia-smi
-step "lesionseg info" .gpu/lesionseg info
+step "lesionseg info" bash -c "set -o pipefail; .gpu/lesionseg info | tee $TMP/info.txt"
+# How the kernel files reached the GPU (embedded cubin, embedded PTX, NVRTC), for the summary.
+load_paths=$(sed -n 's/^  \([a-z0-9_]*\.cu\): loaded from \(embedded cubin\|embedded PTX\|NVRTC\).*/\2/p' "$TMP/info.txt" 2>/dev/null |
+  sort | uniq -c | awk '{c=$1; $1=""; printf "%s%d from%s", (n++ ? ", " : ""), c, $0}')
 if [ -x .gpu/tests/gpu ]; then
   step "tests/gpu.rs" timeout 300 .gpu/tests/gpu --test-threads=1 --nocapture
 else
@@ -242,7 +245,7 @@ PY
 elif [ "${GPU_CALIBRATE:-1}" = 1 ]; then
   results+=("SKIP  calibration (no model for this card: set GPU_CALIBRATE_GPU=h100|a100|l4|orin)")
 fi
-rm -rf "$TMP" "$LESIONSEG_CACHE_DIR"
+rm -rf "$TMP" "$LESIONSEG_CACHE_DIR" "${no_nvrtc:-}"
 
 card=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
 failed=0 skipped=0
@@ -258,6 +261,7 @@ summary() {
   echo "card:    ${card:-unknown (nvidia-smi failed)}"
   echo "date:    $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "commit:  $(build_info commit) ($(build_info profile) build of $(build_info built))"
+  echo "kernels: ${load_paths:-not loaded (see lesionseg info)}${LESIONSEG_NVRTC:+ (NVRTC hidden)}"
   printf '%s\n' "${results[@]}"
   if [ -n "${bench_table:-}" ]; then echo; echo "$bench_table"; fi
   if [ -n "${perf_table:-}" ]; then echo; echo "$perf_table"; fi

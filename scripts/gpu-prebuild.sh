@@ -10,9 +10,13 @@
 #   GPU_TESTS="gpu conv2d_kernels" scripts/gpu-prebuild.sh   # which tests/*.rs to include
 #
 # Then copy the repository with .gpu/ to the GPU machine (or hand .gpu to a remote
-# runner as an extra path) and run scripts/gpu-check.sh there.
+# runner as an extra path) and run scripts/gpu-check.sh there. The kernels are
+# embedded in every executable (compiled here by the pinned NVRTC 13.0, which
+# scripts/test.sh installs into .cache/nvidia), so the GPU machine needs only the
+# driver; the build fails here rather than ship executables that would need NVRTC.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export LESIONSEG_EMBED=require
 
 profile=release
 flags=(--release)
@@ -71,5 +75,9 @@ built=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 profile=$profile
 root=$PWD
 EOF
+# The binary as the GPU machine will run it: no NVRTC to be found, every kernel embedded.
+no_nvrtc=$(mktemp -d)
+LESIONSEG_NVRTC=$no_nvrtc .gpu/lesionseg info | sed -n '/^embedded kernels/,/^NVRTC/p'
+rmdir "$no_nvrtc"
 du -sh .gpu
 ls -l .gpu .gpu/tests

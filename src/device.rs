@@ -1,9 +1,10 @@
 //! Choosing the backend a command runs on (`--device auto|cpu|cuda|emu`) and
 //! running generic code on whichever was chosen.
 //!
-//! `auto` takes a GPU when one is usable (the driver loads, a device is present,
-//! NVRTC is found and a context can be created), otherwise the CPU, and says which
-//! and why. `cuda` without a usable GPU is one clear error, never a panic.
+//! `auto` takes a GPU when one is usable (the driver loads, a device is present, a
+//! context can be created and the kernels can be loaded: embedded in the binary for
+//! this GPU, or NVRTC found), otherwise the CPU, and says which and why. `cuda`
+//! without a usable GPU is one clear error, never a panic.
 //!
 //! The model is generic over [`Backend`], so a command is written once as generic
 //! code and dispatched with [`on_backend!`](crate::on_backend):
@@ -25,7 +26,7 @@ pub enum Device {
     Auto,
     /// The CPU backend.
     Cpu,
-    /// The CUDA backend (hand-written kernels via NVRTC).
+    /// The CUDA backend (hand-written kernels, embedded or compiled by NVRTC).
     Cuda,
     /// The host emulator running the CUDA kernels on the CPU.
     Emu,
@@ -45,6 +46,8 @@ impl std::str::FromStr for Device {
 }
 
 /// An opened backend, ready to run generic code through [`on_backend!`](crate::on_backend).
+// One per process, made once and borrowed: boxing the GPU variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Opened {
     /// The CPU reference backend.
     Cpu(Cpu),
@@ -55,12 +58,19 @@ pub enum Opened {
 }
 
 impl Opened {
-    /// Sets the arithmetic of the kernel backends' convolution and deconvolution
-    /// GEMMs, forward and backward; the cpu backend computes in f32 only, so anything
-    /// else there is an error.
+    /// Sets the convolution arithmetic of the kernel backends; the cpu backend
+    /// computes in f32 only, and bf16 needs tensor cores (sm_80 or newer), so those
+    /// are errors.
     pub fn set_precision(&mut self, p: Precision) -> Result<()> {
         match self {
-            Opened::Cuda(k) => k.precision = p,
+            Opened::Cuda(k) => {
+                if p == Precision::Bf16 {
+                    k.exec.check_tensor_cores().map_err(|e| {
+                        Error::Device(format!("--precision bf16: {}; use --precision f32 on this GPU", reason(&e)))
+                    })?;
+                }
+                k.precision = p
+            }
             Opened::Emu(k) => k.precision = p,
             Opened::Cpu(_) if p == Precision::F32 => {}
             Opened::Cpu(_) => {

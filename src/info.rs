@@ -1,25 +1,40 @@
 //! The `info` command: what this machine offers the CUDA backend — driver, GPUs,
-//! NVRTC, ptxas, the kernel cache — and what each kernel costs in registers and
-//! shared memory, measured the best way available: `cuFuncGetAttribute` on a GPU,
-//! `ptxas -v` with only NVRTC and ptxas, "not available" otherwise.
+//! the kernels embedded in this binary, NVRTC, ptxas, the kernel cache — which path
+//! each kernel file takes onto the GPU (embedded cubin, embedded PTX through the
+//! driver's JIT, NVRTC) and why, and what each kernel costs in registers and shared
+//! memory, measured the best way available: `cuFuncGetAttribute` on a GPU,
+//! `ptxas -v` with ptxas, "not available" otherwise.
 //!
 //! Every probe here reports its failure as text; nothing panics, so `info` is the
-//! first thing to run on a machine that does not work.
+//! first thing to run on a machine that does not work. A kernel file that fails to
+//! load on a present GPU is a problem ([`Report::problems`]): the command exits
+//! non-zero.
 
 use std::fmt::Write as _;
 
 use crate::backend::cuda::driver::{self, Cuda, KernelSources};
-use crate::backend::cuda::{nvrtc, probe, ptxas, Kernel};
+use crate::backend::cuda::{embed, embedded, loader, nvrtc, probe, ptxas, Kernel};
 
 /// The architecture kernels are assembled for when there is no GPU to ask.
 pub const DEFAULT_ARCH: &str = "sm_90";
 
-/// The whole report, ready to print.
-pub fn report() -> String {
+/// What `info` found.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// The report, ready to print.
+    pub text: String,
+    /// What failed on a present GPU (a kernel file that does not load): empty when
+    /// all is well, including on a machine with no GPU.
+    pub problems: Vec<String>,
+}
+
+/// The whole report.
+pub fn report() -> Report {
     let mut out = format!("lesionseg {}\n", env!("CARGO_PKG_VERSION"));
     let sources = KernelSources::builtin();
     section_driver(&mut out);
-    let nvrtc_ok = section_nvrtc(&mut out);
+    section_embedded(&mut out, &sources);
+    let nvrtc_ok = section_nvrtc(&mut out, &sources);
     let ptxas = probe::find_ptxas();
     match &ptxas {
         Some(p) => {
@@ -35,8 +50,8 @@ pub fn report() -> String {
         }
         None => out += "kernel cache: none (set LESIONSEG_CACHE_DIR or HOME)\n",
     }
-    section_kernels(&mut out, &sources, nvrtc_ok, ptxas.as_deref());
-    out
+    let problems = section_kernels(&mut out, &sources, nvrtc_ok, ptxas.as_deref());
+    Report { text: out, problems }
 }
 
 fn section_driver(out: &mut String) {
@@ -75,18 +90,64 @@ fn section_driver(out: &mut String) {
     }
 }
 
-fn section_nvrtc(out: &mut String) -> bool {
+/// The embedded images per kernel file: which NVRTC made them, the cubins, the PTX.
+fn section_embedded(out: &mut String, sources: &KernelSources) {
+    match embedded::MADE_BY {
+        Ok(by) => {
+            let _ = writeln!(out, "embedded kernels: compiled at build time by {by}");
+        }
+        Err(why) => {
+            let _ = writeln!(out, "embedded kernels: none ({why}); kernels are compiled at run time by NVRTC");
+            return;
+        }
+    }
+    for (module, source) in sources.modules {
+        let hash = embed::source_hash(source, sources.headers);
+        let images: Vec<&embed::Image> = embedded::images(module, hash).collect();
+        if images.is_empty() {
+            let _ = writeln!(out, "  {module}.cu: not embedded (its source differs from the build's)");
+            continue;
+        }
+        let cubins: Vec<String> = images.iter().filter(|i| i.kind == embed::Kind::Cubin).map(|i| i.target()).collect();
+        let ptx: Vec<String> = images.iter().filter(|i| i.kind == embed::Kind::Ptx).map(|i| i.target()).collect();
+        let min = embed::min_arch(source).unwrap_or(embed::LOWEST_ARCH);
+        let bytes: usize = images.iter().map(|i| i.zlib.len()).sum();
+        let _ = writeln!(
+            out,
+            "  {module}.cu: cubin {}, PTX fallback {} (GPUs sm_{min} and newer; {:.0} KiB compressed)",
+            cubins.join(" "),
+            ptx.join(" "),
+            bytes as f64 / 1024.0
+        );
+    }
+}
+
+/// Whether every kernel file is embedded, as cubins and PTX, for this binary's sources.
+fn all_embedded(sources: &KernelSources) -> bool {
+    embedded::MADE_BY.is_ok()
+        && sources.modules.iter().all(|(module, source)| {
+            let hash = embed::source_hash(source, sources.headers);
+            embedded::images(module, hash).any(|i| i.kind == embed::Kind::Ptx)
+        })
+}
+
+fn section_nvrtc(out: &mut String, sources: &KernelSources) -> bool {
+    let needed = if all_embedded(sources) {
+        "not needed: every kernel file is embedded (cubins for sm_80–sm_90, PTX the driver compiles for other GPUs)"
+    } else {
+        "needed for the kernel files not embedded"
+    };
     match nvrtc::nvrtc() {
         Ok(n) => {
             let archs: Vec<String> = n.archs.iter().map(|a| format!("sm_{a}")).collect();
-            let _ = writeln!(out, "NVRTC: {} at {}", n.version_string(), n.path.display());
+            let _ = writeln!(out, "NVRTC: {} at {} ({needed})", n.version_string(), n.path.display());
             if !archs.is_empty() {
                 let _ = writeln!(out, "  targets: {}", archs.join(" "));
             }
             true
         }
         Err(e) => {
-            let _ = writeln!(out, "NVRTC: {}", plain(e));
+            let _ = writeln!(out, "NVRTC: {} ({needed})", plain(e));
             false
         }
     }
@@ -105,35 +166,55 @@ fn entries(sources: &KernelSources, module: &str) -> Vec<&'static str> {
     sources.entry_points.iter().filter(|(m, _)| *m == module).map(|(_, k)| *k).collect()
 }
 
-fn section_kernels(out: &mut String, sources: &KernelSources, nvrtc_ok: bool, ptxas: Option<&std::path::Path>) {
+/// The kernels on GPU 0 (how each file was loaded, each entry's resources), else
+/// assembled by ptxas; the problems found on a present GPU.
+fn section_kernels(
+    out: &mut String,
+    sources: &KernelSources,
+    nvrtc_ok: bool,
+    ptxas: Option<&std::path::Path>,
+) -> Vec<String> {
     if sources.modules.is_empty() {
         out.push_str("kernels: none in this build\n");
-        return;
-    }
-    if !nvrtc_ok {
-        out.push_str("kernels: not compiled (no NVRTC); registers / shared memory: not available\n");
-        for (module, _) in sources.modules {
-            let _ = writeln!(out, "  {module}.cu: {} entry points", entries(sources, module).len());
-        }
-        return;
+        return Vec::new();
     }
     match Cuda::with_sources(0, *sources) {
         Ok(gpu) => kernels_on_gpu(out, sources, &gpu),
         Err(e) => {
-            let _ = writeln!(out, "kernels (no GPU: {}), for {DEFAULT_ARCH}:", plain(e));
-            kernels_with_ptxas(out, sources, ptxas);
+            let why = plain(e);
+            let gpu_present = driver::devices().is_ok_and(|d| !d.is_empty());
+            let _ = writeln!(out, "kernels (no usable GPU: {why}), for {DEFAULT_ARCH}:");
+            kernels_with_ptxas(out, sources, nvrtc_ok, ptxas);
+            // A GPU the driver sees but that cannot be opened is a failure to report.
+            if gpu_present {
+                vec![format!("GPU 0 cannot be used: {why}")]
+            } else {
+                Vec::new()
+            }
         }
     }
 }
 
-fn kernels_on_gpu(out: &mut String, sources: &KernelSources, gpu: &Cuda) {
-    let _ = writeln!(out, "kernels on GPU 0 ({}, PTX for {}), via cuFuncGetAttribute:", gpu.name(), gpu.arch());
+fn kernels_on_gpu(out: &mut String, sources: &KernelSources, gpu: &Cuda) -> Vec<String> {
+    let mut problems = Vec::new();
+    let _ = writeln!(out, "kernels on GPU 0 ({}, {}), via cuFuncGetAttribute:", gpu.name(), gpu.arch());
     for (module, _) in sources.modules {
-        if let Err(e) = gpu.module(module) {
-            let _ = writeln!(out, "  {module}.cu: FAILED: {e}");
+        let refused = sources.min_arch(module).and_then(|min| {
+            let g = loader::Gpu { name: gpu.name(), cc: gpu.compute_capability() };
+            loader::check_arch(&g, module, min)
+        });
+        if let Err(e) = refused {
+            // Not a failure: this GPU runs the portable files; bf16 needs a newer one.
+            let _ = writeln!(out, "  {module}.cu: not for this GPU: {}", plain(e));
             continue;
         }
-        let _ = writeln!(out, "  {module}.cu: compiled and loaded");
+        if let Err(e) = gpu.module(module) {
+            let _ = writeln!(out, "  {module}.cu: FAILED: {e}");
+            problems.push(format!("{module}.cu: {e}"));
+            continue;
+        }
+        let path = gpu.load_path(module).map(|p| p.to_string()).unwrap_or_default();
+        let _ = writeln!(out, "  {module}.cu: loaded from {path}");
         for name in entries(sources, module) {
             match gpu.attributes(Kernel { module, name }) {
                 Ok((regs, smem, local, threads)) => {
@@ -144,26 +225,48 @@ fn kernels_on_gpu(out: &mut String, sources: &KernelSources, gpu: &Cuda) {
                 }
                 Err(e) => {
                     let _ = writeln!(out, "    {name}: {e}");
+                    problems.push(format!("{module}.cu: {name}: {e}"));
                 }
             }
         }
     }
+    problems
 }
 
-fn kernels_with_ptxas(out: &mut String, sources: &KernelSources, ptxas: Option<&std::path::Path>) {
+/// The PTX of `module` for ptxas: NVRTC's, else the embedded one.
+fn ptx_for_ptxas(
+    module: &str,
+    source: &str,
+    sources: &KernelSources,
+    nvrtc_ok: bool,
+) -> Result<(String, String), String> {
+    if nvrtc_ok {
+        return nvrtc::cached_ptx(module, source, sources.headers, DEFAULT_ARCH)
+            .map(|p| (p.to_string(), format!("compiled by NVRTC for {DEFAULT_ARCH}")))
+            .map_err(|e| e.to_string());
+    }
+    let hash = embed::source_hash(source, sources.headers);
+    let image = embedded::images(module, hash).find(|i| i.kind == embed::Kind::Ptx).ok_or("no NVRTC, not embedded")?;
+    let text = String::from_utf8_lossy(&embedded::bytes(image)?).into_owned();
+    Ok((text, format!("embedded PTX {}", image.target())))
+}
+
+fn kernels_with_ptxas(out: &mut String, sources: &KernelSources, nvrtc_ok: bool, ptxas: Option<&std::path::Path>) {
     for (module, source) in sources.modules {
-        let ptx = match nvrtc::cached_ptx(module, source, sources.headers, DEFAULT_ARCH) {
+        let (ptx, from) = match ptx_for_ptxas(module, source, sources, nvrtc_ok) {
             Ok(p) => p,
             Err(e) => {
-                let _ = writeln!(out, "  {module}.cu: FAILED: {e}");
+                let _ = writeln!(
+                    out,
+                    "  {module}.cu: {} entry points; PTX not available ({e})",
+                    entries(sources, module).len()
+                );
                 continue;
             }
         };
-        let _ = writeln!(out, "  {module}.cu: compiled ({} bytes of PTX)", ptx.len());
+        let _ = writeln!(out, "  {module}.cu: {} bytes of PTX ({from})", ptx.len());
         let Some(px) = ptxas else {
-            for name in entries(sources, module) {
-                let _ = writeln!(out, "    {name}: registers / shared memory not available (no ptxas)");
-            }
+            let _ = writeln!(out, "    registers / shared memory not available (no ptxas)");
             continue;
         };
         match ptxas::assemble(px, &ptx, DEFAULT_ARCH) {
@@ -187,7 +290,13 @@ fn kernels_with_ptxas(out: &mut String, sources: &KernelSources, ptxas: Option<&
 mod tests {
     #[test]
     fn report_never_panics() {
-        let r = super::report();
+        let report = super::report();
+        let r = &report.text;
         assert!(r.contains("driver:") && r.contains("NVRTC") && r.contains("kernel"), "{r}");
+        assert!(r.contains("embedded kernels:"), "{r}");
+        // Problems are failures on a GPU that is there; without one there are none.
+        if crate::backend::cuda::driver::devices().map_or(true, |d| d.is_empty()) {
+            assert!(report.problems.is_empty(), "{:?}", report.problems);
+        }
     }
 }

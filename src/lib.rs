@@ -4,6 +4,7 @@
 
 pub mod attributes;
 pub mod backend;
+pub mod capi;
 pub mod data;
 pub mod demo;
 pub mod device;
@@ -20,6 +21,7 @@ pub mod overlay;
 pub mod perfmodel;
 pub mod plot;
 pub mod predict;
+pub mod predictor;
 pub mod profile;
 pub mod resources;
 pub mod tensor;

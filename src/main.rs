@@ -218,10 +218,17 @@ enum Command {
         #[arg(long, value_name = "GPU", allow_negative_numbers = true,
               value_parser = clap::builder::PossibleValuesParser::new(lesionseg::perfmodel::GPUS.iter().map(|g| g.key)))]
         predict: Option<String>,
+        /// With --device emu: check every launch but run none, and report only the
+        /// memory figures (exact: they depend on the shapes alone), for sizes the
+        /// emulator could not run in reasonable time (512x512, batch 16).
+        #[arg(long)]
+        memory_only: bool,
     },
 
-    /// What this machine offers the CUDA backend: driver, GPUs, NVRTC, ptxas, the
-    /// kernel cache, and registers / shared memory of every kernel.
+    /// What this machine offers the CUDA backend: driver, GPUs, the kernels embedded
+    /// in this binary, NVRTC, ptxas, the kernel cache; how each kernel file reaches
+    /// the GPU and why, and registers / shared memory of every kernel. Exits non-zero
+    /// when a kernel file fails to load on a present GPU.
     Info,
 }
 
@@ -345,6 +352,7 @@ fn main() -> ExitCode {
             json,
             nvtx,
             predict: None,
+            memory_only,
         }) => {
             let o = lesionseg::profile::ProfileOptions {
                 batch: batch_size,
@@ -352,17 +360,15 @@ fn main() -> ExitCode {
                 width,
                 warmup,
                 steps,
-                layers: !no_layers,
+                layers: !no_layers && !memory_only,
                 peak_gflops,
                 nvtx,
+                memory_only,
                 ..Default::default()
             };
             profile(backend, &o, json)
         }
-        Some(Command::Info) => {
-            print!("{}", lesionseg::info::report());
-            Ok(Done::Ok)
-        }
+        Some(Command::Info) => info(),
     };
     match result {
         Ok(Done::Ok) => ExitCode::SUCCESS,
@@ -470,6 +476,16 @@ fn note_nvtx() -> lesionseg::Result<()> {
     Ok(())
 }
 
+/// Prints the report; a kernel file that fails on a present GPU is an error.
+fn info() -> Outcome {
+    let r = lesionseg::info::report();
+    print!("{}", r.text);
+    match r.problems.len() {
+        0 => Ok(Done::Ok),
+        n => Err(lesionseg::Error::Cuda(format!("{n} problem(s) on the GPU: {}", r.problems.join("; ")))),
+    }
+}
+
 fn eval(pred: &Path, truth: &Path, json: Option<&Path>) -> Outcome {
     let report = lesionseg::eval::run(pred, truth, json)?;
     println!("{}", lesionseg::eval::format_table(&report));
@@ -480,7 +496,21 @@ fn profile(backend: DeviceArgs, o: &lesionseg::profile::ProfileOptions, json: bo
     if o.nvtx {
         note_nvtx()?;
     }
-    let opened = backend.open()?;
+    let opened = match (o.memory_only, backend.device) {
+        (false, _) => backend.open()?,
+        (true, Device::Emu) => {
+            use lesionseg::backend::{cuda::Kernels, emu::Emu};
+            let mut opened = Opened::Emu(Kernels::new(Emu::memory_only()));
+            opened.set_precision(backend.precision)?;
+            opened
+        }
+        (true, _) => {
+            return Err(lesionseg::Error::Argument {
+                arg: "--memory-only".into(),
+                reason: "needs --device emu (the emulator can skip the kernels; other devices cannot)".into(),
+            })
+        }
+    };
     let r = lesionseg::on_backend!(&opened, be => lesionseg::profile::run(be, o))?;
     if json {
         println!("{}", lesionseg::profile::to_json(&r));

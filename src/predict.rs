@@ -116,7 +116,7 @@ pub fn run<B: Backend>(be: &B, opts: &PredictOptions) -> Result<PredictSummary> 
         limits::NET_SIZE.check(size)?;
     }
     let (model, meta) = load_checkpoint(be, &opts.weights)?;
-    let (size, size_source) = input_size(opts, &meta)?;
+    let (size, size_source) = input_size(&opts.weights, opts.size, &meta)?;
     let inputs = list_inputs(&opts.images)?;
     for dir in std::iter::once(&opts.out).chain(&opts.overlays) {
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -136,7 +136,9 @@ pub fn run<B: Backend>(be: &B, opts: &PredictOptions) -> Result<PredictSummary> 
     let mut overlays = 0;
     for batch in &batches {
         if ws.as_ref().is_none_or(|w| w.plan.n != batch.len()) {
-            ws = Some(model.workspace(be, batch.len(), size, size)?);
+            // Free the old arena before making the new one.
+            drop(ws.take());
+            ws = Some(model.inference_workspace(be, batch.len(), size, size)?);
         }
         let ws = ws.as_ref().expect("workspace created above");
         let probs = forward_batch(be, &model, ws, &inputs, batch, size)?;
@@ -162,21 +164,25 @@ pub fn run<B: Backend>(be: &B, opts: &PredictOptions) -> Result<PredictSummary> 
     })
 }
 
-/// Loads a weight file or training checkpoint (see [`checkpoint::load`]): the model
-/// and the file's metadata.
+/// Loads a weight file or training checkpoint (see [`checkpoint::load`]) for
+/// inference (no gradient buffers): the model and the file's metadata.
 pub fn load_checkpoint<B: Backend>(be: &B, path: &Path) -> Result<(UNet16<B>, HashMap<String, String>)> {
     let ck = checkpoint::load(path)?;
-    Ok((UNet16::new(be, ck.cfg, &ck.params)?, ck.metadata))
+    Ok((UNet16::for_inference(be, ck.cfg, &ck.params)?, ck.metadata))
 }
 
-/// The input side: the option, else the checkpoint's `size`, else the default;
-/// a positive multiple of 32 in every case.
-fn input_size(opts: &PredictOptions, meta: &HashMap<String, String>) -> Result<(usize, &'static str)> {
-    let (size, source) = match (opts.size, meta.get("size")) {
+/// The input side: `size` (the option), else the checkpoint's `size` metadata, else
+/// the default; a positive multiple of 32 in every case. With where it came from.
+pub(crate) fn input_size(
+    weights: &Path,
+    size: Option<usize>,
+    meta: &HashMap<String, String>,
+) -> Result<(usize, &'static str)> {
+    let (size, source) = match (size, meta.get("size")) {
         (Some(s), _) => (s, "option"),
         (None, Some(s)) => {
             let parsed = s.trim().parse().map_err(|_| Error::Weights {
-                path: opts.weights.clone(),
+                path: weights.to_path_buf(),
                 tensor: None,
                 reason: format!("metadata `size` = {s:?} is not a number; pass --size"),
             })?;
@@ -186,7 +192,7 @@ fn input_size(opts: &PredictOptions, meta: &HashMap<String, String>) -> Result<(
     };
     limits::NET_SIZE.check(size).map_err(|e| match source {
         "checkpoint" => Error::Weights {
-            path: opts.weights.clone(),
+            path: weights.to_path_buf(),
             tensor: None,
             reason: format!("metadata `size` = {size} cannot be used ({e}); pass --size"),
         },
@@ -254,16 +260,33 @@ fn forward_batch<B: Backend>(
         .par_iter()
         .map(|&i| crate::data::isic::load_image_resized(&inputs[i].path, size).map(|(rgb, _, _)| rgb))
         .collect::<Result<_>>()?;
-    let mut input = Vec::with_capacity(batch.len() * size * size * 3);
-    for rgb in &images {
+    probabilities(be, model, ws, &images)
+}
+
+/// The network's probabilities `[N,K,size,size]` for `images`, each `size`×`size`
+/// RGB bytes (the plan's input size): normalised, run, sigmoid. Shared by `predict`
+/// and [`crate::predictor::Predictor`], so both give the same bits.
+pub fn probabilities<B: Backend>(be: &B, model: &UNet16<B>, ws: &Workspace<B>, images: &[Vec<u8>]) -> Result<Vec<f32>> {
+    let p = &ws.plan;
+    if images.len() != p.n || images.iter().any(|rgb| rgb.len() != 3 * p.h * p.w) {
+        return Err(Error::shape("predict batch", format!("{} images of {}x{} RGB", p.n, p.w, p.h), images.len()));
+    }
+    let mut input = Vec::with_capacity(images.len() * p.h * p.w * 3);
+    for rgb in images {
         input.extend(crate::data::batch::normalize_image(rgb));
     }
-    let p = &ws.plan;
     be.upload(&ws.acts, p.input.off, &input)?;
     model.forward(be, ws)?;
     let mut probs = download_nchw(be, &ws.acts, p.mask_logits)?.data;
     probs.par_iter_mut().for_each(|x| *x = 1.0 / (1.0 + (-*x).exp()));
     Ok(probs)
+}
+
+/// One attribute's mask at an image's own size: the `size`×`size` probabilities
+/// resized bilinearly to `width`×`height`, then 255 where `p > threshold`, else 0.
+pub fn mask_at_size(probs: &[f32], size: usize, width: usize, height: usize, threshold: f64) -> Vec<u8> {
+    let prob = resize_bilinear(probs, size, size, width, height);
+    prob.iter().map(|&p| if f64::from(p) > threshold { 255 } else { 0 }).collect()
 }
 
 /// Writes one image's five masks (and overlay); returns the overlays written.
@@ -273,8 +296,7 @@ fn write_outputs(input: &Input, probs: &[f32], size: usize, opts: &PredictOption
     let masks: Vec<Vec<u8>> = (0..K)
         .into_par_iter()
         .map(|k| {
-            let prob = resize_bilinear(&probs[k * size * size..(k + 1) * size * size], size, size, w, h);
-            let mask: Vec<u8> = prob.iter().map(|&p| if f64::from(p) > opts.threshold { 255 } else { 0 }).collect();
+            let mask = mask_at_size(&probs[k * size * size..(k + 1) * size * size], size, w, h, opts.threshold);
             let path = opts.out.join(format!("{}_attribute_{}.png", input.stem, ATTRIBUTES[k]));
             crate::plot::write_png(&path, &mask, input.width, input.height, ExtendedColorType::L8)?;
             Ok(mask)

@@ -5,12 +5,18 @@
 //! What is measured, in order:
 //! 1. on the CPU, the machine's practical peak: a large f32 GEMM with the `gemm`
 //!    crate on all rayon threads (the percentage column is relative to it);
-//! 2. `warmup` untimed training steps (first-touch page faults, caches, GPU JIT);
-//! 3. `steps` timed training steps (forward, loss, backward, Adam) and `steps`
-//!    timed inference passes, with no hook attached: the headline numbers;
+//! 2. inference as `predict` runs it (no gradients, the shared inference arena),
+//!    alone on the device: one untimed pass, then `steps` timed passes;
+//! 3. `warmup` untimed training steps (first-touch page faults, caches, GPU JIT),
+//!    then `steps` timed training steps (forward, loss, backward, Adam), with no
+//!    hook attached: the headline numbers;
 //! 4. with `layers`, `steps` more training steps with a [`LayerHook`] that puts a
 //!    backend mark ([`Backend::mark`]: a CUDA event on a GPU, the wall clock on the
 //!    CPU) before and after every layer; per-layer figures are medians over them.
+//!
+//! Around 2 and 3 the backend's allocator accounting (the GPU and the emulator count
+//! every buffer, the op workspaces included) gives each phase's peak and the bytes
+//! allocated per timed iteration, which is 0 once warmed up.
 //!
 //! The same table and JSON are printed by `bench/pytorch_reference.py` for PyTorch,
 //! so the two engines can be compared line by line.
@@ -24,14 +30,17 @@ use crate::backend::{AdamParams, At, Backend, LossParts};
 use crate::error::{Error, Result};
 use crate::model::init::default_init;
 use crate::model::unet::{Layer, LayerHook, NoHook, Pass};
-use crate::model::{UNet16, UNetConfig, Workspace};
+use crate::model::{Plan, UNet16, UNetConfig, Workspace};
 use crate::nvtx::{self, Nvtx, Ranges};
 
+mod memory;
 pub mod predict;
 mod predict_table;
 mod report;
+pub use memory::Inference;
+use memory::{allocator_figures, process_peak_rss};
 pub use predict_table::{format_table as format_prediction, to_json as prediction_json};
-pub use report::{format_table, gflops, median, to_json, LayerRow, Memory, ProfileReport};
+pub use report::{format_table, gflops, median, to_json, Allocated, LayerRow, Memory, ProfileReport};
 
 /// What to profile.
 #[derive(Clone, Debug)]
@@ -56,6 +65,9 @@ pub struct ProfileOptions {
     /// Put every layer pass and every timed step in an NVTX range (when a tool such
     /// as Nsight Systems is attached; see [`crate::nvtx`]).
     pub nvtx: bool,
+    /// The backend runs no kernels (`Emu::memory_only`): only the memory figures
+    /// mean something, so only they are reported.
+    pub memory_only: bool,
 }
 
 impl Default for ProfileOptions {
@@ -70,6 +82,7 @@ impl Default for ProfileOptions {
             seed: 2018,
             peak_gflops: None,
             nvtx: false,
+            memory_only: false,
         }
     }
 }
@@ -140,6 +153,7 @@ impl<B: Backend> Trainer<B> {
             optimizer: 2 * params,
             process_peak_rss: process_peak_rss(),
             device_in_use: be.device_memory_in_use(),
+            ..Memory::default()
         }
     }
 }
@@ -162,14 +176,6 @@ fn random_masks(rng: &mut impl Rng, n: usize, size: usize, k: usize) -> Vec<f32>
         }
     }
     t
-}
-
-/// Peak resident set of this process (`VmHWM`), Linux only.
-fn process_peak_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }
 
 /// A layer pass: what the profile times.
@@ -281,9 +287,34 @@ pub fn run<B: Backend>(be: &B, o: &ProfileOptions) -> Result<ProfileReport> {
         },
     };
     let nvtx = if o.nvtx { Nvtx::attached()? } else { None };
+    let mut plain = Ranges { nvtx, inner: &mut NoHook };
+    let allocated = |be: &B| be.memory_stats().map_or(0, |m| m.allocated);
+    let live = |be: &B| be.memory_stats().map_or(0, |m| m.live);
+
+    // Inference first, alone on the device, as `predict` runs it (its peak is its own).
+    let (forward_ms, inference) = {
+        be.reset_peak_memory();
+        let base = live(be);
+        let inf = Inference::new(be, o.batch, o.size, o.width, o.seed)?;
+        // One untimed pass: first-touch, the kernels, the workspace's first plan.
+        inf.infer(be, &mut plain)?;
+        inf.fence(be)?;
+        let before = allocated(be);
+        let mut forward_ms = Vec::with_capacity(o.steps);
+        for _ in 0..o.steps {
+            let _r = nvtx::range(nvtx, c"inference");
+            let start = Instant::now();
+            inf.infer(be, &mut plain)?;
+            inf.fence(be)?;
+            forward_ms.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        (forward_ms, allocator_figures(be, base, before, o.steps))
+    };
+
+    be.reset_peak_memory();
+    let base = live(be);
     let mut t = Trainer::new(be, o.batch, o.size, o.width, o.seed)?;
     let mut loss = LossParts::default();
-    let mut plain = Ranges { nvtx, inner: &mut NoHook };
     {
         let _r = nvtx::range(nvtx, c"warm-up");
         for _ in 0..o.warmup {
@@ -291,6 +322,7 @@ pub fn run<B: Backend>(be: &B, o: &ProfileOptions) -> Result<ProfileReport> {
         }
         t.fence(be)?;
     }
+    let before = allocated(be);
     let mut step_ms = Vec::with_capacity(o.steps);
     for _ in 0..o.steps {
         let _r = nvtx::range(nvtx, c"train_step");
@@ -299,14 +331,7 @@ pub fn run<B: Backend>(be: &B, o: &ProfileOptions) -> Result<ProfileReport> {
         t.fence(be)?;
         step_ms.push(start.elapsed().as_secs_f64() * 1e3);
     }
-    let mut forward_ms = Vec::with_capacity(o.steps);
-    for _ in 0..o.steps {
-        let _r = nvtx::range(nvtx, c"inference");
-        let start = Instant::now();
-        t.infer(be, &mut plain)?;
-        t.fence(be)?;
-        forward_ms.push(start.elapsed().as_secs_f64() * 1e3);
-    }
+    let training = allocator_figures(be, base, before, o.steps);
     let layers = if o.layers { profile_layers(be, &mut t, o.steps, nvtx)? } else { Vec::new() };
     Ok(ProfileReport {
         engine: "lesionseg".into(),
@@ -323,8 +348,14 @@ pub fn run<B: Backend>(be: &B, o: &ProfileOptions) -> Result<ProfileReport> {
         layers,
         peak_gflops,
         peak_source,
-        memory: t.memory(be),
+        memory: Memory {
+            inference_activations: (Plan::inference(&t.model.cfg, o.batch, o.size, o.size)?.len * 4) as u64,
+            inference,
+            training,
+            ..t.memory(be)
+        },
         loss: loss.loss,
+        memory_only: o.memory_only,
     })
 }
 

@@ -246,7 +246,7 @@ fn forward_matches_cpu() {
     let t = std::time::Instant::now();
     let emu_out = forward_sweep(&emu::backend(), &cases);
     eprintln!("emu forward sweep: {:.2?}", t.elapsed());
-    if let Some(g) = gpu() {
+    if let Some(g) = gpu("forward_matches_cpu") {
         assert_same_bits("deconv_forward cuda vs emu", &forward_sweep(&g, &cases), &emu_out);
     }
 }
@@ -258,7 +258,7 @@ fn backward_matches_cpu() {
     let t = std::time::Instant::now();
     let emu_out = backward_sweep(&emu::backend(), &cases);
     eprintln!("emu backward sweep: {:.2?}", t.elapsed());
-    if let Some(g) = gpu() {
+    if let Some(g) = gpu("backward_matches_cpu") {
         assert_same_bits("deconv_backward cuda vs emu", &backward_sweep(&g, &cases), &emu_out);
     }
 }
@@ -285,7 +285,7 @@ fn check_bf16_forward<B: Backend>(be: &B, cases: &[Case]) {
 fn bf16_forward_matches_cpu() {
     let cases = cases(&mut rng());
     check_bf16_forward(&bf16(emu::backend()), &cases);
-    if let Some(g) = gpu().map(bf16) {
+    if let Some(g) = gpu("bf16_forward_matches_cpu").map(bf16) {
         check_bf16_forward(&g, &cases);
     }
 }
@@ -328,7 +328,7 @@ fn check_bf16_backward<B: Backend>(be: &B, cases: &[Case]) {
 fn bf16_backward_matches_cpu() {
     let cases = cases(&mut rng());
     check_bf16_backward(&bf16(emu::backend()), &cases);
-    if let Some(g) = gpu().map(bf16) {
+    if let Some(g) = gpu("bf16_backward_matches_cpu").map(bf16) {
         check_bf16_backward(&g, &cases);
     }
 }

@@ -13,6 +13,7 @@ use std::process::Command;
 
 use lesionseg::backend::cpu::Cpu;
 use lesionseg::backend::cuda::driver::{Cuda, KernelSources};
+use lesionseg::backend::cuda::{embed, embedded};
 use lesionseg::backend::cuda::{Arg, Executor, Geometry, Kernel, Kernels};
 use lesionseg::backend::Backend;
 use lesionseg::device::{test_gpu, test_gpu_with};
@@ -48,6 +49,19 @@ fn smoke_sources() -> KernelSources {
     }
 }
 
+/// The GPU with this file's own kernels, which only NVRTC can compile: `None` after
+/// saying why when there is no NVRTC (a driver-only machine, where the embedded
+/// kernels' tests below are what runs).
+fn smoke_gpu(test: &str) -> Option<Kernels<Cuda>> {
+    // The policy first: no GPU is a skip, or a failure where one is required.
+    drop(test_gpu(test)?);
+    if let Err(e) = lesionseg::backend::cuda::nvrtc::nvrtc() {
+        println!("{test}: SKIPPED: this test's own kernels need NVRTC ({e})");
+        return None;
+    }
+    test_gpu_with(test, smoke_sources())
+}
+
 fn rng() -> rand_chacha::ChaCha8Rng {
     rand_chacha::ChaCha8Rng::seed_from_u64(0x0067_7075)
 }
@@ -66,7 +80,7 @@ fn download(gpu: &Kernels<Cuda>, m: &<Cuda as Executor>::Mem) -> Vec<f32> {
 
 #[test]
 fn smoke_axpy_with_a_tail() {
-    let Some(gpu) = test_gpu_with("smoke_axpy_with_a_tail", smoke_sources()) else { return };
+    let Some(gpu) = smoke_gpu("smoke_axpy_with_a_tail") else { return };
     let n = 1000;
     let mut r = rng();
     let x: Vec<f32> = (0..n).map(|_| r.gen_range(-1.0..1.0)).collect();
@@ -84,7 +98,7 @@ fn smoke_axpy_with_a_tail() {
 
 #[test]
 fn dynamic_shared_memory_above_48_kib() {
-    let Some(gpu) = test_gpu_with("dynamic_shared_memory_above_48_kib", smoke_sources()) else { return };
+    let Some(gpu) = smoke_gpu("dynamic_shared_memory_above_48_kib") else { return };
     let n = 20_000; // 80 000 bytes: needs the opt-in attribute (every sm_80+ GPU allows ≥ 99 KiB)
     let input: Vec<f32> = (0..n).map(|i| i as f32).collect();
     let (src, dst) = (upload(&gpu, &input), gpu.exec.alloc(n).unwrap());
@@ -101,7 +115,7 @@ fn dynamic_shared_memory_above_48_kib() {
 
 #[test]
 fn errors_are_errors() {
-    let Some(gpu) = test_gpu_with("errors_are_errors", smoke_sources()) else { return };
+    let Some(gpu) = smoke_gpu("errors_are_errors") else { return };
     let buf = gpu.exec.alloc(4).unwrap();
     let geom = Geometry { grid: [1, 1, 1], block: [32, 1, 1], smem_bytes: 0 };
     match gpu.exec.launch(Kernel { module: "broken", name: "broken_f32" }, &geom, &[Arg::Ptr(gpu.exec.addr(&buf))]) {
@@ -157,6 +171,61 @@ fn testing_cu_sgemm_and_mma() {
         let args = [addr(&dd), addr(&ad), addr(&bd), addr(&cd), Arg::I32(f16)];
         gpu.exec.launch(Kernel { module: "testing", name: "test_mma" }, &warp, &args).unwrap();
         assert_eq!(download(&gpu, &dd), want, "mma_16816 (f16 = {f16}) fragment layout");
+    }
+}
+
+/// Every kernel file this GPU can run loads from the embedded images when the build
+/// embedded them: the cubin of this very architecture for sm_80/86/87/89/90, the
+/// PTX (through the driver's JIT) for others; NVRTC is not involved. Files that
+/// need a newer GPU are refused with the card named.
+#[test]
+fn embedded_kernels_load_without_nvrtc() {
+    let Some(gpu) = test_gpu("embedded_kernels_load_without_nvrtc") else { return };
+    if let Err(why) = embedded::MADE_BY {
+        println!("embedded_kernels_load_without_nvrtc: SKIPPED: this build embeds no kernels ({why})");
+        return;
+    }
+    let (major, minor) = gpu.exec.compute_capability();
+    let arch = (major * 10 + minor) as u32;
+    let sources = KernelSources::builtin();
+    for (module, source) in sources.modules {
+        let min = embed::min_arch(source).unwrap();
+        if arch < min {
+            let err = gpu.exec.module(module).err().expect("a module above this GPU must be refused").to_string();
+            assert!(err.contains(&gpu.exec.name()) && err.contains(&format!("sm_{min}")), "{err}");
+            println!("{module}.cu: refused as it should be: {err}");
+            continue;
+        }
+        gpu.exec.module(module).unwrap_or_else(|e| panic!("{module}.cu did not load: {e}"));
+        let path = gpu.exec.load_path(module).unwrap();
+        let want = if embed::CUBIN_ARCHS.contains(&arch) {
+            format!("embedded cubin sm_{arch}")
+        } else {
+            format!("embedded PTX compute_{min}")
+        };
+        assert!(path.how.starts_with(&want), "{module}.cu loaded from {path}, expected {want}");
+        println!("{module}.cu: {path}");
+    }
+}
+
+/// `--precision bf16` on a GPU older than the tensor-core files need is one clear
+/// error naming the card and the requirement; on a new enough GPU it is accepted.
+#[test]
+fn bf16_needs_a_new_enough_gpu() {
+    let Some(gpu) = test_gpu("bf16_needs_a_new_enough_gpu") else { return };
+    let (major, minor) = gpu.exec.compute_capability();
+    let (arch, name) = ((major * 10 + minor) as u32, gpu.exec.name());
+    let sources = KernelSources::builtin();
+    let needs = sources.modules.iter().filter(|(m, _)| *m != "testing").map(|(_, s)| embed::min_arch(s).unwrap()).max();
+    let mut opened = lesionseg::device::Opened::Cuda(gpu);
+    let result = opened.set_precision(lesionseg::backend::cuda::Precision::Bf16);
+    match needs {
+        Some(min) if arch < min => {
+            let err = result.expect_err("bf16 on a GPU below its requirement").to_string();
+            assert!(err.contains(&name) && err.contains(&format!("sm_{min}")), "{err}");
+            println!("{err}");
+        }
+        _ => result.unwrap(),
     }
 }
 
@@ -237,7 +306,10 @@ fn fixture(name: &str) -> std::path::PathBuf {
 /// L2 (the CPU backend's tolerances in tests/model.rs).
 #[test]
 fn forward_command_on_cuda_matches_pytorch_goldens() {
-    let Some(_gpu) = test_gpu("forward_command_on_cuda_matches_pytorch_goldens") else { return };
+    let Some(gpu) = test_gpu("forward_command_on_cuda_matches_pytorch_goldens") else { return };
+    // The child opens the GPU itself; in exclusive-process compute mode it could not
+    // while this process holds a context (run the GPU tests one at a time there).
+    drop(gpu);
     for case in ["narrow_n2_64x64.safetensors", "narrow_n1_64x96.safetensors"] {
         let out_path = std::env::temp_dir().join(format!("lesionseg-gpu-{}-{case}", std::process::id()));
         let (weights, input) = (fixture("narrow_weights.safetensors"), fixture(case));

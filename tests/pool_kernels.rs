@@ -287,7 +287,7 @@ fn maxpool_matches_cpu_exactly() {
     let mut rng = rng();
     let cases = max_cases(&mut rng);
     let emu_out = maxpool_sweep(&emu::backend(), &cases);
-    if let Some(g) = gpu() {
+    if let Some(g) = gpu("maxpool_matches_cpu_exactly") {
         assert_same_bits("maxpool cuda vs emu", &maxpool_sweep(&g, &cases), &emu_out);
     }
 }
@@ -297,7 +297,7 @@ fn global_pools_match_cpu() {
     let mut rng = rng();
     let cases = global_cases(&mut rng);
     let emu_out = global_sweep(&emu::backend(), &cases);
-    if let Some(g) = gpu() {
+    if let Some(g) = gpu("global_pools_match_cpu") {
         assert_same_bits("global pools cuda vs emu", &global_sweep(&g, &cases), &emu_out);
     }
 }

@@ -18,8 +18,10 @@
 pub mod cpu;
 pub mod cuda;
 pub mod emu;
+pub mod memory;
 
 use crate::error::Result;
+pub use memory::MemoryStats;
 
 /// A place in a backend buffer: the buffer and the element offset of the operand's
 /// first element. The operand's extent comes from the op's params.
@@ -334,6 +336,13 @@ pub trait Backend {
     fn device_memory_in_use(&self) -> Option<u64> {
         None
     }
+    /// What this backend's allocator has handed out: every buffer, the ops'
+    /// workspaces included (`None` where it does not count: the CPU).
+    fn memory_stats(&self) -> Option<MemoryStats> {
+        None
+    }
+    /// Starts a new peak in [`Backend::memory_stats`] at what is live now.
+    fn reset_peak_memory(&self) {}
 
     /// A zero-filled buffer of `len` elements.
     fn alloc(&self, len: usize) -> Result<Self::Buf>;

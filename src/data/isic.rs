@@ -273,7 +273,12 @@ pub fn load_image_resized(path: &Path, size: usize) -> Result<(Vec<u8>, u32, u32
 }
 
 fn resize_rgb(img: DynamicImage, size: usize) -> Vec<u8> {
-    let rgb = img.into_rgb8();
+    resize_rgb8(img.into_rgb8(), size)
+}
+
+/// An RGB image resized to `size`×`size` as training and prediction see it
+/// (bilinear, `Triangle`; unchanged when already that size), row-major RGB bytes.
+pub fn resize_rgb8(rgb: image::RgbImage, size: usize) -> Vec<u8> {
     if rgb.dimensions() == (size as u32, size as u32) {
         return rgb.into_raw();
     }

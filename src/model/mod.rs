@@ -4,11 +4,12 @@
 
 pub mod config;
 pub mod init;
+pub mod packing;
 pub mod params;
 pub mod plan;
 pub mod unet;
 
 pub use config::UNetConfig;
 pub use params::{ParamKind, ParamSpec, ParamTable};
-pub use plan::{Plan, View};
+pub use plan::{Plan, PlanKind, View};
 pub use unet::{UNet16, Workspace};

@@ -1,13 +1,20 @@
 //! The activation arena: where every tensor of one forward/backward pass lives.
 //!
-//! One buffer holds all activations; a second buffer of the same size holds their
-//! gradients at the same offsets (the gradient of the tensor at offset `o` is at
-//! offset `o` of the gradient arena). The skip connections cost no copies: each
+//! One buffer holds all activations; for training a second buffer of the same size
+//! holds their gradients at the same offsets (the gradient of the tensor at offset
+//! `o` is at offset `o` of the gradient arena), and every tensor has its own place,
+//! since the backward pass reads them all. The skip connections cost no copies: each
 //! encoder block writes its last conv straight into the upper channels of the
 //! concatenated tensor that the decoder reads, and each decoder deconv writes into
 //! the lower channels of the next one (PyTorch's `cat([dec, enc], 1)` order).
+//!
+//! For inference ([`Plan::inference`]) there is no gradient arena and tensors whose
+//! lifetimes in the forward pass do not overlap share memory (`packing.rs`): the
+//! arena is about the peak of the tensors alive at once, not their sum (at 512x512,
+//! a third).
 
 use super::config::UNetConfig;
+use super::packing::{self, Item};
 use crate::error::{Error, Result};
 
 /// Offsets are rounded up to this many elements (256 bytes: aligned for vector
@@ -99,6 +106,18 @@ pub struct Plan {
     pub cls_last: View,
     /// Elements of the arena.
     pub len: usize,
+    /// Training (every tensor its own place) or inference (places shared).
+    pub kind: PlanKind,
+}
+
+/// How a [`Plan`] places its tensors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlanKind {
+    /// Every tensor in its own place, for the forward and backward passes.
+    Training,
+    /// Tensors that are not alive at the same time in the forward pass share memory;
+    /// only the forward pass may run on it.
+    Inference,
 }
 
 /// Convs per VGG16 block.
@@ -174,6 +193,106 @@ impl Plan {
             cls_mid,
             cls_last,
             len: a.next,
+            kind: PlanKind::Training,
         })
+    }
+
+    /// The arena for inference only: the tensors of [`Plan::new`], placed so that
+    /// those alive at the same step of the forward pass are disjoint and the others
+    /// share memory. The outputs (mask logits, both heads) stay valid after the pass.
+    pub fn inference(cfg: &UNetConfig, n: usize, h: usize, w: usize) -> Result<Self> {
+        let mut plan = Plan::new(cfg, n, h, w)?;
+        let roots = plan.roots();
+        let items = plan.lifetimes(&roots);
+        let (offsets, len) = packing::pack(&items, ALIGN);
+        let moved = |off: usize| {
+            let r = roots
+                .iter()
+                .position(|r| r.off <= off && off < r.off + r.len().max(1))
+                .expect("every view is in a root");
+            offsets[r] + (off - roots[r].off)
+        };
+        for v in plan.views_mut() {
+            v.off = moved(v.off);
+        }
+        plan.len = len;
+        plan.kind = PlanKind::Inference;
+        Ok(plan)
+    }
+
+    /// The most elements alive at once in the forward pass of a batch of `n` images
+    /// of `h`×`w`: what no inference arena can go below.
+    pub fn live_peak(cfg: &UNetConfig, n: usize, h: usize, w: usize) -> Result<usize> {
+        // On the training plan, where every tensor has its own place to be found by.
+        let plan = Plan::new(cfg, n, h, w)?;
+        Ok(packing::live_peak(&plan.lifetimes(&plan.roots())))
+    }
+
+    /// Every view of the plan.
+    fn views_mut(&mut self) -> Vec<&mut View> {
+        let mut v: Vec<&mut View> = vec![&mut self.input];
+        v.extend(self.enc.iter_mut());
+        v.extend(self.pool.iter_mut());
+        v.extend(self.cat.iter_mut());
+        v.extend(self.dec_conv.iter_mut());
+        v.extend(self.dec_up.iter_mut());
+        v.extend([&mut self.dec1, &mut self.mask_logits, &mut self.head_map, &mut self.cls_mid, &mut self.cls_last]);
+        v
+    }
+
+    /// The whole tensors (not channel slices), sorted by offset.
+    fn roots(&self) -> Vec<View> {
+        let mut copy = self.clone();
+        let mut roots: Vec<View> = copy.views_mut().into_iter().filter(|v| v.c == v.pitch).map(|v| *v).collect();
+        roots.sort_by_key(|r| r.off);
+        roots.dedup();
+        roots
+    }
+
+    /// The views each op of the forward pass touches, in the order
+    /// `UNet16::forward_profiled` runs them (written out the same way).
+    fn forward_steps(&self) -> Vec<Vec<View>> {
+        let mut steps = Vec::new();
+        let mut x = self.input;
+        let mut i = 0;
+        for (b, &convs) in BLOCK_CONVS.iter().enumerate() {
+            for _ in 0..convs {
+                steps.push(vec![self.enc[i], x]);
+                x = self.enc[i];
+                i += 1;
+            }
+            steps.push(vec![self.pool[b], x]);
+            x = self.pool[b];
+        }
+        for d in 0..5 {
+            let input = if d == 0 { self.pool[4] } else { self.cat[5 - d] };
+            steps.push(vec![self.dec_conv[d], input]);
+            steps.push(vec![self.dec_up[d], self.dec_conv[d]]);
+        }
+        steps.push(vec![self.dec1, self.cat[0]]);
+        steps.push(vec![self.mask_logits, self.dec1]);
+        steps.push(vec![self.head_map, self.dec_up[0]]);
+        steps.push(vec![self.cls_mid, self.head_map]);
+        steps.push(vec![self.cls_last, self.mask_logits]);
+        steps
+    }
+
+    /// Each root's size (aligned) and the steps it is alive in; the input from the
+    /// start (it is uploaded before the pass), the outputs to the end.
+    fn lifetimes(&self, roots: &[View]) -> Vec<Item> {
+        let steps = self.forward_steps();
+        let end = steps.len();
+        let inside = |r: &View, v: &View| r.off <= v.off && v.off < r.off + r.len().max(1);
+        roots
+            .iter()
+            .map(|r| {
+                let touched: Vec<usize> =
+                    steps.iter().enumerate().filter(|(_, s)| s.iter().any(|v| inside(r, v))).map(|(i, _)| i).collect();
+                let output = [self.mask_logits, self.cls_mid, self.cls_last].iter().any(|o| inside(r, o));
+                let first = if inside(r, &self.input) { 0 } else { touched.first().copied().unwrap_or(0) };
+                let last = if output { end } else { touched.last().copied().unwrap_or(first) };
+                Item { size: r.len().next_multiple_of(ALIGN), first, last }
+            })
+            .collect()
     }
 }

@@ -15,7 +15,7 @@ use std::fmt;
 
 use super::config::UNetConfig;
 use super::params::{LayerParams, ParamKind, ParamTable};
-use super::plan::{Plan, View, BLOCK_CONVS};
+use super::plan::{Plan, PlanKind, View, BLOCK_CONVS};
 use crate::backend::{
     At, Backend, Conv2dParams, DeconvParams, GlobalPoolParams, GradIn, LossParams, LossParts, MaxPoolParams,
 };
@@ -29,8 +29,10 @@ pub struct UNet16<B: Backend> {
     pub table: ParamTable,
     /// All parameters, internal layouts.
     pub params: B::Buf,
-    /// Their gradients, same offsets.
+    /// Their gradients, same offsets (an empty buffer for [`UNet16::for_inference`]).
     pub grads: B::Buf,
+    /// Whether `grads` is there (the backward pass needs it).
+    trainable: bool,
 }
 
 /// Per-batch-shape buffers.
@@ -148,17 +150,28 @@ enum Dx {
 impl<B: Backend> UNet16<B> {
     /// A model with `flat` parameters (internal layouts, `table.len` values).
     pub fn new(be: &B, cfg: UNetConfig, flat: &[f32]) -> Result<Self> {
+        Self::with_gradients(be, cfg, flat, true)
+    }
+
+    /// A model for the forward pass only: no gradient buffer (its backward pass is
+    /// an error). What prediction uses.
+    pub fn for_inference(be: &B, cfg: UNetConfig, flat: &[f32]) -> Result<Self> {
+        Self::with_gradients(be, cfg, flat, false)
+    }
+
+    fn with_gradients(be: &B, cfg: UNetConfig, flat: &[f32], trainable: bool) -> Result<Self> {
         let table = ParamTable::new(&cfg);
         if flat.len() != table.len {
             return Err(Error::shape("UNet16 parameters", table.len, flat.len()));
         }
         let params = be.alloc(table.len)?;
         be.upload(&params, 0, flat)?;
-        let grads = be.alloc(table.len)?;
-        Ok(UNet16 { cfg, table, params, grads })
+        let grads = be.alloc(if trainable { table.len } else { 0 })?;
+        Ok(UNet16 { cfg, table, params, grads, trainable })
     }
 
-    /// Buffers for batches of `n` images of `h`×`w`.
+    /// Buffers for training on batches of `n` images of `h`×`w`: the activation
+    /// arena, its gradient twin and the targets.
     pub fn workspace(&self, be: &B, n: usize, h: usize, w: usize) -> Result<Workspace<B>> {
         let plan = Plan::new(&self.cfg, n, h, w)?;
         Ok(Workspace {
@@ -167,6 +180,14 @@ impl<B: Backend> UNet16<B> {
             target: be.alloc(n * h * w * self.cfg.classes)?,
             plan,
         })
+    }
+
+    /// Buffers for the forward pass alone on batches of `n` images of `h`×`w`: the
+    /// inference arena ([`Plan::inference`]: tensors share memory once their
+    /// consumers have run), no gradients, no targets.
+    pub fn inference_workspace(&self, be: &B, n: usize, h: usize, w: usize) -> Result<Workspace<B>> {
+        let plan = Plan::inference(&self.cfg, n, h, w)?;
+        Ok(Workspace { acts: be.alloc(plan.len)?, dacts: be.alloc(0)?, target: be.alloc(0)?, plan })
     }
 
     /// Forward pass: from `plan.input` to the mask logits and both heads.
@@ -223,6 +244,13 @@ impl<B: Backend> UNet16<B> {
         input_grad: bool,
         hook: &mut dyn LayerHook,
     ) -> Result<LossParts> {
+        if !self.trainable || ws.plan.kind != PlanKind::Training {
+            return Err(Error::shape(
+                "backward pass",
+                "a model and workspace made for training (UNet16::new, UNet16::workspace)",
+                "one made for inference (no gradient buffers)",
+            ));
+        }
         let mut r = Run { model: self, be, ws, hook };
         let (p, t) = (&ws.plan, &self.table);
         let (acts, dacts) = (&ws.acts, &ws.dacts);

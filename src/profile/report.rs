@@ -52,6 +52,24 @@ pub struct Memory {
     /// workspaces the stream-ordered allocator keeps, the CUDA context, and any
     /// other process's); `None` on the CPU.
     pub device_in_use: Option<u64>,
+    /// The inference arena (tensors sharing memory by lifetime; no gradients).
+    pub inference_activations: u64,
+    /// The allocator during inference (parameters, arena, workspaces): `None`
+    /// where the backend does not count (the CPU).
+    pub inference: Option<Allocated>,
+    /// The allocator during training (everything above plus gradients, Adam,
+    /// targets, workspaces).
+    pub training: Option<Allocated>,
+}
+
+/// What the backend's allocator did in one phase of the profile, bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Allocated {
+    /// The most bytes allocated at once (device memory at its peak, from our buffers).
+    pub peak: u64,
+    /// Bytes allocated per timed iteration after the warm-up (0: nothing is
+    /// allocated in the steady state).
+    pub per_iteration: u64,
 }
 
 impl Memory {
@@ -96,6 +114,8 @@ pub struct ProfileReport {
     pub memory: Memory,
     /// The last step's loss (a sanity check: finite).
     pub loss: f64,
+    /// Kernels were not run (`Emu::memory_only`): only the memory figures hold.
+    pub memory_only: bool,
 }
 
 /// Median of `v` (NaN when empty).
@@ -150,20 +170,24 @@ pub fn format_table(r: &ProfileReport) -> String {
         s += &layer_table(r);
     }
     let (step, fwd) = (r.step_median_ms(), r.forward_median_ms());
-    let _ = writeln!(
-        s,
-        "\ntraining step  {step:9.1} ms (median of {}: {}), {:.2} images/s",
-        r.step_ms.len(),
-        spread(&r.step_ms),
-        r.train_images_per_s()
-    );
-    let _ = writeln!(
-        s,
-        "inference      {fwd:9.1} ms (median of {}: {}), {:.2} images/s",
-        r.forward_ms.len(),
-        spread(&r.forward_ms),
-        r.infer_images_per_s()
-    );
+    if r.memory_only {
+        s.push_str("\nkernels not run (memory only): no times; the allocator's figures below are exact\n");
+    } else {
+        let _ = writeln!(
+            s,
+            "\ntraining step  {step:9.1} ms (median of {}: {}), {:.2} images/s",
+            r.step_ms.len(),
+            spread(&r.step_ms),
+            r.train_images_per_s()
+        );
+        let _ = writeln!(
+            s,
+            "inference      {fwd:9.1} ms (median of {}: {}), {:.2} images/s",
+            r.forward_ms.len(),
+            spread(&r.forward_ms),
+            r.infer_images_per_s()
+        );
+    }
     let m = &r.memory;
     let _ = write!(
         s,
@@ -183,6 +207,29 @@ pub fn format_table(r: &ProfileReport) -> String {
         let _ = write!(s, "; GPU memory in use {} (whole device)", bytes(used));
     }
     s.push('\n');
+    let _ = writeln!(
+        s,
+        "               inference: parameters {} + activations {} (shared arena, no gradients) = {} planned",
+        bytes(m.parameters),
+        bytes(m.inference_activations),
+        bytes(m.parameters + m.inference_activations)
+    );
+    for (what, a, per) in [("training ", m.training, "step"), ("inference", m.inference, "pass")] {
+        match a {
+            Some(a) => {
+                let _ = writeln!(
+                    s,
+                    "peak {what} {} allocated (batch {}), {} B allocated per {per} after warm-up",
+                    bytes(a.peak),
+                    r.batch,
+                    a.per_iteration
+                );
+            }
+            None => {
+                let _ = writeln!(s, "peak {what} not counted on {} (host memory; see the planned sizes)", r.device);
+            }
+        }
+    }
     s
 }
 
@@ -259,9 +306,13 @@ pub fn to_json(r: &ProfileReport) -> String {
         })
         .collect();
     let m = &r.memory;
+    let phase = |a: Option<Allocated>| {
+        a.map_or("null".to_string(), |a| format!("{{\"peak\": {}, \"per_iteration\": {}}}", a.peak, a.per_iteration))
+    };
     let memory = format!(
         "{{\"activations\": {}, \"activation_grads\": {}, \"targets\": {}, \"parameters\": {}, \"gradients\": {}, \
-         \"optimizer\": {}, \"total\": {}, \"process_peak_rss\": {}, \"device_in_use\": {}}}",
+         \"optimizer\": {}, \"total\": {}, \"process_peak_rss\": {}, \"device_in_use\": {}, \
+         \"inference_activations\": {}, \"training_allocated\": {}, \"inference_allocated\": {}}}",
         m.activations,
         m.activation_grads,
         m.targets,
@@ -270,7 +321,10 @@ pub fn to_json(r: &ProfileReport) -> String {
         m.optimizer,
         m.total(),
         m.process_peak_rss.map_or("null".to_string(), |v| v.to_string()),
-        m.device_in_use.map_or("null".to_string(), |v| v.to_string())
+        m.device_in_use.map_or("null".to_string(), |v| v.to_string()),
+        m.inference_activations,
+        phase(m.training),
+        phase(m.inference)
     );
     let fields = [
         ("engine", json_str(&r.engine)),

@@ -27,18 +27,11 @@ pub fn place<B: Backend>(be: &B, data: &[f32], off: usize, tail: usize) -> B::Bu
     upload(be, &all)
 }
 
-/// The GPU backend, or `None` after printing why there is none.
-pub fn gpu() -> Option<Kernels<Cuda>> {
-    match Cuda::new(0) {
-        Ok(mut exec) => {
-            exec.set_sync(true);
-            Some(Kernels::new(exec))
-        }
-        Err(e) => {
-            eprintln!("SKIPPED cuda half: {e}");
-            None
-        }
-    }
+/// The GPU backend for test `what`, through the one skip-or-require policy
+/// ([`lesionseg::device::test_gpu`]: `None` after printing why there is none, a
+/// failure instead with `LESIONSEG_REQUIRE_GPU=1`).
+pub fn gpu(what: &str) -> Option<Kernels<Cuda>> {
+    lesionseg::device::test_gpu(what)
 }
 
 /// `be` with bf16 tensor-core convolutions (`Precision::Bf16`), for the bf16 tests.

@@ -3,8 +3,8 @@
 //! `backend::cpu::conv2d`, kernel design: the headers of the two kernel files).
 //!
 //! Every launch goes check (shapes, operand bounds, disjoint outputs, sizes that fit
-//! the kernels' `int` indices) → allocate (the weight gradient's split-K workspace)
-//! → arguments → one launch. The geometry is computed here once, so the emulator runs
+//! the kernels' `int` indices) → workspace (the weight gradient's split-K partials,
+//! from the backend's reused scratch) → arguments → one launch. The geometry is computed here once, so the emulator runs
 //! exactly the grid the GPU runs.
 //!
 //! The forward pass and the input gradient run `conv2d_fwd_f32` / `conv2d_bwd_data_f32`,
@@ -24,10 +24,10 @@
 //!    each element of `dy` R·R·⌈C/64⌉ (dx) or ⌈R·R·C/64⌉ (dw) times and would read `y`
 //!    as often;
 //! 2. `conv2d_bwd_filter_f32`: `dw` and `db`, split-K over pixel chunks
-//!    (`backward::split_k`) into a workspace, then `sum_partials_f32` adds the
-//!    partials of each in split order (no float atomics: the bits depend only on the
-//!    shapes); with a single split the kernel writes `dw` and `db` directly and no
-//!    workspace is allocated;
+//!    (`backward::split_k`) into the planned scratch (reused, not zeroed), then
+//!    `sum_partials_f32` adds the partials of each in split order (no float atomics:
+//!    the bits depend only on the shapes); with a single split the kernel writes `dw`
+//!    and `db` directly and no workspace is used;
 //! 3. `conv2d_bwd_data_f32`: `dx` written or added into, unless [`GradIn::Skip`].
 
 use super::backward::{relu_mask, split_k, sum_partials};
@@ -220,19 +220,17 @@ fn bwd_filter<E: Executor>(
         K_TILE,
     );
 
-    // Allocate: partials [splits][rows][K] then db partials [splits][K].
+    // The workspace (reused, not zeroed: every split writes its whole partial):
+    // partials [splits][rows][K] then db partials [splits][K].
     let workspace = if splits > 1 {
         let len = splits.checked_mul(wlen + p.k).filter(|&l| l <= i32::MAX as usize);
         let len = len.ok_or_else(|| Error::shape(OP, "a split-K workspace below 2^31 elements", format!("{p:?}")))?;
-        Some(k.exec.alloc(len)?)
+        Some(k.scratch(OP, len)?)
     } else {
         None
     };
     let (part, db_part) = match &workspace {
-        Some(ws) => {
-            let base = k.exec.addr(ws);
-            (base, base + 4 * (splits * wlen) as u64)
-        }
+        Some(ws) => (ws.at(0), ws.at(splits * wlen)),
         None => (dwa, dba),
     };
 

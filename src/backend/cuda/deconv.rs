@@ -6,7 +6,7 @@
 //!
 //! Each launcher checks the shapes with the CPU backend's rules, every operand
 //! against its buffer and every extent against the kernels' `int` arithmetic, then
-//! allocates the workspaces it needs, computes each geometry once (the GPU and the
+//! takes the workspace it needs (the backend's reused scratch), computes each geometry once (the GPU and the
 //! emulator run the same one) and launches each kernel once. The number of split-K
 //! chunks depends only on the shape, so results are the same bits on every run.
 //!
@@ -15,6 +15,7 @@
 //! arguments and geometry); the mask, the bias gradient and the partial sums stay f32.
 
 use super::backward::{relu_mask, split_k, sum_partials};
+use super::scratch::Workspace;
 use super::{
     act_len, addresses, blocks, fits, int, vec4_ok, vec_bits, Arg, Executor, Geometry, Kernel, Kernels, Operand,
 };
@@ -167,21 +168,21 @@ struct Operands {
     w: u64,
 }
 
-/// Partials of `chunks` chunks of `len` floats: a workspace when there is more than
-/// one chunk (kept alive by the caller until its launches are queued), else the
-/// destination itself.
-fn partials<E: Executor>(
-    k: &Kernels<E>,
+/// Partials of `chunks` chunks of `len` floats: the backend's workspace when there
+/// is more than one chunk (held by the caller until its launches are queued; every
+/// chunk writes its whole partial, so it is not cleared), else the destination itself.
+fn partials<'a, E: Executor>(
+    k: &'a Kernels<E>,
     op: &str,
     dst: u64,
     chunks: usize,
     len: usize,
-) -> Result<(Option<E::Mem>, u64)> {
+) -> Result<(Option<Workspace<'a, E::Mem>>, u64)> {
     if chunks == 1 {
         return Ok((None, dst));
     }
-    let ws = k.exec.alloc(fits(op, "operands", Some(chunks * len))?)?;
-    let addr = k.exec.addr(&ws);
+    let ws = k.scratch(op, fits(op, "operands", chunks.checked_mul(len))?)?;
+    let addr = ws.at(0);
     Ok((Some(ws), addr))
 }
 

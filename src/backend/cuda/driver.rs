@@ -1,29 +1,35 @@
-//! The GPU executor: one CUDA context, one stream, device buffers of f32, and the
-//! kernel modules compiled by NVRTC for this GPU (once per process, cached on
-//! disk) and loaded on first launch.
+//! The GPU executor: one CUDA context, one stream, device buffers of f32 (counted,
+//! for `profile`'s memory figures), and the kernel modules, loaded on first launch
+//! by `loader.rs` from the embedded cubins, the embedded PTX or NVRTC.
 //!
 //! Nothing here touches cudarc before `probe::driver()` has loaded `libcuda` and
-//! checked its symbols, and NVRTC is ours (`nvrtc.rs`), so a machine without a
-//! driver, a GPU or NVRTC gets an `Error`, never a panic.
+//! checked its symbols, and cudarc is then checked to have opened that same
+//! library, so a machine without a driver or a GPU gets an `Error`, never a panic.
+//! NVRTC is needed only for kernels the binary does not embed.
 //!
 //! Launches are asynchronous on the stream. With `LESIONSEG_SYNC=1`, in debug
 //! builds, and in the GPU tests ([`Cuda::set_sync`]) every launch is followed by a
 //! stream synchronisation, so that a fault inside a kernel is reported with that
 //! kernel's name instead of at some later copy.
+//!
+//! Memory comes from the device's stream-ordered pool, whose release threshold is
+//! raised so that freed memory stays in the pool instead of going back to the OS
+//! at every synchronisation (the op workspaces are reused anyway, see `scratch.rs`).
 
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::result::{self, DriverError};
-use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUfunction_attribute, CUresult};
-use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr};
+use cudarc::driver::sys::{self, CUdevice_attribute, CUevent_flags, CUfunction_attribute, CUresult};
+use cudarc::driver::{CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr};
 
-use super::{nvrtc, probe, Arg, Executor, Geometry, Kernel};
+use super::gpu::{check_loadable, dynamic_smem_needed, init_driver, keep_freed_memory, DEFAULT_SMEM};
+pub use super::gpu::{devices, driver_error, DeviceInfo};
+use super::loader::{self, Gpu, LoadPath, Module};
+use super::{embed, Arg, Executor, Geometry, Kernel};
+use crate::backend::memory::{Accounting, MemoryStats, Tracked};
 use crate::error::{Error, Result};
-
-/// Dynamic shared memory a kernel may use without opting in.
-const DEFAULT_DYNAMIC_SMEM: u32 = 48 * 1024;
 
 /// The kernel files a [`Cuda`] compiles from: `(module, source)` pairs, the
 /// headers they may include, and the `(module, entry point)` pairs the sources declare.
@@ -52,6 +58,11 @@ impl KernelSources {
             .map(|(_, s)| *s)
             .ok_or_else(|| Error::Cuda(format!("no kernel file `{module}.cu` in this build")))
     }
+
+    /// The minimum architecture `module` declares (`embed::min_arch`).
+    pub fn min_arch(&self, module: &str) -> Result<u32> {
+        embed::min_arch(self.get(module)?).map_err(|e| Error::Cuda(format!("kernels/{module}.cu: {e}")))
+    }
 }
 
 /// A device buffer of f32 (at least one element is allocated, so that even an
@@ -59,104 +70,36 @@ impl KernelSources {
 pub struct DeviceBuf {
     slice: CudaSlice<f32>,
     len: usize,
+    _tracked: Tracked,
 }
 
-/// A loaded kernel and the dynamic shared memory it is currently allowed.
+/// A loaded kernel: its handle, its module (kept loaded), its static shared memory
+/// and the dynamic shared memory it is currently allowed.
 struct Func {
-    func: CudaFunction,
+    func: sys::CUfunction,
+    _module: Arc<Module>,
+    static_smem: u32,
     max_dynamic_smem: u32,
 }
 
-/// One GPU: context, stream, loaded modules.
+// SAFETY: a CUfunction is a driver handle usable from any thread that binds its
+// context (every use here binds first).
+unsafe impl Send for Func {}
+
+/// One GPU: context, stream, loaded modules, allocation counters.
 pub struct Cuda {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     sources: KernelSources,
-    /// Compute capability (major, minor).
-    cc: (i32, i32),
-    /// What NVRTC compiles for: `compute_XY` of this GPU, or the newest NVRTC knows.
-    arch: String,
-    /// The most dynamic shared memory a block may opt in to.
+    gpu: Gpu,
+    /// The most shared memory (static + dynamic) a block may opt in to.
     smem_optin: u32,
     /// Device memory, bytes.
     total_bytes: usize,
     sync: bool,
-    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    modules: Mutex<HashMap<&'static str, (Arc<Module>, LoadPath)>>,
     functions: Mutex<HashMap<Kernel, Func>>,
-}
-
-/// A GPU as the driver describes it.
-#[derive(Clone, Debug)]
-pub struct DeviceInfo {
-    /// Ordinal.
-    pub ordinal: usize,
-    /// Marketing name.
-    pub name: String,
-    /// Compute capability (major, minor).
-    pub cc: (i32, i32),
-    /// Device memory, bytes.
-    pub total_bytes: usize,
-}
-
-/// A driver error as one readable line: what we were doing, the CUDA error name
-/// and its description.
-pub fn driver_error(what: impl std::fmt::Display, e: DriverError) -> Error {
-    let name = e.error_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|_| format!("{:?}", e.0));
-    let text = e.error_string().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    Error::Cuda(format!("{what}: {name} ({text})"))
-}
-
-/// Loads the driver (checked) and runs `cuInit`; the device count.
-fn init_driver() -> Result<usize> {
-    let drv = probe::driver().map_err(Error::Cuda)?;
-    result::init().map_err(|e| {
-        let hint = if e.0 == CUresult::CUDA_ERROR_NO_DEVICE { "" } else { " (is the NVIDIA kernel module loaded?)" };
-        driver_error(format_args!("cuInit (driver CUDA {}){hint}", probe::cuda_version_string(drv.version)), e)
-    })?;
-    let count = result::device::get_count().map_err(|e| driver_error("cuDeviceGetCount", e))?;
-    Ok(count.max(0) as usize)
-}
-
-/// Every GPU the driver sees (an error when there is no usable driver).
-pub fn devices() -> Result<Vec<DeviceInfo>> {
-    let count = init_driver()?;
-    (0..count)
-        .map(|ordinal| {
-            let dev = result::device::get(ordinal as i32).map_err(|e| driver_error("cuDeviceGet", e))?;
-            let name = result::device::get_name(dev).map_err(|e| driver_error("cuDeviceGetName", e))?;
-            let attr = |a| {
-                // SAFETY: `dev` is a valid device handle from cuDeviceGet.
-                unsafe { result::device::get_attribute(dev, a) }.map_err(|e| driver_error("cuDeviceGetAttribute", e))
-            };
-            let cc = (
-                attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
-                attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
-            );
-            // SAFETY: as above.
-            let total_bytes =
-                unsafe { result::device::total_mem(dev) }.map_err(|e| driver_error("cuDeviceTotalMem", e))?;
-            Ok(DeviceInfo { ordinal, name, cc, total_bytes })
-        })
-        .collect()
-}
-
-/// The architecture NVRTC should target for compute capability `cc`: the GPU's
-/// own when NVRTC knows it, else the newest older one it knows (the driver JIT
-/// runs older PTX on newer GPUs); an error when the GPU is older than all of them.
-pub fn pick_arch(cc: (i32, i32), nvrtc_archs: &[i32]) -> Result<String> {
-    let want = cc.0 * 10 + cc.1;
-    if nvrtc_archs.is_empty() || nvrtc_archs.contains(&want) {
-        return Ok(format!("compute_{want}"));
-    }
-    match nvrtc_archs.iter().copied().filter(|&a| a <= want).max() {
-        Some(a) => Ok(format!("compute_{a}")),
-        None => Err(Error::Cuda(format!(
-            "this GPU (compute {}.{}) is older than anything this NVRTC targets (oldest sm_{})",
-            cc.0,
-            cc.1,
-            nvrtc_archs.iter().min().copied().unwrap_or_default()
-        ))),
-    }
+    accounting: Arc<Accounting>,
 }
 
 /// `LESIONSEG_SYNC=1|0`, else on in debug builds.
@@ -178,11 +121,11 @@ impl Cuda {
         Self::with_sources(ordinal, KernelSources::builtin())
     }
 
-    /// GPU `ordinal` with the given kernel files (tests use their own).
+    /// GPU `ordinal` with the given kernel files (tests use their own). Fails when
+    /// some module this GPU can run could be loaded by no path (not embedded for it
+    /// and no NVRTC), so that `--device auto` falls back before the first launch.
     pub fn with_sources(ordinal: usize, sources: KernelSources) -> Result<Self> {
         let count = init_driver()?;
-        // No GPU is usable for us without NVRTC: say so before creating a context.
-        let nv = nvrtc::nvrtc()?;
         if count == 0 {
             return Err(Error::Cuda("the driver sees no CUDA device".into()));
         }
@@ -196,21 +139,25 @@ impl Cuda {
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(|e| driver_error("cuStreamCreate", e))?;
         let cc = ctx.compute_capability().map_err(|e| driver_error("reading the compute capability", e))?;
+        let name = ctx.name().map_err(|e| driver_error("cuDeviceGetName", e))?;
         let optin = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
             .map_err(|e| driver_error("cuDeviceGetAttribute", e))?;
         let total_bytes = ctx.total_mem().map_err(|e| driver_error("cuDeviceTotalMem", e))?;
+        keep_freed_memory(&ctx)?;
+        let gpu = Gpu { name, cc };
+        check_loadable(&gpu, &sources)?;
         Ok(Cuda {
-            arch: pick_arch(cc, &nv.archs)?,
             total_bytes,
             ctx,
             stream,
             sources,
-            cc,
+            gpu,
             smem_optin: optin.max(0) as u32,
             sync: sync_default(),
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
+            accounting: Accounting::new(),
         })
     }
 
@@ -221,17 +168,27 @@ impl Cuda {
 
     /// The GPU's name.
     pub fn name(&self) -> String {
-        self.ctx.name().unwrap_or_else(|_| "unknown GPU".into())
+        self.gpu.name.clone()
     }
 
     /// Compute capability (major, minor).
     pub fn compute_capability(&self) -> (i32, i32) {
-        self.cc
+        self.gpu.cc
     }
 
-    /// The architecture kernels are compiled for (`compute_90`).
-    pub fn arch(&self) -> &str {
-        &self.arch
+    /// The GPU's architecture, `sm_90`.
+    pub fn arch(&self) -> String {
+        format!("sm_{}", self.gpu.arch())
+    }
+
+    /// Ok when this GPU can run every kernel file declaring a minimum architecture
+    /// except `testing` (the tensor-core modules `--precision bf16` runs); the error
+    /// names the card and the requirement.
+    pub fn check_tensor_cores(&self) -> Result<()> {
+        for (module, _) in self.sources.modules.iter().filter(|(m, _)| *m != "testing") {
+            loader::check_arch(&self.gpu, module, self.sources.min_arch(module)?)?;
+        }
+        Ok(())
     }
 
     /// Free and total device memory, bytes.
@@ -249,79 +206,72 @@ impl Cuda {
         self.ctx.bind_to_thread().map_err(|e| driver_error("binding the CUDA context", e))
     }
 
-    /// Compiles (or takes from the cache) and loads kernel file `module`.
-    pub fn module(&self, module: &'static str) -> Result<Arc<CudaModule>> {
+    /// Loads kernel file `module` (once; see `loader.rs` for the order of paths).
+    pub fn module(&self, module: &'static str) -> Result<Arc<Module>> {
         let mut modules = self.modules.lock().map_err(|_| poisoned())?;
-        if let Some(m) = modules.get(module) {
+        if let Some((m, _)) = modules.get(module) {
             return Ok(m.clone());
         }
-        let ptx = nvrtc::cached_ptx(module, self.sources.get(module)?, self.sources.headers, &self.arch)?;
-        self.bind()?;
-        let loaded = self.ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx.as_str())).map_err(|e| {
-            let hint = if e.0 == CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION {
-                format!(
-                    " — NVRTC {} emits PTX newer than this driver (CUDA {}) accepts; update the driver or use an older NVRTC",
-                    nvrtc::nvrtc().map(|n| n.version_string()).unwrap_or_default(),
-                    probe::driver().map(|d| probe::cuda_version_string(d.version)).unwrap_or_default()
-                )
-            } else {
-                String::new()
-            };
-            driver_error(format_args!("loading the PTX of {module}.cu for {}{hint}", self.arch), e)
-        })?;
-        modules.insert(module, loaded.clone());
+        let (loaded, path) =
+            loader::load(&self.ctx, &self.gpu, module, self.sources.get(module)?, self.sources.headers)?;
+        modules.insert(module, (loaded.clone(), path));
         Ok(loaded)
+    }
+
+    /// How `module` was loaded, once it has been.
+    pub fn load_path(&self, module: &str) -> Option<LoadPath> {
+        self.modules.lock().ok()?.get(module).map(|(_, p)| p.clone())
     }
 
     /// `(registers, static shared bytes, local bytes per thread, max threads per
     /// block)` of `kernel` as loaded on this GPU.
     pub fn attributes(&self, kernel: Kernel) -> Result<(i32, i32, i32, i32)> {
-        let func = self.module(kernel.module)?.load_function(kernel.name).map_err(|e| missing_entry(kernel, e))?;
-        let get = |a| {
-            // SAFETY: `func` is a live function of a loaded module.
-            unsafe { result::function::get_function_attribute(func.cu_function(), a) }
-                .map_err(|e| driver_error(format_args!("cuFuncGetAttribute on {}", kernel.name), e))
-        };
+        let module = self.module(kernel.module)?;
+        self.bind()?;
+        let func = module.function(kernel.name).map_err(|e| missing_entry(kernel, e))?;
         Ok((
-            get(CUfunction_attribute::CU_FUNC_ATTRIBUTE_NUM_REGS)?,
-            get(CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)?,
-            get(CUfunction_attribute::CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES)?,
-            get(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?,
+            func_attribute(kernel, func, CUfunction_attribute::CU_FUNC_ATTRIBUTE_NUM_REGS)?,
+            func_attribute(kernel, func, CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)?,
+            func_attribute(kernel, func, CUfunction_attribute::CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES)?,
+            func_attribute(kernel, func, CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?,
         ))
     }
 
     /// The loaded function of `kernel`, allowed `smem` bytes of dynamic shared memory.
-    fn function(&self, kernel: Kernel, smem: u32) -> Result<CudaFunction> {
+    fn function(&self, kernel: Kernel, smem: u32) -> Result<sys::CUfunction> {
         let mut functions = self.functions.lock().map_err(|_| poisoned())?;
         let f = match functions.entry(kernel) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                let func =
-                    self.module(kernel.module)?.load_function(kernel.name).map_err(|err| missing_entry(kernel, err))?;
-                e.insert(Func { func, max_dynamic_smem: DEFAULT_DYNAMIC_SMEM })
+                let module = self.module(kernel.module)?;
+                // The function lookup and attributes need this context current.
+                self.bind()?;
+                let func = module.function(kernel.name).map_err(|err| missing_entry(kernel, err))?;
+                let static_smem =
+                    func_attribute(kernel, func, CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)?.max(0)
+                        as u32;
+                let max_dynamic_smem = DEFAULT_SMEM.saturating_sub(static_smem);
+                e.insert(Func { func, _module: module, static_smem, max_dynamic_smem })
             }
         };
-        if smem > f.max_dynamic_smem {
-            if smem > self.smem_optin {
-                return Err(Error::Cuda(format!(
-                    "{}: {smem} bytes of dynamic shared memory requested, this GPU allows {} per block",
-                    kernel.name, self.smem_optin
-                )));
-            }
-            // SAFETY: `f.func` is a live function; the value is within the device limit.
+        let grant = dynamic_smem_needed(f.static_smem, smem, f.max_dynamic_smem, self.smem_optin)
+            .map_err(|e| Error::Cuda(format!("{}: {e}", kernel.name)))?;
+        if let Some(bytes) = grant {
+            self.bind()?;
+            // SAFETY: `f.func` is a live function; static + dynamic is within the device limit.
             unsafe {
                 result::function::set_function_attribute(
-                    f.func.cu_function(),
+                    f.func,
                     CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    smem as i32,
+                    bytes as i32,
                 )
             }
             .map_err(|e| {
-                driver_error(format_args!("{}: allowing {smem} bytes of dynamic shared memory", kernel.name), e)
+                driver_error(format_args!("{}: allowing {bytes} bytes of dynamic shared memory", kernel.name), e)
             })?;
-            f.max_dynamic_smem = smem;
+            f.max_dynamic_smem = bytes;
         }
-        Ok(f.func.clone())
+        Ok(f.func)
     }
 
     fn check_range(&self, what: &str, mem: &DeviceBuf, off: usize, len: usize) -> Result<()> {
@@ -339,6 +289,40 @@ impl Cuda {
         let (ptr, _record) = mem.slice.device_ptr(&self.stream);
         ptr + 4 * off as u64
     }
+
+    fn allocate(&self, len: usize, zeroed: bool) -> Result<DeviceBuf> {
+        self.bind()?;
+        let out_of_memory = || {
+            let free = match result::mem_get_info() {
+                Ok((free, total)) => format!("{} free of {}", mib(free), mib(total)),
+                Err(_) => "free memory unknown".into(),
+            };
+            Error::Cuda(format!("out of GPU memory: asked for {} ({len} f32), {free}", mib(len.saturating_mul(4))))
+        };
+        // Beyond the device's memory the driver's answer varies by allocator; ours does not.
+        if len.saturating_mul(4) > self.total_bytes {
+            return Err(out_of_memory());
+        }
+        let n = len.max(1);
+        let slice = if zeroed {
+            self.stream.alloc_zeros::<f32>(n)
+        } else {
+            // SAFETY: workspaces; every element a kernel reads is written first by
+            // the same op (checked in the emulator, which poisons them).
+            unsafe { self.stream.alloc::<f32>(n) }
+        };
+        let slice = slice.map_err(|e| match e.0 {
+            CUresult::CUDA_ERROR_OUT_OF_MEMORY => out_of_memory(),
+            _ => driver_error(format_args!("allocating {} on the GPU", mib(4 * len)), e),
+        })?;
+        Ok(DeviceBuf { slice, len, _tracked: self.accounting.track(4 * n as u64) })
+    }
+}
+
+fn func_attribute(kernel: Kernel, func: sys::CUfunction, a: CUfunction_attribute) -> Result<i32> {
+    // SAFETY: `func` is a live function of a loaded module; the context is bound.
+    unsafe { result::function::get_function_attribute(func, a) }
+        .map_err(|e| driver_error(format_args!("cuFuncGetAttribute on {}", kernel.name), e))
 }
 
 fn poisoned() -> Error {
@@ -378,24 +362,20 @@ impl Executor for Cuda {
         self.mem_info().ok().map(|(free, total)| total.saturating_sub(free) as u64)
     }
 
+    fn memory_stats(&self) -> Option<MemoryStats> {
+        Some(self.accounting.stats())
+    }
+
+    fn reset_peak_memory(&self) {
+        self.accounting.reset_peak();
+    }
+
     fn alloc(&self, len: usize) -> Result<DeviceBuf> {
-        self.bind()?;
-        let out_of_memory = || {
-            let free = match result::mem_get_info() {
-                Ok((free, total)) => format!("{} free of {}", mib(free), mib(total)),
-                Err(_) => "free memory unknown".into(),
-            };
-            Error::Cuda(format!("out of GPU memory: asked for {} ({len} f32), {free}", mib(len.saturating_mul(4))))
-        };
-        // Beyond the device's memory the driver's answer varies by allocator; ours does not.
-        if len.saturating_mul(4) > self.total_bytes {
-            return Err(out_of_memory());
-        }
-        let slice = self.stream.alloc_zeros::<f32>(len.max(1)).map_err(|e| match e.0 {
-            CUresult::CUDA_ERROR_OUT_OF_MEMORY => out_of_memory(),
-            _ => driver_error(format_args!("allocating {} on the GPU", mib(4 * len)), e),
-        })?;
-        Ok(DeviceBuf { slice, len })
+        self.allocate(len, true)
+    }
+
+    fn alloc_scratch(&self, len: usize) -> Result<DeviceBuf> {
+        self.allocate(len, false)
     }
 
     fn len(&self, mem: &DeviceBuf) -> usize {
@@ -466,7 +446,7 @@ impl Executor for Cuda {
         // launcher against their buffers.
         unsafe {
             result::launch_kernel(
-                func.cu_function(),
+                func,
                 (g[0], g[1], g[2]),
                 (b[0], b[1], b[2]),
                 geom.smem_bytes,
@@ -487,15 +467,6 @@ impl Executor for Cuda {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn arch_choice() {
-        assert_eq!(pick_arch((9, 0), &[75, 80, 86, 89, 90, 100, 120]).unwrap(), "compute_90");
-        assert_eq!(pick_arch((12, 1), &[75, 80, 90, 120]).unwrap(), "compute_120");
-        assert_eq!(pick_arch((8, 7), &[75, 80, 86, 89, 90]).unwrap(), "compute_86");
-        assert!(pick_arch((7, 0), &[75, 80]).is_err());
-        assert_eq!(pick_arch((8, 0), &[]).unwrap(), "compute_80");
-    }
 
     #[test]
     fn no_gpu_is_an_error_not_a_panic() {

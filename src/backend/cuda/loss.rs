@@ -2,22 +2,12 @@
 //! gradients of the total with respect to the three logit tensors (formulas:
 //! `backend::cpu::loss`; kernel design: the header of `kernels/loss.cu`).
 //!
-//! check (shapes, operand bounds, disjoint outputs, `int` extents) → allocate one
-//! workspace → arguments → three launches (block partials, reduction + heads, mask
-//! gradient) → download loss1..loss3, which the kernels write as f64, and add the
-//! total here as the CPU does (`loss1 + 0.5·loss2 + 0.5·loss3`).
-//!
-//! Workspace layout, in f32 words (f64 values take two, 8-byte aligned since buffers
-//! are 256-byte aligned and every f64 field starts at an even word):
-//! ```text
-//! [0, 6)                  out: loss1, loss2, loss3 (f64)
-//! [8, 11)                 coef: 1/M, 1/(U−I+ε), 1/(I+ε) (f32, for pass 2)
-//! [16, 16+8B)             part[B][4] (f64): Σ BCE, Σ s·t, Σ s, Σ t per pass-1 block
-//! [16+8B, +B·K)           flags[B][K]: 1 where the block saw a target > 0.5
-//! [.., +2·N·K)            head BCEs (cls_mid, then cls_last)
-//! ```
-//! with B = N·chunks pass-1 blocks.
+//! check (shapes, operand bounds, disjoint outputs, `int` extents) → plan the
+//! workspace ([`LossWorkspace`]) → arguments → three launches (block partials,
+//! reduction + heads, mask gradient) → download loss1..loss3, which the kernels write
+//! as f64, and add the total here as the CPU does (`loss1 + 0.5·loss2 + 0.5·loss3`).
 
+use super::scratch::Regions;
 use super::{addresses, blocks, fits, int, stride_geometry, Arg, Executor, Geometry, Kernel, Kernels, Operand};
 use crate::backend::{At, LossParams, LossParts};
 use crate::error::{Error, Result};
@@ -32,10 +22,36 @@ const GRAD: Kernel = Kernel { module: MODULE, name: "loss_grad_f32" };
 const THREADS: usize = 256;
 /// Elements per thread in pass 1 (ITEMS in the header of loss.cu).
 const ITEMS: usize = 16;
-/// Workspace word of `coef` (after the three f64 losses).
-const COEF_OFF: usize = 8;
-/// Workspace words before the partials (out + coef, padded to keep `part` aligned).
-const HEADER_WORDS: usize = 16;
+
+/// The loss's workspace, in f32 words (each region 256-byte aligned, so the f64
+/// ones are 8-byte aligned), for B = N·chunks pass-1 blocks.
+struct LossWorkspace {
+    /// loss1, loss2, loss3 (f64), written by the reduction.
+    out: usize,
+    /// 1/M, 1/(U−I+ε), 1/(I+ε) (f32), written by the reduction for pass 2.
+    coef: usize,
+    /// part[B][4] (f64): Σ BCE, Σ s·t, Σ s, Σ t per pass-1 block.
+    part: usize,
+    /// flags[B][K]: 1 where the block saw a target > 0.5, else 0.
+    flags: usize,
+    /// The heads' BCE terms (cls_mid, then cls_last), 2·N·K.
+    heads: usize,
+    /// Words in all.
+    len: usize,
+}
+
+impl LossWorkspace {
+    fn plan(partial_blocks: usize, k: usize, heads: usize) -> Result<Self> {
+        let mut r = Regions::default();
+        let out = r.f64s(3);
+        let coef = r.f32s(3);
+        let part = r.f64s(partial_blocks.saturating_mul(4));
+        let flags = r.f32s(partial_blocks.saturating_mul(k));
+        let heads = r.f32s(heads.saturating_mul(2));
+        let len = fits("loss", "the workspace", r.len())?;
+        Ok(LossWorkspace { out, coef, part, flags, heads, len })
+    }
+}
 
 /// The f64 stored little-endian in two f32 words.
 fn f64_from_words(lo: f32, hi: f32) -> f64 {
@@ -86,20 +102,16 @@ pub fn loss<E: Executor>(
     let chunks = blocks(hwk, chunk) as usize;
     let partial_blocks = chunks * p.n;
 
-    // Allocate.
-    let part_off = HEADER_WORDS;
-    let flags_off = part_off + 8 * partial_blocks;
-    let head_off = flags_off + partial_blocks * p.k;
-    let ws_len = fits(OP, "the workspace", Some(head_off + 2 * heads))?;
-    let ws = k.exec.alloc(ws_len)?;
-    let base = k.exec.addr(&ws);
-    let word = |off: usize| Arg::Ptr(base + 4 * off as u64);
+    // Plan the workspace; take it (reused from earlier calls).
+    let plan = LossWorkspace::plan(partial_blocks, p.k, heads)?;
+    let ws = k.scratch(OP, plan.len)?;
+    let word = |off: usize| Arg::Ptr(ws.at(off));
 
     // Pass 1: block partials.
     let geom = Geometry { grid: [chunks as u32, p.n as u32, 1], block: [THREADS as u32, 1, 1], smem_bytes: 0 };
     let args = [
-        word(part_off),
-        word(flags_off),
+        word(plan.part),
+        word(plan.flags),
         Arg::Ptr(xm),
         Arg::Ptr(tg),
         int(OP, hwk)?,
@@ -112,13 +124,13 @@ pub fn loss<E: Executor>(
     // The batch sums, the heads, the losses.
     let one_block = Geometry { grid: [1, 1, 1], block: [THREADS as u32, 1, 1], smem_bytes: 0 };
     let args = [
-        word(0),
-        word(COEF_OFF),
-        word(head_off),
+        word(plan.out),
+        word(plan.coef),
+        word(plan.heads),
         Arg::Ptr(di),
         Arg::Ptr(dl),
-        word(part_off),
-        word(flags_off),
+        word(plan.part),
+        word(plan.flags),
         Arg::Ptr(xi),
         Arg::Ptr(xl),
         int(OP, chunks)?,
@@ -134,12 +146,12 @@ pub fn loss<E: Executor>(
     // Pass 2: the mask gradient.
     if masks > 0 {
         let vec = [dm, xm, tg].iter().all(|a| a % 16 == 0);
-        let args = [Arg::Ptr(dm), Arg::Ptr(xm), Arg::Ptr(tg), word(COEF_OFF), int(OP, masks)?, Arg::I32(vec as i32)];
+        let args = [Arg::Ptr(dm), Arg::Ptr(xm), Arg::Ptr(tg), word(plan.coef), int(OP, masks)?, Arg::I32(vec as i32)];
         k.exec.launch(GRAD, &stride_geometry(if vec { masks / 4 + masks % 4 } else { masks }), &args)?;
     }
 
     let mut out = [0.0f32; 6];
-    k.exec.download(&ws, 0, &mut out)?;
+    k.exec.download(ws.mem(), plan.out, &mut out)?;
     let [loss1, loss2, loss3] = [0, 1, 2].map(|i| f64_from_words(out[2 * i], out[2 * i + 1]));
     Ok(LossParts { loss: loss1 + 0.5 * loss2 + 0.5 * loss3, loss1, loss2, loss3 })
 }

@@ -1,7 +1,8 @@
 //! Backends that run the hand-written kernels in `kernels/`: the launch logic
 //! (shape checks, geometry, arguments) is written once here, over an
-//! [`Executor`] that either drives a GPU (`driver`: cudarc + NVRTC) or runs the
-//! same kernel sources compiled for the host (`crate::backend::emu`). So the
+//! [`Executor`] that either drives a GPU (`driver`: cudarc, with the kernels embedded
+//! at build time or compiled by NVRTC) or runs the same kernel sources compiled for
+//! the host (`crate::backend::emu`). So the
 //! emulator checks exactly the grid, block and shared-memory sizes the GPU runs.
 //!
 //! One file per op family, named as its kernel files: `conv2d.rs` ↔
@@ -20,19 +21,28 @@ pub(crate) mod backward;
 pub mod conv2d;
 pub mod deconv;
 pub mod driver;
+pub mod embed;
+pub mod embedded;
+pub mod gpu;
 pub mod layout;
+pub mod loader;
+pub mod locate;
 pub mod loss;
 pub mod nvrtc;
+pub mod nvrtc_lib;
 pub mod pool;
 pub mod probe;
 pub mod ptxas;
 pub mod sass;
+pub mod scratch;
 pub mod sources;
 
 use super::{
     AdamParams, At, Backend, Conv2dParams, DeconvParams, GlobalPoolParams, GradIn, LossParams, LossParts, MaxPoolParams,
 };
+use crate::backend::memory::MemoryStats;
 use crate::error::{Error, Result};
+use scratch::Scratch;
 
 /// A kernel entry point: its source file (without `.cu`) and `extern "C"` name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -80,8 +90,25 @@ pub trait Executor {
     fn device_memory_in_use(&self) -> Option<u64> {
         None
     }
+    /// What this executor has allocated ([`Backend::memory_stats`]).
+    fn memory_stats(&self) -> Option<MemoryStats> {
+        None
+    }
+    /// Starts a new peak ([`Backend::reset_peak_memory`]).
+    fn reset_peak_memory(&self) {}
     /// A zero-filled buffer of `len` f32.
     fn alloc(&self, len: usize) -> Result<Self::Mem>;
+    /// A buffer of `len` f32 for an op's workspace, its contents undefined (not
+    /// zeroed: the op writes what it reads).
+    fn alloc_scratch(&self, len: usize) -> Result<Self::Mem> {
+        self.alloc(len)
+    }
+    /// Called each time a workspace is handed to an op that plans to use its first
+    /// `len` elements; the emulator fills it with NaN, so that a kernel reading an
+    /// element no kernel of the op wrote fails its test.
+    fn fresh_scratch(&self, _mem: &Self::Mem, _len: usize) -> Result<()> {
+        Ok(())
+    }
     /// Elements in `mem`.
     fn len(&self, mem: &Self::Mem) -> usize;
     /// Device address of element 0 of `mem`.
@@ -141,12 +168,14 @@ pub struct Kernels<E: Executor> {
     pub exec: E,
     /// Arithmetic of the convolution and deconvolution GEMMs.
     pub precision: Precision,
+    /// The ops' workspace, reused from call to call (see `scratch.rs`).
+    scratch: Scratch<E::Mem>,
 }
 
 impl<E: Executor> Kernels<E> {
     /// The kernels on `exec`, f32 throughout.
     pub fn new(exec: E) -> Self {
-        Kernels { exec, precision: Precision::F32 }
+        Kernels { exec, precision: Precision::F32, scratch: Scratch::default() }
     }
 }
 
@@ -283,6 +312,12 @@ impl<E: Executor> Backend for Kernels<E> {
     }
     fn device_memory_in_use(&self) -> Option<u64> {
         self.exec.device_memory_in_use()
+    }
+    fn memory_stats(&self) -> Option<MemoryStats> {
+        self.exec.memory_stats()
+    }
+    fn reset_peak_memory(&self) {
+        self.exec.reset_peak_memory()
     }
     fn alloc(&self, len: usize) -> Result<E::Mem> {
         self.exec.alloc(len)

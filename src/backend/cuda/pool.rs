@@ -7,6 +7,7 @@
 //! by the GPU and by the emulator, and launches once. 16-byte accesses are enabled
 //! only when every address, pitch and the channel count are multiples of 4 floats.
 
+use super::scratch::Workspace;
 use super::{
     act_len, addresses, fits, int, stride_geometry, vec4_ok, Arg, Executor, Geometry, Kernel, Kernels, Operand,
 };
@@ -134,11 +135,12 @@ fn split(op: &str, p: &GlobalPoolParams) -> Result<Split> {
     Ok(Split { chunks, chunk_len, geom })
 }
 
-/// A zeroed workspace of `len` floats and its address (kept alive by the caller until
-/// the launches that use it are queued).
-fn workspace<E: Executor>(k: &Kernels<E>, op: &str, len: usize) -> Result<(E::Mem, Arg)> {
-    let ws = k.exec.alloc(fits(op, "operands", Some(len))?)?;
-    let addr = Arg::Ptr(k.exec.addr(&ws));
+/// A workspace of `len` floats and its address (the backend's reused scratch, held by
+/// the caller until the launches that use it are queued; the kernels write every
+/// element they later read).
+fn workspace<'a, E: Executor>(k: &'a Kernels<E>, op: &str, len: usize) -> Result<(Workspace<'a, E::Mem>, Arg)> {
+    let ws = k.scratch(op, fits(op, "operands", Some(len))?)?;
+    let addr = Arg::Ptr(ws.at(0));
     Ok((ws, addr))
 }
 
@@ -223,13 +225,13 @@ pub fn global_avg_backward<E: Executor>(
 
 /// The per-chunk (max, argmax) candidates of a split global max: `global_max_fwd_f32`
 /// into a workspace of `[N][chunks][C][2]` floats, returned with its address.
-fn max_candidates<E: Executor>(
-    k: &Kernels<E>,
+fn max_candidates<'a, E: Executor>(
+    k: &'a Kernels<E>,
     op: &str,
     xa: Arg,
     p: &GlobalPoolParams,
     s: &Split,
-) -> Result<(E::Mem, Arg)> {
+) -> Result<(Workspace<'a, E::Mem>, Arg)> {
     let (ws, part) = workspace(k, op, 2 * p.n * s.chunks * p.c)?;
     let args = [
         Arg::Ptr(0),

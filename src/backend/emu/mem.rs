@@ -14,12 +14,15 @@ const GUARD_WORD: [u8; 4] = 0x7fa5_a5a5u32.to_le_bytes();
 /// Buffers start 256-byte aligned, as `cuMemAlloc` guarantees.
 const ALIGN: usize = 256;
 
-/// One allocation: `GUARD` bytes, `len` f32, `GUARD` bytes.
+/// One allocation: `GUARD` bytes, `len` f32, `GUARD` bytes; or, for a memory-only
+/// emulator, just such a range of addresses with no memory behind it.
 pub(crate) struct Alloc {
     base: *mut u8,
     len: usize,
     /// Allocation number within its `Emu`, for messages.
     pub(crate) id: u64,
+    /// False for an address range only ([`Alloc::reserve`]): nothing may touch it.
+    real: bool,
 }
 
 // SAFETY: the allocation is plain memory owned by this value; the executor's methods
@@ -40,9 +43,26 @@ impl Alloc {
         if base.is_null() {
             return None;
         }
-        let a = Alloc { base, len, id };
+        let a = Alloc { base, len, id, real: true };
         a.restore_guards();
         Some(a)
+    }
+
+    /// A range of `len` f32 (with guards) at address `base`, with no memory behind
+    /// it: what a memory-only emulator hands out, so that pointer checks still see
+    /// distinct buffers while nothing is allocated (nothing may read or write it).
+    pub(crate) fn reserve(len: usize, id: u64, base: u64) -> Self {
+        Alloc { base: base as *mut u8, len, id, real: false }
+    }
+
+    /// Bytes an allocation of `len` f32 spans, guards included.
+    pub(crate) fn span(len: usize) -> usize {
+        Self::layout(len).size()
+    }
+
+    /// Whether memory is behind the buffer (false for [`Alloc::reserve`]).
+    pub(crate) fn is_real(&self) -> bool {
+        self.real
     }
 
     /// Elements.
@@ -86,6 +106,9 @@ impl Alloc {
     /// `None` if both guards are intact; otherwise a description of the damage
     /// (which side, the offset of the first changed byte), and the guards restored.
     pub(crate) fn check_guards(&self) -> Option<String> {
+        if !self.real {
+            return None;
+        }
         let [before, after] = self.guards();
         let msg = if let Some(i) = Self::first_changed(after) {
             Some(format!(
@@ -116,14 +139,18 @@ impl Alloc {
 
 impl Drop for Alloc {
     fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout.
-        unsafe { dealloc(self.base, Self::layout(self.len)) }
+        if self.real {
+            // SAFETY: allocated in `new` with this layout.
+            unsafe { dealloc(self.base, Self::layout(self.len)) }
+        }
     }
 }
 
 /// A buffer of f32 in the emulator's "device" memory (host memory with guards).
 pub struct EmuMem {
     pub(crate) alloc: Arc<Alloc>,
+    /// Uncounts the buffer from the emulator's allocator figures when dropped.
+    pub(crate) _tracked: crate::backend::memory::Tracked,
 }
 
 impl std::fmt::Debug for EmuMem {

@@ -20,6 +20,11 @@
 //! schedules and compares the outputs (a missing barrier shows as a difference).
 //! [`Emu::traced`] makes it a profiler ([`trace`]): memory-access counters, shared-
 //! memory races by name and line, per launch.
+//! Every buffer is counted (`backend::memory`), and op workspaces are filled with NaN
+//! each time an op takes them, so a kernel reading what its op did not write fails.
+//! [`Emu::memory_only`] checks every launch but runs none: the memory figures of
+//! sizes the emulator could not run in reasonable time (they depend on the shapes
+//! only).
 
 pub mod counters;
 mod mem;
@@ -33,6 +38,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::backend::cuda::{Arg, Executor, Geometry, Kernel, Kernels};
+use crate::backend::memory::{Accounting, MemoryStats};
 use crate::error::{Error, Result};
 use mem::{Alloc, Registry};
 
@@ -85,6 +91,11 @@ pub struct Emu {
     next_id: AtomicU64,
     /// Set on a traced emulator: runs the instrumented kernels and keeps their counters.
     tracer: Option<trace::Recorder>,
+    accounting: Arc<Accounting>,
+    /// False for [`Emu::memory_only`]: launches are checked, not run.
+    run_kernels: bool,
+    /// The next address a memory-only emulator hands out.
+    next_addr: AtomicU64,
 }
 
 impl Default for Emu {
@@ -101,7 +112,15 @@ impl Emu {
 
     /// An emulator running threads in `schedule` order.
     pub fn with_schedule(schedule: Schedule) -> Self {
-        Emu { schedule, registry: Registry::default(), next_id: AtomicU64::new(0), tracer: None }
+        Emu {
+            schedule,
+            registry: Registry::default(),
+            next_id: AtomicU64::new(0),
+            tracer: None,
+            accounting: Accounting::new(),
+            run_kernels: true,
+            next_addr: AtomicU64::new(1 << 44),
+        }
     }
 
     /// An emulator that traces every launch (forward schedule): see [`trace`].
@@ -117,6 +136,31 @@ impl Emu {
     /// Launches traced and not yet taken.
     pub fn traced_launches(&self) -> usize {
         self.tracer.as_ref().map_or(0, trace::Recorder::count)
+    }
+
+    /// An emulator that counts every allocation and checks every launch (entry
+    /// point, geometry, operand addresses) exactly as [`Emu::new`] does, but backs
+    /// buffers with no memory and runs no kernel: uploads are dropped, downloads read
+    /// zeros. For the allocator's figures at sizes too large to emulate (they depend
+    /// on the shapes alone): a 15 GiB training step costs no memory here.
+    pub fn memory_only() -> Self {
+        Emu { run_kernels: false, ..Self::new() }
+    }
+
+    /// Whether launches run ([`Emu::memory_only`] says no).
+    pub fn runs_kernels(&self) -> bool {
+        self.run_kernels
+    }
+
+    /// Fills the first `len` elements of `mem` with NaN.
+    fn poison(&self, mem: &EmuMem, len: usize) -> Result<()> {
+        Self::range_check(mem, 0, len, "poison")?;
+        if mem.alloc.is_real() {
+            // SAFETY: the range is inside the buffer (checked above); no launch runs
+            // while the emulator's methods do (every launch completes in `launch`).
+            unsafe { std::slice::from_raw_parts_mut(mem.alloc.data() as *mut f32, len) }.fill(f32::NAN);
+        }
+        Ok(())
     }
 
     /// The schedule of this emulator's launches.
@@ -185,13 +229,44 @@ impl Executor for Emu {
         "emu"
     }
 
+    fn describe(&self) -> String {
+        if self.run_kernels {
+            "emu".into()
+        } else {
+            "emu (memory only: launches checked, not run)".into()
+        }
+    }
+
+    fn memory_stats(&self) -> Option<MemoryStats> {
+        Some(self.accounting.stats())
+    }
+
+    fn reset_peak_memory(&self) {
+        self.accounting.reset_peak();
+    }
+
     fn alloc(&self, len: usize) -> Result<EmuMem> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let alloc =
-            Alloc::new(len, id).ok_or_else(|| Error::Cuda(format!("emu: out of host memory allocating {len} f32")))?;
+        let alloc = if self.run_kernels {
+            Alloc::new(len, id).ok_or_else(|| Error::Cuda(format!("emu: out of host memory allocating {len} f32")))?
+        } else {
+            let span = Alloc::span(len).next_multiple_of(256) as u64;
+            Alloc::reserve(len, id, self.next_addr.fetch_add(span, Ordering::Relaxed))
+        };
         let alloc = Arc::new(alloc);
         self.registry.add(&alloc);
-        Ok(EmuMem { alloc })
+        // Counted as the GPU counts it: at least one element.
+        Ok(EmuMem { alloc, _tracked: self.accounting.track(4 * len.max(1) as u64) })
+    }
+
+    fn alloc_scratch(&self, len: usize) -> Result<EmuMem> {
+        self.alloc(len)
+    }
+
+    fn fresh_scratch(&self, mem: &EmuMem, _len: usize) -> Result<()> {
+        // All of it, not just what this op planned: a read past the plan would
+        // otherwise see what an earlier, larger op left there.
+        self.poison(mem, mem.alloc.len())
     }
 
     fn len(&self, mem: &EmuMem) -> usize {
@@ -204,6 +279,9 @@ impl Executor for Emu {
 
     fn upload(&self, mem: &EmuMem, off: usize, src: &[f32]) -> Result<()> {
         Self::range_check(mem, off, src.len(), "upload")?;
+        if !mem.alloc.is_real() {
+            return Ok(());
+        }
         // SAFETY: the range was checked to lie inside the buffer's data.
         unsafe {
             std::ptr::copy_nonoverlapping(src.as_ptr(), (mem.alloc.data() as *mut f32).add(off), src.len());
@@ -213,6 +291,10 @@ impl Executor for Emu {
 
     fn download(&self, mem: &EmuMem, off: usize, dst: &mut [f32]) -> Result<()> {
         Self::range_check(mem, off, dst.len(), "download")?;
+        if !mem.alloc.is_real() {
+            dst.fill(0.0);
+            return Ok(());
+        }
         // SAFETY: the range was checked to lie inside the buffer's data.
         unsafe {
             std::ptr::copy_nonoverlapping((mem.alloc.data() as *const f32).add(off), dst.as_mut_ptr(), dst.len());
@@ -242,6 +324,9 @@ impl Executor for Emu {
             }
         }
 
+        if !self.run_kernels {
+            return Ok(());
+        }
         let mut values: Vec<ArgValue> = args
             .iter()
             .map(|a| match *a {
