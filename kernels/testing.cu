@@ -1,6 +1,8 @@
 // testing.cu — test-only kernels: they exercise every primitive of common.cuh and
 // plant the bugs the emulator must catch (tests/emulator.rs). They are valid device
 // code too, so the GPU check can run the same layouts (the mma fragment layout first).
+// Its mma, ldmatrix and cp.async tests need tensor cores and cp.async:
+// lesionseg: min-arch sm_80
 #include "common.cuh"
 
 // Each thread publishes to shared memory and reads its right neighbour's slot. Without

@@ -270,12 +270,7 @@ fn compare(
 /// that lacks its `// lesionseg: min-arch sm_80` line fails here, named, instead of
 /// at the first launch on a T4 (the driver's JIT would reject its bf16 and mma
 /// instructions there).
-///
-/// Ignored until the kernel files are split and marked: today `conv2d_bf16.cu`,
-/// `deconv.cu` (its bf16 kernels) and `testing.cu` (its mma test) carry tensor-core
-/// code without the marker. Run with `cargo test --test embedded -- --ignored`.
 #[test]
-#[ignore = "until the tensor-core kernels are in marked files of their own"]
 fn unmarked_files_assemble_for_the_lowest_architecture() {
     if embedded_or_skip().is_none() {
         return;
