@@ -138,7 +138,7 @@ class UNet16MultiTask(nn.Module):
 
 
 def losses(mask_logits, cls_mid, cls_last, t):
-    """DESIGN.md's loss (scripts/make_goldens.py), computed in float32."""
+    """The loss of docs/ARCHITECTURE.md, section 2 (scripts/make_goldens.py), computed in float32."""
     mask_logits, cls_mid, cls_last = mask_logits.float(), cls_mid.float(), cls_last.float()
     bce = F.binary_cross_entropy_with_logits(mask_logits, t)
     s = torch.sigmoid(mask_logits)

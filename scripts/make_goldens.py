@@ -70,7 +70,7 @@ reference from the stored weights and inputs, compare with the stored values,
 check the alias keys, and rerun the screening on the stored draw. Exit status 1
 on any failure (a screening failure only warns with --accept-first).
 
-Loss (DESIGN.md): t = target_mask, s = sigmoid(mask_logits);
+Loss (docs/ARCHITECTURE.md, section 2): t = target_mask, s = sigmoid(mask_logits);
   loss1 = mean BCEWithLogits(mask_logits, t) - log((sum s*t + 1e-15) /
           (sum s + sum t - sum s*t + 1e-15))   (sums over the whole batch)
   y[n,k] = (t[n,k].amax() > 0.5)

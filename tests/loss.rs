@@ -1,4 +1,4 @@
-//! The multi-task loss against a direct f64 transcription of DESIGN.md's formulas,
+//! The multi-task loss against a direct f64 transcription of the formulas in docs/ARCHITECTURE.md §2,
 //! finite-difference checks of all three logit gradients in f64, determinism across
 //! thread counts, and the `Backend` trait path.
 
@@ -65,7 +65,7 @@ fn bce(x: f64, t: f64) -> f64 {
     -(t * s.ln() + (1.0 - t) * (1.0 - s).ln())
 }
 
-/// DESIGN.md's loss and its gradients, straight from the formulas, in f64.
+/// The loss of docs/ARCHITECTURE.md §2 and its gradients, straight from the formulas, in f64.
 fn reference(c: &Case) -> (LossParts, [Vec<f64>; 3]) {
     let p = &c.p;
     let m = c.mask.len() as f64;

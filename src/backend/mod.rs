@@ -203,7 +203,7 @@ pub struct GlobalPoolParams {
     pub x_pitch: usize,
 }
 
-/// The multi-task loss of DESIGN.md over `K` mask channels.
+/// The multi-task loss of docs/ARCHITECTURE.md §2 over `K` mask channels.
 ///
 /// Inputs: `mask_logits` and `target` dense NHWC `[N,H,W,K]`, `cls_mid` and
 /// `cls_last` dense `[N,K]`. With s = sigmoid(mask_logits), I = Σ s·t,

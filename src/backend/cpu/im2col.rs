@@ -9,8 +9,8 @@
 //! The output pixels are cut into blocks of [`GATHER_BLOCK_PIXELS`] (weight
 //! gradients: [`BLOCK_PIXELS`]); each rayon task builds the im2col of its block in
 //! its own buffer and runs a single-threaded GEMM on it. This keeps the im2col in
-//! cache instead of streaming a whole-image matrix through memory (DESIGN.md, "CPU
-//! backend notes": ~85% of oneDNN against ~74%).
+//! cache instead of streaming a whole-image matrix through memory (docs/ARCHITECTURE.md
+//! §7: ~85% of oneDNN's throughput against ~74%).
 
 use std::ops::Range;
 

@@ -4,7 +4,7 @@
 // first use in a launch (the same offset for every block of that launch), and a
 // dynamic part of the launch's size. Every block starts with all of it filled with
 // 0xFF, so a read of shared memory that no thread of this block wrote gives NaN
-// instead of the previous block's data (EMULATOR.md pitfall 6). Canary bytes around
+// instead of the previous block's data (docs/ARCHITECTURE.md §5). Canary bytes around
 // every array are checked at the end of each block: an overrun names the array.
 //
 // cp.async: the 16 source bytes are read at issue and written to shared memory only

@@ -3,7 +3,7 @@
 // Switching: each fiber's trampoline is entered once per OS thread through
 // makecontext/setcontext (a signal-mask system call), where it saves a "fresh" start
 // point with _setjmp. From then on every switch is _setjmp/_longjmp (~45 ns; the
-// swapcontext alternative costs ~10x as much, EMULATOR.md). A thread starts by a jump
+// swapcontext alternative costs ~10x as much, docs/ARCHITECTURE.md §5). A thread starts by a jump
 // to its fiber's fresh point; a blocked thread resumes at the point it saved. A thread
 // that exits, or a block abandoned after a deadlock or an assertion, leaves nothing
 // to unwind: the next block starts its fibers fresh again.
