@@ -26,9 +26,21 @@ fn temp_dir(name: &str) -> PathBuf {
 
 /// `target/<profile>/`, where cargo put the `cdylib` of this build (the test runs
 /// from `target/<profile>/deps/`).
+/// The folder of `liblesionseg.so`, built first: `cargo test` builds the library as
+/// an rlib for the tests, not its cdylib, so the test asks cargo for it (up to date
+/// in a second when it already is), in the profile the test runs under.
 fn library_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
+    let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.args(["build", "--lib", "--quiet"]).current_dir(env!("CARGO_MANIFEST_DIR"));
+    if dir.file_name().is_some_and(|n| n == "release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("running cargo build --lib");
+    assert!(status.success(), "cargo build --lib (for liblesionseg.so) failed: {status}");
+    dir
 }
 
 fn photo(w: u32, h: u32) -> RgbImage {

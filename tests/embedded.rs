@@ -29,7 +29,7 @@ const NVRTC_VERSION: &str = "13.0";
 const ATTEMPTS: usize = 2;
 
 /// The files of `kernels/` with extension `ext`: (stem, text), sorted.
-fn disk_files(ext: &str) -> Vec<(String, String)> {
+fn disk_files(ext: &str) -> Files {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
@@ -43,9 +43,12 @@ fn disk_files(ext: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// `(name, text)` pairs of files.
+type Files = Vec<(String, String)>;
+
 /// The kernel files on disk: (module, source), sorted, and the headers as NVRTC
 /// gets them: (file name, text).
-fn disk_sources() -> (Vec<(String, String)>, Vec<(String, String)>) {
+fn disk_sources() -> (Files, Files) {
     let headers = disk_files("cuh").into_iter().map(|(stem, text)| (format!("{stem}.cuh"), text)).collect();
     (disk_files("cu"), headers)
 }
