@@ -53,9 +53,6 @@ const KNOWN: &[(&str, Figure, f64, &str)] = &[
     ),
     ("conv2d_bwd_filter_f32_mma", Figure::Degree, 2.0, "u16 stores of both tiles, 4 channels per lane"),
     ("conv2d_bwd_filter_f32_mma", Figure::LoadEfficiency, 0.707, "x and dy quads of 16 B, 4 lanes per pixel"),
-    ("deconv_fwd_f32_mma", Figure::Degree, 2.0, "tile engine's bf16 stash"),
-    ("deconv_bwd_data_f32_mma", Figure::Degree, 2.0, "tile engine's bf16 stash"),
-    ("deconv_bwd_filter_f32_mma", Figure::Degree, 2.0, "tile engine's bf16 stash"),
 ];
 
 /// Per kernel: the worst main-loop figures over its launches, and where.
