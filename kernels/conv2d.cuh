@@ -167,8 +167,15 @@ struct ConvGather {
         }
     }
     MEMBER void put(typename T::Elem* s) const {
+        if constexpr (T::A::PAIRS) {
+            // Whole 16-byte chunks (kq is a multiple of 8): see the stage's layout.
+            static_assert(QUADS % 2 == 0, "quads in pairs");
 #pragma unroll
-        for (int j = 0; j < QUADS; ++j) T::A::put4_k(s, kq + 4 * j, row, v[j]);
+            for (int j = 0; j < QUADS; j += 2) T::A::put8_k(s, kq + 4 * j, row, v[j], v[j + 1]);
+        } else {
+#pragma unroll
+            for (int j = 0; j < QUADS; ++j) T::A::put4_k(s, kq + 4 * j, row, v[j]);
+        }
     }
 };
 

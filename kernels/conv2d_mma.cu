@@ -13,15 +13,14 @@
 //   Engine MmaTile<64, 64, 32, 32, 32, m-major A>: block 128 threads (4 warps), output
 //   tile 64 pixels × 64 channels; warp w computes the 32×32 quarter (rows 32(w%2),
 //   channels 32(w/2)): 2 × 4 mma tiles of 16×8, 32 accumulators per thread.
-//   Slices of 32, two stages in shared memory (static, 19,456 bytes):
-//     A [64][40] bf16, row = pixel, 32 reduction elements + 8 pad: rows 80 bytes
-//       apart, so the 8 rows of an ldmatrix phase hit 8 distinct 4-bank groups
-//       (conflict-free); read with ldmatrix.x4 (the A fragment of a 16×16 block)
-//     B [32][72] bf16, row = reduction element, 64 channels + 8 pad (144 bytes:
-//       conflict-free likewise); read with ldmatrix.x4.trans (the B fragments of two
-//       8-channel tiles)
-//   Loads: thread t gathers pixel t/2, reduction quads 16(t%2) + 4j (j < 4), packed
-//   into two bf16x2 words each. Forward B: weight row t/4, channels 4(t%4) + 16j,
+//   Slices of 32, two stages in shared memory (static, 16,384 bytes), with
+//   XOR-swizzled 16-byte chunks (tile.cuh: stores and ldmatrix free of bank conflicts):
+//     A [64][32] bf16 (SwizzledRows), row = pixel; read with ldmatrix.x4 (the A
+//       fragment of a 16×16 block)
+//     B [32][64] bf16 (SwizzledStage), row = reduction element; read with
+//       ldmatrix.x4.trans (the B fragments of two 8-channel tiles)
+//   Loads: thread t gathers pixel t/2, reduction quads 16(t%2) + 4j (j < 4), stored
+//   two quads (one chunk) at a time. Forward B: weight row t/4, channels 4(t%4) + 16j,
 //   stored along the row; input-gradient B (one thread a column): channel t%64 of w'
 //   (flipped, transposed), reduction quads t/64 + 2j, stored down the column.
 //
@@ -32,15 +31,15 @@
 // per-thread sums of each channel in a fixed order.
 //   Engine MmaTile<64, 64, 32, 32, 32, k-major A>: 128 threads, output tile 64 filter
 //   rows (tap, c) × 64 channels, warp w the 32×32 quarter as above. Slices of 32
-//   pixels; A and B [32][72] bf16, both [pixel][row or channel] (18,432 bytes), read
-//   with ldmatrix.x4.trans.
+//   pixels; A and B [32][64] bf16, both [pixel][row or channel], swizzled as the
+//   forward's B (16,384 bytes), read with ldmatrix.x4.trans.
 //   Loads: thread t reads pixel t/4 of the slice; filter rows row0 + 4(t%4) + 16j and
 //   channels k0 + 4(t%4) + 16j (j < 4), fixed for the whole reduction: on the vector
 //   path each row quad is 4 channels of one tap, decoded once.
 #include "conv2d.cuh"
 
-typedef MmaTile<64, 64, 32, 32, 32, false> ConvMma;
-typedef MmaTile<64, 64, 32, 32, 32, true> FilterMma;
+typedef MmaTile<64, 64, 32, 32, 32, false, true> ConvMma;
+typedef MmaTile<64, 64, 32, 32, 32, true, true> FilterMma;
 
 // The forward pass (BWD = false) and the input gradient (BWD = true) on tensor cores:
 // conv_gemm's two products (conv2d.cu) with bf16 operands. Argument roles as there

@@ -7,13 +7,14 @@
 // sums, ReLU mask): deconv.cu, whose f32 kernels these are the twins of; the operands
 // (loaders) are shared through deconv.cuh. Launchers: src/backend/cuda/deconv.rs.
 //
-// Engine MmaTile<64, 64, 16, 16, 32, k-major A> (tile.cuh): block 256 threads (8
-// warps), the 64x64 tile of the f32 kernels; warp w computes rows 16(w%4)..+15 and
-// columns 32(w/4)..+31 as four 16x8 mma tiles. Two stages of A and B [16][72] bf16
-// (9,216 bytes, static), both k-major, read with ldmatrix.x4.trans.
+// Engine MmaTile<64, 64, 16, 16, 32, k-major A, swizzled> (tile.cuh): block 256
+// threads (8 warps), the 64x64 tile of the f32 kernels; warp w computes rows
+// 16(w%4)..+15 and columns 32(w/4)..+31 as four 16x8 mma tiles. Two stages of A and
+// B [16][64] bf16 (8,192 bytes, static), both k-major with XOR-swizzled 16-byte
+// chunks (SwizzledStage: stores and ldmatrix.x4.trans rows free of bank conflicts).
 #include "deconv.cuh"
 
-typedef MmaTile<64, 64, 16, 16, 32, true> DeconvMma;
+typedef MmaTile<64, 64, 16, 16, 32, true, true> DeconvMma;
 
 // deconv_fwd_f32 with bf16 products: same arguments, grid and block.
 KERNEL_BOUNDS(deconv_fwd_f32_mma, DeconvMma::THREADS)(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ w,

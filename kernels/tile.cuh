@@ -26,14 +26,17 @@
 //       and 4 columns as two float4 (within a warp the A reads are broadcasts, the B
 //       reads contiguous); the row pad of 4 keeps rows 16-byte aligned and spreads
 //       transposed stores over more banks.
-//   MmaTile<BM, BN, BK, WM, WN, A_KMAJOR>
+//   MmaTile<BM, BN, BK, WM, WN, A_KMAJOR, SWIZZLE = false>
 //       bf16 products on tensor cores (mma.m16n8k16, f32 accumulation). 32 threads
 //       per WM×WN sub-tile; warp w computes the one at rows WM·(w % (BM/WM)), columns
-//       WN·(w / (BM/WM)), as (WM/16)×(WN/8) mma tiles. Stages of bf16: B [BK][BN+8]
-//       (read with ldmatrix.trans), A [BK][BM+8] with A_KMAJOR (ldmatrix.trans) or
-//       [BM][BK+8] (ldmatrix). The pad of 8 elements keeps rows 16-byte aligned for
-//       ldmatrix and puts the 8 rows of an ldmatrix phase on 8 distinct 4-bank
-//       groups (conflict-free). Only files marked min-arch sm_80 may instantiate it.
+//       WN·(w / (BM/WM)), as (WM/16)×(WN/8) mma tiles. Stages of bf16: B [BK][BN]
+//       (read with ldmatrix.trans), A [BK][BM] with A_KMAJOR (ldmatrix.trans) or
+//       [BM][BK] (ldmatrix). Without SWIZZLE each row has a pad of 8 elements, which
+//       keeps rows 16-byte aligned and the 8 rows of an ldmatrix phase on 8 distinct
+//       4-bank groups, but not the loaders' stores. With SWIZZLE (every mma kernel)
+//       rows are unpadded and their 16-byte chunks XOR-swizzled (SwizzledStage,
+//       SwizzledRows), so that stores and ldmatrix are all conflict-free. Only files
+//       marked min-arch sm_80 may instantiate it.
 //
 // The GEMM kernels' `vec` launch argument (uniform over the grid, chosen by the
 // launcher, src/backend/cuda/mod.rs `vec_bits`): VEC_A / VEC_B — 16-byte loads of
@@ -56,6 +59,16 @@
 // types stay private to the file that includes them.
 namespace {
 
+// Type selection (NVRTC has no <type_traits>).
+template <bool C, class X, class Y>
+struct Pick {
+    typedef X T;
+};
+template <class X, class Y>
+struct Pick<false, X, Y> {
+    typedef Y T;
+};
+
 // One f32 value into a stage element: as is, or rounded to bf16.
 DEVICE void stage_store(float* p, float v) { *p = v; }
 DEVICE void stage_store(u16* p, float v) { *p = f32_to_bf16(v); }
@@ -73,6 +86,8 @@ template <class E, int LD_, bool KMAJOR>
 struct Stage {
     typedef E Elem;
     static constexpr int LD = LD_;
+    // Whether a loader stores two quads along k at once (put8_k); see SwizzledRows.
+    static constexpr bool PAIRS = false;
     MEMBER static E* at(E* s, int k, int i) { return s + (KMAJOR ? k * LD + i : i * LD + k); }
     MEMBER static void put(E* s, int k, int i, float v) { stage_store(at(s, k, i), v); }
     // Elements (k..k+3, i): four consecutive reduction elements of one row or column.
@@ -90,6 +105,64 @@ struct Stage {
         } else {
             put(s, k, i, v.x), put(s, k, i + 1, v.y), put(s, k, i + 2, v.z), put(s, k, i + 3, v.w);
         }
+    }
+};
+
+// A bf16 k-major stage with rows of W elements (W/8 16-byte chunks, no pad) whose
+// chunks are XOR-swizzled per row: element (k, i) sits in chunk (i/8) ^ f(k) of row
+// k, f(k) = 2·((k % 4) ^ ((k / 8) % 2)) + (k / 4) % 2. With 128-byte rows a chunk's
+// 4-bank group is its index. The same `at` places the stores and the ldmatrix rows,
+// and f keeps each of the mma loaders' access patterns on distinct groups:
+//   ldmatrix(.trans) phase: rows 8q..8q+7 at one logical chunk; f is a bijection on
+//     them.
+//   row quads stored as one 8-byte word (put4_i), a half warp on rows 4q..4q+3 × two
+//     adjacent chunks 2c, 2c+1 (conv2d's weights, both weight-gradient operands):
+//     f / 2 is a bijection on the 4 rows, so c's 8 chunks stay distinct; a half warp
+//     on one whole row (deconv) is distinct anyway.
+//   column quads stored as 4 u16 (put4_k), k = e + 4q (q < 4) × one chunk (deconv's
+//     vector operands): f takes 4 distinct values on them.
+template <int W>
+struct SwizzledStage {
+    typedef u16 Elem;
+    static constexpr int LD = W;
+    static constexpr bool PAIRS = false;
+    static_assert(W % 64 == 0, "at least 8 chunks per row, so every f(k) stays in the row");
+    MEMBER static int f(int k) { return (((k & 3) ^ ((k >> 3) & 1)) << 1) | ((k >> 2) & 1); }
+    MEMBER static u16* at(u16* s, int k, int i) { return s + k * LD + ((((i >> 3) ^ f(k)) << 3) | (i & 7)); }
+    MEMBER static const u16* at(const u16* s, int k, int i) { return at(const_cast<u16*>(s), k, i); }
+    MEMBER static void put(u16* s, int k, int i, float v) { stage_store(at(s, k, i), v); }
+    MEMBER static void put4_k(u16* s, int k, int i, float4 v) {
+        put(s, k, i, v.x), put(s, k + 1, i, v.y), put(s, k + 2, i, v.z), put(s, k + 3, i, v.w);
+    }
+    // One 8-byte store (i a multiple of 4: the quad stays inside one chunk).
+    MEMBER static void put4_i(u16* s, int k, int i, float4 v) {
+        *reinterpret_cast<uint2*>(at(s, k, i)) = make_uint2(pack_bf16x2(v.x, v.y), pack_bf16x2(v.z, v.w));
+    }
+};
+
+// A bf16 m-major stage ([row][k], rows of 32 elements: four 16-byte chunks, two rows
+// per 128 bytes) with chunk (k/8) ^ g(i) of row i holding k, g(i) = (i/2) % 4. A
+// chunk's 4-bank group is 4·(i % 2) + its index, so an ldmatrix phase (rows
+// 8q..8q+7 at one logical chunk) meets 8 distinct groups. Its loader stores whole
+// chunks (put8_k, PAIRS): a quarter warp's 8 lanes on rows 4q..4q+3 × chunks
+// {2h + c}, h < 2, land on 8 distinct groups as well.
+template <int W>
+struct SwizzledRows {
+    typedef u16 Elem;
+    static constexpr int LD = W;
+    static constexpr bool PAIRS = true;
+    static_assert(W == 32, "four chunks per row");
+    MEMBER static u16* at(u16* s, int k, int i) { return s + i * LD + ((((k >> 3) ^ ((i >> 1) & 3)) << 3) | (k & 7)); }
+    MEMBER static const u16* at(const u16* s, int k, int i) { return at(const_cast<u16*>(s), k, i); }
+    MEMBER static void put(u16* s, int k, int i, float v) { stage_store(at(s, k, i), v); }
+    MEMBER static void put4_k(u16* s, int k, int i, float4 v) { stage_store4(at(s, k, i), v); }
+    // Elements (k..k+7, i) as one 16-byte store (k a multiple of 8: one whole chunk).
+    MEMBER static void put8_k(u16* s, int k, int i, float4 lo, float4 hi) {
+        *reinterpret_cast<uint4*>(at(s, k, i)) =
+            make_uint4(pack_bf16x2(lo.x, lo.y), pack_bf16x2(lo.z, lo.w), pack_bf16x2(hi.x, hi.y), pack_bf16x2(hi.z, hi.w));
+    }
+    MEMBER static void put4_i(u16* s, int k, int i, float4 v) {
+        put(s, k, i, v.x), put(s, k, i + 1, v.y), put(s, k, i + 2, v.z), put(s, k, i + 3, v.w);
     }
 };
 
@@ -130,14 +203,15 @@ struct FmaTile {
     }
 };
 
-template <int BM_, int BN_, int BK_, int WM_, int WN_, bool A_KMAJOR>
+template <int BM_, int BN_, int BK_, int WM_, int WN_, bool A_KMAJOR, bool SWIZZLE = false>
 struct MmaTile {
     static constexpr int BM = BM_, BN = BN_, BK = BK_, WM = WM_, WN = WN_;
     static constexpr int WARPS_M = BM / WM, THREADS = 32 * WARPS_M * (BN / WN);
     static constexpr int MI = WM / 16, NJ = WN / 8;  // mma tiles per warp
     typedef u16 Elem;
-    typedef Stage<u16, A_KMAJOR ? BM + 8 : BK + 8, A_KMAJOR> A;
-    typedef Stage<u16, BN + 8, true> B;
+    typedef typename Pick<SWIZZLE, typename Pick<A_KMAJOR, SwizzledStage<BM>, SwizzledRows<BK>>::T,
+                          Stage<u16, A_KMAJOR ? BM + 8 : BK + 8, A_KMAJOR>>::T A;
+    typedef typename Pick<SWIZZLE, SwizzledStage<BN>, Stage<u16, BN + 8, true>>::T B;
     static constexpr int STAGE_A = (A_KMAJOR ? BK : BM) * A::LD, STAGE_B = BK * B::LD;
     typedef float Acc[MI][NJ][4];
     static_assert(BM % WM == 0 && BN % WN == 0 && WM % 16 == 0 && WN % 16 == 0 && BK % 16 == 0,
@@ -165,15 +239,35 @@ struct MmaTile {
 #pragma unroll
         for (int ks = 0; ks < BK; ks += 16) {
             u32 af[MI][4], bf[NJ][2];
+            if constexpr (SWIZZLE) {
+                // The lane → row maps of mma_a_frag(_kmajor) / mma_b_frags_kmajor, each
+                // row's address through the stage's swizzle.
+                const int l = threadIdx.x & 31, r = l & 7;
 #pragma unroll
-            for (int i = 0; i < MI; ++i) {
-                if constexpr (A_KMAJOR)
-                    mma_a_frag_kmajor(af[i], a + ks * A::LD + m + 16 * i, A::LD);
-                else
-                    mma_a_frag(af[i], a + (m + 16 * i) * A::LD + ks, A::LD);
+                for (int i = 0; i < MI; ++i) {
+                    if constexpr (A_KMAJOR)
+                        ldmatrix_x4_trans(af[i], A::at(a, ks + r + ((l >> 4) & 1) * 8, m + 16 * i + ((l >> 3) & 1) * 8));
+                    else
+                        ldmatrix_x4(af[i], A::at(a, ks + (l >> 4) * 8, m + 16 * i + r + ((l >> 3) & 1) * 8));
+                }
+#pragma unroll
+                for (int jj = 0; jj < NJ / 2; ++jj) {
+                    u32 q[4];
+                    ldmatrix_x4_trans(q, B::at(b, ks + r + ((l >> 3) & 1) * 8, n + 16 * jj + ((l >> 4) & 1) * 8));
+                    bf[2 * jj][0] = q[0], bf[2 * jj][1] = q[1], bf[2 * jj + 1][0] = q[2], bf[2 * jj + 1][1] = q[3];
+                }
+            } else {
+#pragma unroll
+                for (int i = 0; i < MI; ++i) {
+                    if constexpr (A_KMAJOR)
+                        mma_a_frag_kmajor(af[i], a + ks * A::LD + m + 16 * i, A::LD);
+                    else
+                        mma_a_frag(af[i], a + (m + 16 * i) * A::LD + ks, A::LD);
+                }
+#pragma unroll
+                for (int jj = 0; jj < NJ / 2; ++jj)
+                    mma_b_frags_kmajor(&bf[2 * jj], b + ks * B::LD + n + 16 * jj, B::LD);
             }
-#pragma unroll
-            for (int jj = 0; jj < NJ / 2; ++jj) mma_b_frags_kmajor(&bf[2 * jj], b + ks * B::LD + n + 16 * jj, B::LD);
 #pragma unroll
             for (int i = 0; i < MI; ++i)
 #pragma unroll

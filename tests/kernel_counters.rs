@@ -37,25 +37,14 @@ enum Figure {
 /// measured value it must not get worse than, why). To be fixed with the tile
 /// engine rework; a fixed kernel's entry is then removed.
 const KNOWN: &[(&str, Figure, f64, &str)] = &[
-    (
-        "conv2d_fwd_f32_mma",
-        Figure::Degree,
-        3.0,
-        "A stash (u32 rows 80 B apart: rows r, r+8 share banks) and B stash; 2.667 before the loader rework",
-    ),
     ("conv2d_fwd_f32_mma", Figure::LoadEfficiency, 0.381, "A gather: 16 B per lane, two lanes per pixel 64 B apart"),
-    ("conv2d_bwd_data_f32_mma", Figure::Degree, 2.0, "A stash, as the forward"),
     (
         "conv2d_bwd_data_f32_mma",
         Figure::LoadEfficiency,
         0.5,
         "flipped-weight quads: one lane per channel, K floats apart",
     ),
-    ("conv2d_bwd_filter_f32_mma", Figure::Degree, 2.0, "u16 stores of both tiles, 4 channels per lane"),
     ("conv2d_bwd_filter_f32_mma", Figure::LoadEfficiency, 0.707, "x and dy quads of 16 B, 4 lanes per pixel"),
-    ("deconv_fwd_f32_mma", Figure::Degree, 2.0, "tile engine's bf16 stash"),
-    ("deconv_bwd_data_f32_mma", Figure::Degree, 2.0, "tile engine's bf16 stash"),
-    ("deconv_bwd_filter_f32_mma", Figure::Degree, 2.0, "tile engine's bf16 stash"),
 ];
 
 /// Per kernel: the worst main-loop figures over its launches, and where.
