@@ -10,6 +10,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod common;
+
+use common::cli::{lesionseg, ok};
 use lesionseg::tensor::Tensor;
 use lesionseg::weights;
 
@@ -26,17 +29,6 @@ fn fixture(name: &str) -> PathBuf {
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-fn lesionseg(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lesionseg")).args(args).output().unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = lesionseg(args);
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "{args:?} failed: {stderr}");
-    String::from_utf8_lossy(&out.stdout).to_string() + &stderr
 }
 
 /// Exit 1 with one `error:` line (returned), no panic.

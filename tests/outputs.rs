@@ -7,24 +7,17 @@
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
+
+use common::cli::{lesionseg, ok};
+
+pub mod common;
 
 fn temp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("lesionseg-outputs-{}-{name}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn lesionseg(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lesionseg")).args(args).output().unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = lesionseg(args);
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "{args:?} failed: {stderr}");
-    String::from_utf8_lossy(&out.stdout).to_string() + &stderr
 }
 
 /// Runs a command that must be refused: exit 1, one `error:` line, returned.

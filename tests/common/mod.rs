@@ -5,6 +5,7 @@
 //! Each test file declares `pub mod common;`: these are a library of helpers, of which
 //! each test uses some (a private helper nobody uses still warns).
 
+pub mod cli;
 pub mod conv2d;
 pub mod kernels;
 
