@@ -16,6 +16,22 @@ else
   echo "rustfmt not installed; skipping the format check"
 fi
 
+# pip_into DIR PACKAGE==VERSION...: the pinned wheels into DIR, all or nothing (a
+# failed install leaves no half-filled DIR behind).
+PY=$(command -v python3 || command -v python || true)
+pip_into() {
+  local dir=$1
+  shift
+  [ -n "$PY" ] || return 1
+  rm -rf "$dir.partial"
+  if "$PY" -m pip install --quiet --disable-pip-version-check --no-deps --target "$dir.partial" "$@"; then
+    rm -rf "$dir" && mv "$dir.partial" "$dir"
+  else
+    rm -rf "$dir.partial"
+    return 1
+  fi
+}
+
 # NVRTC (libnvrtc.so.13 + libnvrtc-builtins) and ptxas from NVIDIA's wheels, pinned,
 # into .cache/nvidia (git-ignored); the library finds them there by itself.
 CUDA_WHEELS_VERSION=13.0.88
@@ -29,15 +45,7 @@ if nvidia_ready; then
   echo "== NVRTC + ptxas $CUDA_WHEELS_VERSION already in $NVIDIA_DIR"
 else
   echo "== installing NVRTC + ptxas (nvidia-cuda-nvrtc, nvidia-cuda-nvcc $CUDA_WHEELS_VERSION) into $NVIDIA_DIR"
-  PY=$(command -v python3 || command -v python || true)
-  rm -rf "$NVIDIA_DIR.partial"
-  if [ -n "$PY" ] && "$PY" -m pip install --quiet --disable-pip-version-check --no-deps \
-      --target "$NVIDIA_DIR.partial" \
-      "nvidia-cuda-nvrtc==$CUDA_WHEELS_VERSION" "nvidia-cuda-nvcc==$CUDA_WHEELS_VERSION"; then
-    rm -rf "$NVIDIA_DIR" && mv "$NVIDIA_DIR.partial" "$NVIDIA_DIR"
-  else
-    rm -rf "$NVIDIA_DIR.partial"
-  fi
+  pip_into "$NVIDIA_DIR" "nvidia-cuda-nvrtc==$CUDA_WHEELS_VERSION" "nvidia-cuda-nvcc==$CUDA_WHEELS_VERSION" || true
   if ! nvidia_ready; then
     why=$([ -n "$PY" ] && echo "pip failed (no network?)" || echo "no python3 with pip")
     cat >&2 <<EOF
@@ -66,13 +74,7 @@ if [ -x "$NVDISASM_DIR/nvidia/cu13/bin/nvdisasm" ] &&
   echo "== nvdisasm $NVDISASM_VERSION already in $NVDISASM_DIR"
 else
   echo "== installing nvdisasm (nvidia-cuda-nvdisasm $NVDISASM_VERSION) into $NVDISASM_DIR"
-  PY=$(command -v python3 || command -v python || true)
-  rm -rf "$NVDISASM_DIR.partial"
-  if [ -n "$PY" ] && "$PY" -m pip install --quiet --disable-pip-version-check --no-deps \
-      --target "$NVDISASM_DIR.partial" "nvidia-cuda-nvdisasm==$NVDISASM_VERSION"; then
-    rm -rf "$NVDISASM_DIR" && mv "$NVDISASM_DIR.partial" "$NVDISASM_DIR"
-  else
-    rm -rf "$NVDISASM_DIR.partial"
+  if ! pip_into "$NVDISASM_DIR" "nvidia-cuda-nvdisasm==$NVDISASM_VERSION"; then
     cat >&2 <<EOF
 
 !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
@@ -92,7 +94,9 @@ SASS_REPORT="${CARGO_TARGET_DIR:-target}/tmp/sass-mix.txt"
 COUNTERS_REPORT="${CARGO_TARGET_DIR:-target}/tmp/kernel-counters.txt"
 rm -f "$NVRTC_REPORT" "$SASS_REPORT" "$COUNTERS_REPORT"
 status=0
-cargo test || status=$?
+# --no-fail-fast: one failing test file does not hide the others' results (nor the
+# reports printed below).
+cargo test --no-fail-fast || status=$?
 
 echo "== lesionseg eval against the official isic-challenge-scoring 5.8.0 (scripts/compare_official_scorer.sh)"
 scripts/compare_official_scorer.sh "${CARGO_TARGET_DIR:-target}/debug/lesionseg" || status=$?

@@ -433,7 +433,7 @@ unsafe fn read_footprints(t: &EmuTraceTotals) -> Vec<Footprint> {
 
 /// Source locations of instruction addresses of the traced build: for each `pc`,
 /// the inlining chain innermost first (`ld4 at kernels/common.cuh:301`, `… at
-/// kernels/conv2d_bf16.cu:112`), from `addr2line` (binutils, present wherever the
+/// kernels/conv2d_mma.cu:112`), from `addr2line` (binutils, present wherever the
 /// host compiler that built the emulator is). Addresses it cannot resolve map to
 /// their hexadecimal form and the reason.
 pub fn symbolize(pcs: &[u64]) -> HashMap<u64, Vec<String>> {
