@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use lesionseg::backend::cuda::Precision;
 use lesionseg::device::{self, Device, Opened};
 use lesionseg::limits::{self, Count, Real};
+use lesionseg::profile::defaults as pd;
 use lesionseg::{predict, train};
 
 #[derive(Parser)]
@@ -180,19 +181,19 @@ enum Command {
     Profile {
         #[command(flatten)]
         backend: DeviceArgs,
-        #[arg(long, default_value_t = 1, value_parser = count::<usize>(limits::BATCH_SIZE),
+        #[arg(long, default_value_t = pd::BATCH, value_parser = count::<usize>(limits::BATCH_SIZE),
               allow_negative_numbers = true, help = limits::BATCH_SIZE.help("Images per batch"))]
         batch_size: usize,
-        #[arg(long, default_value_t = 256, value_parser = count::<usize>(limits::NET_SIZE),
+        #[arg(long, default_value_t = pd::SIZE, value_parser = count::<usize>(limits::NET_SIZE),
               allow_negative_numbers = true, help = limits::NET_SIZE.help("Input size (square)"))]
         size: usize,
-        #[arg(long, default_value_t = 1.0, value_parser = real(limits::WIDTH), allow_negative_numbers = true,
+        #[arg(long, default_value_t = pd::WIDTH, value_parser = real(limits::WIDTH), allow_negative_numbers = true,
               help = limits::WIDTH.help("Channel width factor (1 = the paper's model)"))]
         width: f64,
-        #[arg(long, default_value_t = 1, value_parser = count::<usize>(limits::WARMUP), allow_negative_numbers = true,
+        #[arg(long, default_value_t = pd::WARMUP, value_parser = count::<usize>(limits::WARMUP), allow_negative_numbers = true,
               help = limits::WARMUP.help("Untimed training steps first (caches, page faults, kernel compilation)"))]
         warmup: usize,
-        #[arg(long, default_value_t = 3, value_parser = count::<usize>(limits::STEPS), allow_negative_numbers = true,
+        #[arg(long, default_value_t = pd::STEPS, value_parser = count::<usize>(limits::STEPS), allow_negative_numbers = true,
               help = limits::STEPS.help("Timed steps (and inference passes, and hooked steps for the layer table)"))]
         steps: usize,
         /// Skip the per-layer breakdown (and the peak measurement it needs).

@@ -70,14 +70,28 @@ pub struct ProfileOptions {
     pub memory_only: bool,
 }
 
+/// `profile`'s defaults, shared with the command line's `--help`.
+pub mod defaults {
+    /// Images per batch.
+    pub const BATCH: usize = 1;
+    /// Input size (square).
+    pub const SIZE: usize = 256;
+    /// Channel width factor.
+    pub const WIDTH: f64 = 1.0;
+    /// Untimed training steps.
+    pub const WARMUP: usize = 1;
+    /// Timed steps.
+    pub const STEPS: usize = 3;
+}
+
 impl Default for ProfileOptions {
     fn default() -> Self {
         ProfileOptions {
-            batch: 1,
-            size: 256,
-            width: 1.0,
-            warmup: 1,
-            steps: 3,
+            batch: defaults::BATCH,
+            size: defaults::SIZE,
+            width: defaults::WIDTH,
+            warmup: defaults::WARMUP,
+            steps: defaults::STEPS,
             layers: true,
             seed: 2018,
             peak_gflops: None,
