@@ -46,13 +46,21 @@ Files (--div 8, default --out tests/fixtures):
   narrow_weights.safetensors   the model's state_dict as an nn.DataParallel
       checkpoint has it: every key prefixed ``module.``, the encoder.N.* keys AND
       their conv1.0 ... conv5.4 aliases (same values), float16.
-  narrow_n2_64x64.safetensors, narrow_n1_64x96.safetensors (all float32):
+  narrow_n2_64x64.safetensors, narrow_n1_64x96.safetensors,
+  narrow_n1_64x64_widemax.safetensors (all float32):
       input [N,3,H,W], target_mask [N,5,H,W] in {0,1}, mask_logits [N,5,H,W],
       cls_mid_logits [N,5], cls_last_logits [N,5], loss, loss1, loss2, loss3
       (shape []), grad.<canonical parameter name> (PyTorch layout, no
       ``module.`` prefix, no conv aliases), grad.input [N,3,H,W].
   Each file's metadata records the seeds, --div and the torch version.
-  narrow_n2_64x64_bf16.safetensors, narrow_n1_64x96_bf16.safetensors (float32
+  n1_64x64_widemax: its randn input is nudged (widen_global_max) until every
+      class's global max of mask_logits leads its runner-up by >= 3e-2 of
+      max|mask_logits|, then screened like the others. In the other fixtures
+      those leads are 1e-4..3e-2, within reach of bf16 rounding: where a bf16 run
+      moves one, its gradients take another path (the global-max head sends a
+      large share of every layer's gradient through that one pixel) and no bf16
+      comparison of gradients means anything. This one keeps them comparable.
+  narrow_<fixture>_bf16.safetensors, one per fixture above (float32
       holding PyTorch's bf16 results): the bf16 yardstick, PyTorch's own mixed
       precision on the same weights and inputs: the model in float32 (the
       f16-rounded weights), forward and loss under
@@ -114,11 +122,12 @@ from safetensors.torch import load_file
 # DEFAULT_WEIGHT_SEED[div]; for each fixture, input seeds upward from
 # DEFAULT_INPUT_SEED[(div, fixture)]. The --div 8 defaults are the draw a search
 # from weight seed 0 / input seeds 0 accepted (torch 2.15.0, x86-64 AVX-512 CPU):
-# weight seed 0; n2_64x64 input seeds 0-6 and n1_64x96 input seeds 0-1 rejected.
+# weight seed 0; n2_64x64 input seeds 0-6 and n1_64x96 input seeds 0-1 rejected
+# (n1_64x64_widemax, added later with the same weights, accepted input seed 0).
 # With them the default run accepts on its first try; should screening reject
 # them on another machine, the search goes on and says so.
 DEFAULT_WEIGHT_SEED = {8: 0, 1: 0}
-DEFAULT_INPUT_SEED = {(8, "n2_64x64"): 7, (8, "n1_64x96"): 2}
+DEFAULT_INPUT_SEED = {(8, "n2_64x64"): 7, (8, "n1_64x96"): 2, (8, "n1_64x64_widemax"): 0}
 # ---------------------------------------------------------------------------
 
 K = 5
@@ -128,10 +137,41 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def fixtures_for(div):
-    """(name, N, H, W) of the golden files written for a given --div."""
+    """(name, N, H, W) of the golden files written for a given --div. A name ending
+    in ``_widemax`` has its input widened for bf16 (see widen_global_max)."""
     if div == 8:
-        return [("n2_64x64", 2, 64, 64), ("n1_64x96", 1, 64, 96)]
+        return [("n2_64x64", 2, 64, 64), ("n1_64x96", 1, 64, 96), ("n1_64x64_widemax", 1, 64, 64)]
     return [("n2_64x64", 2, 64, 64)]
+
+
+# The widened fixture's global-max head: every (image, class) argmax leads its
+# runner-up by at least this much of max|mask_logits|, ~6x the output error of
+# PyTorch's bf16 autocast on these models (~5e-3), so no correct bf16 engine moves it.
+WIDEMAX_GAP = 3e-2
+
+
+def widen_global_max(model, x, min_gap=WIDEMAX_GAP, steps=200):
+    """The input nudged (gradient ascent in float64, each step rounded to float32,
+    values kept in [-3, 3]) until every (image, class) global max of mask_logits leads
+    its runner-up by >= min_gap of max|mask_logits|. The global-max head sends its
+    gradient to that one pixel; where bf16 rounding moves it, a bf16 run's gradients
+    follow another path and cannot be compared with anyone's (the other fixtures'
+    gaps are 1e-4..3e-2). Returns the float32 input."""
+    m = copy.deepcopy(model).double()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    x = x.float()
+    for _ in range(steps):
+        xv = x.double().requires_grad_(True)
+        ml = m(xv)[0]
+        top = ml.flatten(2).topk(2, dim=-1).values
+        gap = (top[..., 0] - top[..., 1]) / ml.abs().max().detach()
+        if gap.min().item() >= min_gap:
+            return x
+        torch.clamp(gap, max=min_gap * 4 / 3).sum().backward()
+        step = xv.grad / xv.grad.abs().max()
+        x = (xv.detach() + 0.05 * step).clamp(-3, 3).float()
+    sys.exit(f"widen_global_max: gap still below {min_gap} after {steps} steps")
 
 
 def prefix_for(div):
@@ -716,6 +756,8 @@ def search(args):
             i_seed = args.input_seed if args.input_seed is not None else DEFAULT_INPUT_SEED.get((args.div, name), 0)
             for _ in range(args.input_tries):
                 x, t = make_inputs(n, h, w, i_seed)
+                if name.endswith("_widemax"):
+                    x = widen_global_max(model, x)
                 ok, outs, grads, st = evaluate(model, x, t, args)
                 log.append((w_seed, name, i_seed, ok, st))
                 verdict = "ACCEPTED" if ok else "rejected: " + "; ".join(st["reasons"])

@@ -17,8 +17,11 @@
 //! `mask_logits`), our gradients and PyTorch's follow different paths and no ratio
 //! of their distances means anything; that fixture's gradients are printed, not
 //! judged, provided the argmax's gap in the fp32 golden is within reach of a bf16
-//! engine (≤ 4x our output error; a larger gap that moved is a bug and fails). At
-//! least one fixture must be judged in full.
+//! engine (≤ 4x our output error; a larger gap that moved is a bug and fails). The
+//! `widemax` fixture's input was nudged by the golden script until every such gap is
+//! ≥ 3e-2 of max|logits| (~6x PyTorch bf16's output error): its gradients are always
+//! judged, whatever the bf16 kernels round (n1_64x96's class-4 gap is 1.3e-4, and
+//! today's kernels move it).
 //!
 //! And twenty training steps with `--precision bf16` on the emulator follow the f32
 //! CPU run's loss within 2% at every step (same data, same initialisation).
@@ -32,7 +35,7 @@ use lesionseg::tensor::Tensor;
 use lesionseg::weights;
 
 /// The committed narrow fixtures, each with its bf16 yardstick file.
-const CASES: [&str; 2] = ["narrow_n2_64x64", "narrow_n1_64x96"];
+const CASES: [&str; 3] = ["narrow_n2_64x64", "narrow_n1_64x96", "narrow_n1_64x64_widemax"];
 /// Outputs: max|d| over max|ref|.
 const OUTPUT_TOL: f64 = 2e-2;
 /// Losses: relative.
