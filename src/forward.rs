@@ -7,6 +7,12 @@
 //! `cls_mid_logits` `[N,K]`, `cls_last_logits` `[N,K]`; with targets also `loss`,
 //! `loss1`, `loss2`, `loss3` (0-d), `grad.<parameter>` in PyTorch layout for every
 //! parameter and `grad.input` `[N,3,H,W]`.
+//!
+//! The pass runs on whatever backend it is given: with `--precision bf16` on the
+//! kernel backends (`cuda`, `emu`) every convolution and deconvolution, forward and
+//! backward, takes bf16 products on tensor cores, so the file is the bf16 engine's
+//! result, to set beside PyTorch's bf16 autocast (`tests/bf16.rs` does so). The
+//! output's metadata names the backend and its precision.
 
 use std::path::Path;
 
@@ -27,6 +33,8 @@ pub struct ForwardSummary {
     pub loss: Option<crate::backend::LossParts>,
     /// Seconds spent in the passes (not in file I/O).
     pub seconds: f64,
+    /// The backend that ran them, with its precision (`emu (bf16 convolutions)`).
+    pub backend: String,
 }
 
 /// Loads the model from `weights_path` (any accepted naming and dtype; a training
@@ -98,9 +106,9 @@ pub fn run<B: Backend>(be: &B, weights_path: &Path, input_path: &Path, output_pa
         out.push(("grad.input".into(), download_nchw(be, &ws.dacts, p.input)?));
     }
     let mut meta = std::collections::HashMap::new();
-    meta.insert("producer".to_string(), format!("lesionseg {} forward ({})", env!("CARGO_PKG_VERSION"), be.name()));
+    meta.insert("producer".to_string(), format!("lesionseg {} forward ({})", env!("CARGO_PKG_VERSION"), be.describe()));
     weights::write_safetensors(output_path, &out, Some(meta))?;
-    Ok(ForwardSummary { batch: (n, h, w), parameters: model.table.len, loss, seconds })
+    Ok(ForwardSummary { batch: (n, h, w), parameters: model.table.len, loss, seconds, backend: be.describe() })
 }
 
 fn data_err(path: &Path, e: Error) -> Error {

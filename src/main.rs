@@ -82,6 +82,12 @@ enum Command {
     /// `mask_logits` [N,5,H,W], `cls_mid_logits` [N,5], `cls_last_logits` [N,5]; with
     /// targets also `loss`, `loss1`, `loss2`, `loss3`, `grad.<parameter>` (PyTorch
     /// layout) for every parameter and `grad.input`.
+    ///
+    /// `--precision bf16` (with `--device cuda` or `emu`; the cpu backend is f32 only)
+    /// computes all of it on the bf16 tensor-core kernels, to compare with PyTorch's
+    /// bf16 autocast on the same model: outputs agree with fp32 to ~1e-3 of their
+    /// scale, gradients move as much as PyTorch's own bf16 ones (README, "Checking
+    /// the engine against your PyTorch model").
     Forward {
         /// Model weights (safetensors; PyTorch names, `module.` prefix and conv1.0… aliases accepted; f32/f16/bf16).
         #[arg(long)]
@@ -395,7 +401,7 @@ fn forward(backend: DeviceArgs, weights: &Path, input: &Path, output: &Path) -> 
     let opened = backend.open()?;
     let s = lesionseg::on_backend!(&opened, be => lesionseg::forward::run(be, weights, input, output))?;
     let (n, h, w) = s.batch;
-    print!("forward: {} parameters, batch {n}x3x{h}x{w}, {:.3} s", s.parameters, s.seconds);
+    print!("forward on {}: {} parameters, batch {n}x3x{h}x{w}, {:.3} s", s.backend, s.parameters, s.seconds);
     if let Some(l) = s.loss {
         print!(", loss {:.6} (loss1 {:.6}, loss2 {:.6}, loss3 {:.6})", l.loss, l.loss1, l.loss2, l.loss3);
     }
