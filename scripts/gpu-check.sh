@@ -129,6 +129,12 @@ for case in narrow_n2_64x64 narrow_n1_64x96; do
     --weights tests/fixtures/narrow_weights.safetensors --input "tests/fixtures/$case.safetensors" \
     --output "$TMP/$case.out.safetensors"
 done
+# The bf16 engine on the fixture whose global maxima lead by >= 3e-2 (tests/bf16.rs
+# judges the emulator's result against PyTorch's bf16 yardstick; this shows the card
+# runs the same path).
+step "forward --device cuda --precision bf16 on narrow_n1_64x64_widemax" .gpu/lesionseg forward \
+  --device cuda --precision bf16 --weights tests/fixtures/narrow_weights.safetensors \
+  --input tests/fixtures/narrow_n1_64x64_widemax.safetensors --output "$TMP/widemax-bf16.out.safetensors"
 
 # Performance side by side on this card: lesionseg profile and the PyTorch reference
 # (fp32 TF32 off, TF32, bf16 autocast + channels_last, torch.compile), training step
