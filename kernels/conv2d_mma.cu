@@ -100,7 +100,7 @@ KERNEL_BOUNDS(conv2d_bwd_data_f32_mma, ConvMma::THREADS)(float* __restrict__ dx,
                                                          int vec) {
     SHARED(u16, as, [2 * ConvMma::STAGE_A]);
     SHARED(u16, bs, [2 * ConvMma::STAGE_B]);
-    ConvWeightFlip<ConvMma, 1> lb(w, blockIdx.y * ConvMma::BN, c, k, r, (vec & VEC_B) != 0);
+    ConvWeightFlip<ConvMma> lb(w, blockIdx.y * ConvMma::BN, c, k, r, (vec & VEC_B) != 0);
     conv_gemm_mma<true>(lb, as, bs, dx, dy, nullptr, n, h, wd, k, c, r, y_pitch, x_pitch, 0, add, vec);
 }
 
@@ -114,29 +114,27 @@ KERNEL_BOUNDS(conv2d_bwd_filter_f32_mma, FilterMma::THREADS)(float* __restrict__
                                                              int chunk, int vec) {
     SHARED(u16, as, [2 * FilterMma::STAGE_A]);
     SHARED(u16, bs, [2 * FilterMma::STAGE_B]);
-    SHARED(float, db_red, [FilterMma::BK][FilterMma::BN]);
+    typedef ConvFilterCols<FilterMma, true> Cols;
+    SHARED(float, db_red, [Cols::PASS][FilterMma::BN]);
     const int t = threadIdx.x, P = n * h * wd, Kg = r * r * c;
     const int row0 = blockIdx.x * FilterMma::BM, k0 = blockIdx.y * FilterMma::BN, z = blockIdx.z;
     const int p_begin = z * chunk, p_end = min(P, p_begin + chunk);
 
-    ConvFilterRows<FilterMma> la(x, row0, p_end, h, wd, r, c, x_pitch, (vec & VEC_A) != 0);
-    ConvFilterCols<FilterMma, true> lb(dy, k0, p_end, k, y_pitch, (vec & VEC_B) != 0);
+    ConvFilterRows<FilterMma> la(x, row0, p_begin, p_end, h, wd, r, c, x_pitch, (vec & VEC_A) != 0);
+    Cols lb(dy, k0, p_end, k, y_pitch, (vec & VEC_B) != 0);
     FilterMma::Acc acc;
     k_loop<FilterMma>(acc, la, lb, p_begin, p_end, as, bs);
 
-    // db: the 32 threads with the same channels (one per pixel row of a slice) add
-    // their sums in pixel-row order, then one thread per channel writes the block's
-    // partial (only the blocks with blockIdx.x == 0).
+    // db: the PASS threads with the same channels (one per pixel slot group) add their
+    // sums in slot order, then one thread per channel writes the block's partial (only
+    // the blocks with blockIdx.x == 0).
     if (blockIdx.x == 0) {
 #pragma unroll
-        for (int j = 0; j < lb.QUADS; ++j) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) db_red[lb.pix][lb.n + 4 * lb.TPK * j + e] = lb.db[j][e];
-        }
+        for (int e = 0; e < 4; ++e) db_red[lb.pix][lb.n + e] = lb.db[e];
         __syncthreads();
         if (t < FilterMma::BN && k0 + t < k) {
             float s = 0.0f;
-            for (int row = 0; row < FilterMma::BK; ++row) s += db_red[row][t];
+            for (int row = 0; row < Cols::PASS; ++row) s += db_red[row][t];
             db_part[z * k + k0 + t] = s;
         }
     }
