@@ -51,9 +51,6 @@ DEVICE float4 weight_row4(const float* w, int kg, int Kg, int n, int K, bool vec
 
 namespace {
 
-// The four components of v by index (e a constant after unrolling).
-DEVICE float quad_at(float4 v, int e) { return e == 0 ? v.x : e == 1 ? v.y : e == 2 ? v.z : v.w; }
-
 // A of the forward pass and the input gradient: im2col(act)[pixel][kg] for the
 // block's BM pixels from m0. LANES = BK/4 adjacent threads share a pixel, one
 // reduction quad each: thread t gathers quad kq = 4·(t % LANES) of every slice for
@@ -184,7 +181,7 @@ struct ConvWeight {
 // BK = 32), stored down the column. Thread t has quad kq = 4·(t % LANES) of COLS
 // columns of group g = t / LANES: g + GROUPS·j, or, with PAIRS (bf16 stages), the
 // adjacent pairs 2g, 2g+1 (+ 2·GROUPS·i), whose elements it stores as one 4-byte word
-// per reduction element (put2_i: a warp's stores are conflict-free, see SwizzledStage).
+// per reduction element (put4_k2: a warp's stores are conflict-free, see SwizzledStage).
 // The quad's (tap, k, offset) is stepped by BK after each fetch (vector path); the
 // scalar path decodes its 4 elements once per slice.
 template <class T>
@@ -248,10 +245,7 @@ struct ConvWeightFlip {
     MEMBER void put(typename T::Elem* s) const {
         if constexpr (PAIRS) {
 #pragma unroll
-            for (int j = 0; j < COLS; j += 2)
-#pragma unroll
-                for (int e = 0; e < 4; ++e)
-                    T::B::put2_i(s, kq + e, col + delta(j), quad_at(v[j], e), quad_at(v[j + 1], e));
+            for (int j = 0; j < COLS; j += 2) T::B::put4_k2(s, kq, col + delta(j), v[j], v[j + 1]);
         } else {
 #pragma unroll
             for (int j = 0; j < COLS; ++j) T::B::put4_k(s, kq, col + delta(j), v[j]);

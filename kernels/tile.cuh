@@ -117,7 +117,7 @@ struct Stage {
 //     adjacent chunks 2c, 2c+1 (conv2d's weights): f / 2 is a bijection on the 4
 //     rows, so c's 8 chunks stay distinct; a half warp on one whole row (deconv, both
 //     weight-gradient operands) is distinct anyway.
-//   column pairs stored as 4-byte words (put2_i), a warp on rows k = e + 4q (q < 8)
+//   column pairs stored as 4-byte words (put4_k2), a warp on rows k = e + 4q (q < 8)
 //     × one chunk (the input gradient's flipped weights): f is a bijection on them.
 //   column quads stored as 4 u16 (put4_k), k = e + 4q (q < 4) × one chunk (deconv's
 //     vector operands): f takes 4 distinct values on them.
@@ -130,16 +130,29 @@ struct SwizzledStage {
     MEMBER static u16* at(u16* s, int k, int i) { return s + k * LD + ((((i >> 3) ^ f(k)) << 3) | (i & 7)); }
     MEMBER static const u16* at(const u16* s, int k, int i) { return at(const_cast<u16*>(s), k, i); }
     MEMBER static void put(u16* s, int k, int i, float v) { stage_store(at(s, k, i), v); }
+    // Four u16 stores (k a multiple of 4) from one address: f(k + e) = f(k) ^ 2e, so
+    // element (k + e, i) sits e rows further at the in-row offset XOR 16e.
     MEMBER static void put4_k(u16* s, int k, int i, float4 v) {
-        put(s, k, i, v.x), put(s, k + 1, i, v.y), put(s, k + 2, i, v.z), put(s, k + 3, i, v.w);
+        u16* r = s + k * LD;
+        const int o = (((i >> 3) ^ f(k)) << 3) | (i & 7);
+        r[o] = f32_to_bf16(v.x);
+        r[LD + (o ^ 16)] = f32_to_bf16(v.y);
+        r[2 * LD + (o ^ 32)] = f32_to_bf16(v.z);
+        r[3 * LD + (o ^ 48)] = f32_to_bf16(v.w);
     }
     // One 8-byte store (i a multiple of 4: the quad stays inside one chunk).
     MEMBER static void put4_i(u16* s, int k, int i, float4 v) {
         *reinterpret_cast<uint2*>(at(s, k, i)) = make_uint2(pack_bf16x2(v.x, v.y), pack_bf16x2(v.z, v.w));
     }
-    // Elements (k, i) and (k, i+1) as one 4-byte store (i even).
-    MEMBER static void put2_i(u16* s, int k, int i, float a, float b) {
-        *reinterpret_cast<u32*>(at(s, k, i)) = pack_bf16x2(a, b);
+    // Elements (k..k+3, i) from a and (k..k+3, i+1) from b: a column pair stored as
+    // four 4-byte words from one address (k a multiple of 4, i even; as put4_k).
+    MEMBER static void put4_k2(u16* s, int k, int i, float4 a, float4 b) {
+        u16* r = s + k * LD;
+        const int o = (((i >> 3) ^ f(k)) << 3) | (i & 7);
+        *reinterpret_cast<u32*>(r + o) = pack_bf16x2(a.x, b.x);
+        *reinterpret_cast<u32*>(r + LD + (o ^ 16)) = pack_bf16x2(a.y, b.y);
+        *reinterpret_cast<u32*>(r + 2 * LD + (o ^ 32)) = pack_bf16x2(a.z, b.z);
+        *reinterpret_cast<u32*>(r + 3 * LD + (o ^ 48)) = pack_bf16x2(a.w, b.w);
     }
 };
 
