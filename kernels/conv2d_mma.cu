@@ -49,13 +49,10 @@
 typedef MmaTile<64, 64, 32, 32, 32, false, true> ConvMma;
 typedef MmaTile<64, 64, 32, 32, 32, true, true> FilterMma;
 
-// Each kernel runs its K-loop in one of two copies: 16-byte loads of both operands
-// known at compile time (the loaders' scalar paths compiled out of the loop: every
-// layer but the 3-channel input and the 5-class heads), or the launch's bits.
 // Four blocks per SM (16 warps): at most 128 registers a thread.
 #define MMA_MIN_BLOCKS 4
 
-#define VEC_FAST(vec) (((vec) & (VEC_A | VEC_B)) == (VEC_A | VEC_B))
+// Each kernel runs its K-loop in one of two copies (VEC_FAST, tile.cuh).
 
 // The forward pass (BWD = false) and the input gradient (BWD = true) on tensor cores:
 // conv_gemm's two products (conv2d.cu) with bf16 operands. Argument roles as there

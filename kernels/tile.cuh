@@ -49,6 +49,11 @@
 #define VEC_A 1
 #define VEC_B 2
 #define VEC_OUT 4
+// Both operands 16-byte loadable. The mma kernels run their K-loop in one of two
+// copies: with this known at compile time (the loaders' scalar paths compiled out of
+// the loop: every layer but the 3-channel input and the 5-class heads), or with the
+// launch's bits.
+#define VEC_FAST(vec) (((vec) & (VEC_A | VEC_B)) == (VEC_A | VEC_B))
 
 // Member functions: DEVICE is `static inline` on the host, which a member function
 // cannot be.
