@@ -98,14 +98,14 @@ KERNEL_BOUNDS(deconv_bwd_filter_f32_mma, DeconvMma::THREADS)(float* __restrict__
     if (VEC_FAST(flags)) {
         PixelCols<DeconvMma::A> la;
         PixelCols<DeconvMma::B> lb;
-        bwd_filter_operands<DeconvMma>(la, lb, x, dy, ab, m0, n0, p1, h, wd, c, k, x_pitch, y_pitch, VEC_A | VEC_B);
+        bwd_filter_operands<DeconvMma>(la, lb, x, dy, ab, m0, n0, p0, p1, h, wd, c, k, x_pitch, y_pitch, VEC_A | VEC_B);
         k_loop<DeconvMma>(acc, la, lb, p0, p1, as, bs);
     } else {
         PixelCols<DeconvMma::A> la;
         PixelCols<DeconvMma::B> lb;
         // Both scalar (C % 4 and K % 4 both fail nearly always together): one path in
         // the loop keeps this copy from spilling.
-        bwd_filter_operands<DeconvMma>(la, lb, x, dy, ab, m0, n0, p1, h, wd, c, k, x_pitch, y_pitch, 0);
+        bwd_filter_operands<DeconvMma>(la, lb, x, dy, ab, m0, n0, p0, p1, h, wd, c, k, x_pitch, y_pitch, 0);
         k_loop<DeconvMma>(acc, la, lb, p0, p1, as, bs);
     }
     float* out = part + (chunk * 4 + ab) * 4 * c * k;
