@@ -105,6 +105,9 @@ typedef long long i64;
 
 #define KERNEL(name) extern "C" __global__ void name
 #define KERNEL_BOUNDS(name, max_threads) extern "C" __global__ void __launch_bounds__(max_threads) name
+// With a residency target: ptxas keeps registers to what min_blocks blocks per SM allow.
+#define KERNEL_BOUNDS_MIN(name, max_threads, min_blocks) \
+    extern "C" __global__ void __launch_bounds__(max_threads, min_blocks) name
 #define ENTRY_POINTS(...)
 #define DEVICE __device__ __forceinline__
 #define WARP_SIZE 32

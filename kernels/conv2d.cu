@@ -118,7 +118,7 @@ KERNEL_BOUNDS(conv2d_bwd_data_f32, Conv::THREADS)(float* __restrict__ dx, const 
                                                   int r, int x_pitch, int y_pitch, int add, int vec) {
     SHARED(float, as, [2 * Conv::STAGE_A]);
     SHARED(float, bs, [2 * Conv::STAGE_B]);
-    ConvWeightFlip<Conv, 4> lb(w, blockIdx.y * Conv::BN, c, k, r, (vec & VEC_B) != 0);
+    ConvWeightFlip<Conv> lb(w, blockIdx.y * Conv::BN, c, k, r, (vec & VEC_B) != 0);
     conv_gemm<true>(lb, as, bs, dx, dy, nullptr, n, h, wd, k, c, r, y_pitch, x_pitch, 0, add, vec);
 }
 
@@ -136,7 +136,7 @@ KERNEL_BOUNDS(conv2d_bwd_filter_f32, Conv::THREADS)(float* __restrict__ dw_part,
     const int p_begin = z * chunk, p_end = min(P, p_begin + chunk);
     const bool db_block = blockIdx.x == 0;
 
-    ConvFilterRows<Conv> la(x, row0, p_end, h, wd, r, c, x_pitch, (vec & VEC_A) != 0);
+    ConvFilterRows<Conv> la(x, row0, p_begin, p_end, h, wd, r, c, x_pitch, (vec & VEC_A) != 0);
     ConvFilterCols<Conv, false> lb(dy, k0, p_end, k, y_pitch, (vec & VEC_B) != 0);
     Conv::Acc acc;
     // db: the first 64 threads (two whole warps) each sum one dy column of every slice,

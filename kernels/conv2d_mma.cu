@@ -19,27 +19,40 @@
 //       fragment of a 16×16 block)
 //     B [32][64] bf16 (SwizzledStage), row = reduction element; read with
 //       ldmatrix.x4.trans (the B fragments of two 8-channel tiles)
-//   Loads: thread t gathers pixel t/2, reduction quads 16(t%2) + 4j (j < 4), stored
-//   two quads (one chunk) at a time. Forward B: weight row t/4, channels 4(t%4) + 16j,
-//   stored along the row; input-gradient B (one thread a column): channel t%64 of w'
-//   (flipped, transposed), reduction quads t/64 + 2j, stored down the column.
+//   Loads (every main-loop load reads whole 32-byte sectors on the vector path, and
+//   every shared store is conflict-free; the test of tests/kernel_counters.rs):
+//   A (ConvGather): 8 adjacent lanes per pixel, one reduction quad each (a pixel's 32
+//     channels of a tap: one 128-byte read), pixels t/8 + 16j (j < 4); the quad's tap
+//     is stepped once per slice for all four pixels, whose tap masks and offsets are
+//     computed before the K-loop; stored as 8-byte quads. Forward B (ConvWeight):
+//     weight row t/4, channels 4(t%4) + 16j, stored along the row. Input-gradient B
+//     (ConvWeightFlip): 8 lanes per channel of w' (flipped, transposed: 32 consecutive
+//     k of one tap, one 128-byte read), channels 2(t/8) + {0, 1} + 32i (i < 2), each
+//     reduction element's channel pair stored as one 4-byte word down the column.
 //
 // conv2d_bwd_filter_f32_mma — the weight gradient: conv2d_bwd_filter_f32's split-K
 // product dw_part[z] = im2col(x)ᵀ · dy over pixel chunk z (same arguments, grid and
 // partial layout; sum_partials_f32 of backward.cu sums the partials). db stays exact
-// f32: each thread sums the f32 dy values it loads, and the block adds the 32
+// f32: each thread sums the f32 dy values it loads, and the block adds the 8
 // per-thread sums of each channel in a fixed order.
 //   Engine MmaTile<64, 64, 32, 32, 32, k-major A>: 128 threads, output tile 64 filter
 //   rows (tap, c) × 64 channels, warp w the 32×32 quarter as above. Slices of 32
 //   pixels; A and B [32][64] bf16, both [pixel][row or channel], swizzled as the
 //   forward's B (16,384 bytes), read with ldmatrix.x4.trans.
-//   Loads: thread t reads pixel t/4 of the slice; filter rows row0 + 4(t%4) + 16j and
-//   channels k0 + 4(t%4) + 16j (j < 4), fixed for the whole reduction: on the vector
-//   path each row quad is 4 channels of one tap, decoded once.
+//   Loads: 16 adjacent lanes per pixel (a pixel's 64 filter rows or dy channels:
+//   one 256-byte read on the vector path), pixels t/16 + 8j (j < 4) of the slice;
+//   filter rows row0 + 4(t%16) and channels k0 + 4(t%16), fixed for the whole
+//   reduction, so their taps are decoded once, and each pixel's image coordinates are
+//   stepped from slice to slice instead of divided out.
 #include "conv2d.cuh"
 
 typedef MmaTile<64, 64, 32, 32, 32, false, true> ConvMma;
 typedef MmaTile<64, 64, 32, 32, 32, true, true> FilterMma;
+
+// Four blocks per SM (16 warps): at most 128 registers a thread.
+#define MMA_MIN_BLOCKS 4
+
+// Each kernel runs its K-loop in one of two copies (VEC_FAST, tile.cuh).
 
 // The forward pass (BWD = false) and the input gradient (BWD = true) on tensor cores:
 // conv_gemm's two products (conv2d.cu) with bf16 operands. Argument roles as there
@@ -82,31 +95,44 @@ DEVICE void conv_gemm_mma(LB& lb, u16* as, u16* bs, float* __restrict__ out, con
 
 // y[N,H,W,K] (pixels y_pitch apart) = relu?(conv(x, w) + b) with bf16 products.
 // Grid (⌈N·H·W/64⌉, ⌈K/64⌉), 128 threads.
-KERNEL_BOUNDS(conv2d_fwd_f32_mma, ConvMma::THREADS)(float* __restrict__ y, const float* __restrict__ x,
+KERNEL_BOUNDS_MIN(conv2d_fwd_f32_mma, ConvMma::THREADS, MMA_MIN_BLOCKS)(float* __restrict__ y, const float* __restrict__ x,
                                                     const float* __restrict__ w, const float* __restrict__ b,
                                                     int n, int h, int wd, int c, int k, int r, int x_pitch,
                                                     int y_pitch, int relu, int vec) {
     SHARED(u16, as, [2 * ConvMma::STAGE_A]);
     SHARED(u16, bs, [2 * ConvMma::STAGE_B]);
-    ConvWeight<ConvMma> lb(w, blockIdx.y * ConvMma::BN, r * r * c, k, (vec & VEC_B) != 0);
-    conv_gemm_mma<false>(lb, as, bs, y, x, b, n, h, wd, c, k, r, x_pitch, y_pitch, relu, 0, vec);
+    if (VEC_FAST(vec)) {
+        ConvWeight<ConvMma> lb(w, blockIdx.y * ConvMma::BN, r * r * c, k, true);
+        conv_gemm_mma<false>(lb, as, bs, y, x, b, n, h, wd, c, k, r, x_pitch, y_pitch, relu, 0, VEC_A | VEC_B);
+    } else {
+        ConvWeight<ConvMma> lb(w, blockIdx.y * ConvMma::BN, r * r * c, k, (vec & VEC_B) != 0);
+        conv_gemm_mma<false>(lb, as, bs, y, x, b, n, h, wd, c, k, r, x_pitch, y_pitch, relu, 0, vec);
+    }
 }
 
 // dx[N,H,W,C] (x_pitch) = (add ? dx : 0) + conv(dy, w') with bf16 products, dy already
 // ReLU-masked. Same arguments as conv2d_bwd_data_f32. Grid (⌈N·H·W/64⌉, ⌈C/64⌉), 128 threads.
-KERNEL_BOUNDS(conv2d_bwd_data_f32_mma, ConvMma::THREADS)(float* __restrict__ dx, const float* __restrict__ dy,
+KERNEL_BOUNDS_MIN(conv2d_bwd_data_f32_mma, ConvMma::THREADS, MMA_MIN_BLOCKS)(float* __restrict__ dx, const float* __restrict__ dy,
                                                          const float* __restrict__ w, int n, int h, int wd, int c,
                                                          int k, int r, int x_pitch, int y_pitch, int add,
                                                          int vec) {
     SHARED(u16, as, [2 * ConvMma::STAGE_A]);
     SHARED(u16, bs, [2 * ConvMma::STAGE_B]);
-    ConvWeightFlip<ConvMma, 1> lb(w, blockIdx.y * ConvMma::BN, c, k, r, (vec & VEC_B) != 0);
-    conv_gemm_mma<true>(lb, as, bs, dx, dy, nullptr, n, h, wd, k, c, r, y_pitch, x_pitch, 0, add, vec);
+    if (VEC_FAST(vec)) {
+        ConvWeightFlip<ConvMma> lb(w, blockIdx.y * ConvMma::BN, c, k, r, true);
+        conv_gemm_mma<true>(lb, as, bs, dx, dy, nullptr, n, h, wd, k, c, r, y_pitch, x_pitch, 0, add, VEC_A | VEC_B);
+    } else {
+        // Both operands scalar: dy and w' are gathered along K, so both are 16-byte
+        // loadable or, nearly always, neither (K % 4); one path in the loop keeps the
+        // copy within the fast one's registers.
+        ConvWeightFlip<ConvMma> lb(w, blockIdx.y * ConvMma::BN, c, k, r, false);
+        conv_gemm_mma<true>(lb, as, bs, dx, dy, nullptr, n, h, wd, k, c, r, y_pitch, x_pitch, 0, add, 0);
+    }
 }
 
 // dw_part[z][R·R·C][K] and db_part[z][K] as conv2d_bwd_filter_f32, with bf16 products:
 // same arguments, grid and chunks, 128 threads.
-KERNEL_BOUNDS(conv2d_bwd_filter_f32_mma, FilterMma::THREADS)(float* __restrict__ dw_part,
+KERNEL_BOUNDS_MIN(conv2d_bwd_filter_f32_mma, FilterMma::THREADS, MMA_MIN_BLOCKS)(float* __restrict__ dw_part,
                                                              float* __restrict__ db_part,
                                                              const float* __restrict__ x,
                                                              const float* __restrict__ dy, int n, int h, int wd,
@@ -114,29 +140,38 @@ KERNEL_BOUNDS(conv2d_bwd_filter_f32_mma, FilterMma::THREADS)(float* __restrict__
                                                              int chunk, int vec) {
     SHARED(u16, as, [2 * FilterMma::STAGE_A]);
     SHARED(u16, bs, [2 * FilterMma::STAGE_B]);
-    SHARED(float, db_red, [FilterMma::BK][FilterMma::BN]);
+    typedef ConvFilterCols<FilterMma, true> Cols;
+    SHARED(float, db_red, [Cols::PASS][FilterMma::BN]);
     const int t = threadIdx.x, P = n * h * wd, Kg = r * r * c;
     const int row0 = blockIdx.x * FilterMma::BM, k0 = blockIdx.y * FilterMma::BN, z = blockIdx.z;
     const int p_begin = z * chunk, p_end = min(P, p_begin + chunk);
 
-    ConvFilterRows<FilterMma> la(x, row0, p_end, h, wd, r, c, x_pitch, (vec & VEC_A) != 0);
-    ConvFilterCols<FilterMma, true> lb(dy, k0, p_end, k, y_pitch, (vec & VEC_B) != 0);
     FilterMma::Acc acc;
-    k_loop<FilterMma>(acc, la, lb, p_begin, p_end, as, bs);
+    float db[4];
+    if (VEC_FAST(vec)) {
+        ConvFilterRows<FilterMma> la(x, row0, p_begin, p_end, h, wd, r, c, x_pitch, true);
+        Cols lb(dy, k0, p_end, k, y_pitch, true);
+        k_loop<FilterMma>(acc, la, lb, p_begin, p_end, as, bs);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) db[e] = lb.db[e];
+    } else {
+        ConvFilterRows<FilterMma> la(x, row0, p_begin, p_end, h, wd, r, c, x_pitch, (vec & VEC_A) != 0);
+        Cols lb(dy, k0, p_end, k, y_pitch, (vec & VEC_B) != 0);
+        k_loop<FilterMma>(acc, la, lb, p_begin, p_end, as, bs);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) db[e] = lb.db[e];
+    }
 
-    // db: the 32 threads with the same channels (one per pixel row of a slice) add
-    // their sums in pixel-row order, then one thread per channel writes the block's
-    // partial (only the blocks with blockIdx.x == 0).
+    // db: the PASS threads with the same channels (one per pixel slot group) add their
+    // sums in slot order, then one thread per channel writes the block's partial (only
+    // the blocks with blockIdx.x == 0).
     if (blockIdx.x == 0) {
 #pragma unroll
-        for (int j = 0; j < lb.QUADS; ++j) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) db_red[lb.pix][lb.n + 4 * lb.TPK * j + e] = lb.db[j][e];
-        }
+        for (int e = 0; e < 4; ++e) db_red[Cols::Slots::pix()][4 * (t % Cols::LANES) + e] = db[e];
         __syncthreads();
         if (t < FilterMma::BN && k0 + t < k) {
             float s = 0.0f;
-            for (int row = 0; row < FilterMma::BK; ++row) s += db_red[row][t];
+            for (int row = 0; row < Cols::PASS; ++row) s += db_red[row][t];
             db_part[z * k + k0 + t] = s;
         }
     }

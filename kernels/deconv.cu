@@ -123,7 +123,7 @@ KERNEL_BOUNDS(deconv_bwd_data_f32, Deconv::THREADS)(float* __restrict__ dx, cons
 // Weight gradient, split-K: blockIdx.z = chunk·4 + parity; the block reduces grid
 // pixels [chunk·chunk_len, min(M, +chunk_len)) and writes its [4C][K] tile of
 // part[chunk][parity] (every element, zeros included, so no clearing is needed).
-KERNEL_BOUNDS(deconv_bwd_filter_f32, Deconv::THREADS)(float* __restrict__ part, const float* __restrict__ dy, const float* __restrict__ x,
+KERNEL_BOUNDS_MIN(deconv_bwd_filter_f32, Deconv::THREADS, 4)(float* __restrict__ part, const float* __restrict__ dy, const float* __restrict__ x,
                               int n, int h, int wd, int c, int k, int x_pitch, int y_pitch, int chunk_len,
                               int flags) {
     SHARED(float, as, [2 * Deconv::STAGE_A]);
@@ -133,7 +133,7 @@ KERNEL_BOUNDS(deconv_bwd_filter_f32, Deconv::THREADS)(float* __restrict__ part, 
     const int p0 = chunk * chunk_len, p1 = min(m_total, p0 + chunk_len);
     PixelCols<Deconv::A> la;
     PixelCols<Deconv::B> lb;
-    bwd_filter_operands<Deconv>(la, lb, x, dy, ab, m0, n0, p1, h, wd, c, k, x_pitch, y_pitch, flags);
+    bwd_filter_operands<Deconv>(la, lb, x, dy, ab, m0, n0, p0, p1, h, wd, c, k, x_pitch, y_pitch, flags);
     Deconv::Acc acc;
     k_loop<Deconv>(acc, la, lb, p0, p1, as, bs);
 

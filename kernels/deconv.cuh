@@ -48,6 +48,25 @@ struct Source {
     int pitch, ch, sh, sw, mode, a, b;
     // Element offset of channel c of tap `tap` at grid pixel (img, i, j), or -1 when
     // that source pixel lies outside the image (it reads as the zero padding).
+    // The vector path's split of `offset`: the element offset of grid pixel (img, i, j)
+    // without its tap, and a tap's offset from it, (oy·sw + ox)·pitch.
+    MEMBER int pixel(int img_base, int i, int j) const {
+        const int s = mode == 0 ? 1 : 2;
+        return (img_base + s * i * sw + s * j) * pitch;
+    }
+    MEMBER int tap_delta(int tap) const {
+        int oy, ox;
+        tap_offset(mode, tap, a, b, oy, ox);
+        return (oy * sw + ox) * pitch;
+    }
+    // Whether tap `tap`'s source pixel of grid pixel (i, j) lies inside the image.
+    MEMBER bool inside(int i, int j, int tap) const {
+        int oy, ox;
+        tap_offset(mode, tap, a, b, oy, ox);
+        const int s = mode == 0 ? 1 : 2;
+        const int y = s * i + oy, x = s * j + ox;
+        return y >= 0 && y < sh && x >= 0 && x < sw;
+    }
     MEMBER int offset(int img_base, int i, int j, int tap, int c) const {
         int oy, ox;
         tap_offset(mode, tap, a, b, oy, ox);
@@ -107,6 +126,11 @@ struct PixelRows {
     int kg;  // reduction extent: taps · ch
     bool vec;
     int base[4], i[4], j[4];  // per loaded row; base -1: the row is past M
+    // Vector path, out of the K-loop: the pixel's element offset, a bit per tap whose
+    // source pixel is inside the image (0 past M), and the quad's tap, channel and tap
+    // offset, stepped by 16 after each fetch (no division per slice).
+    int vpix, vtap, vc, vdelta;
+    u32 vmask;
     Staged st;
     MEMBER void init(int m0, int m_total, int gh, int gw) {
         const int t = threadIdx.x;
@@ -117,23 +141,39 @@ struct PixelRows {
             base[q] = -1, i[q] = 0, j[q] = 0;
             if (m < m_total && (q == 0 || !vec)) split_pixel(m, gh, gw, src.sh, src.sw, base[q], i[q], j[q]);
         }
+        vpix = 0, vmask = 0, vtap = 0, vc = 0, vdelta = 0;
+        if (vec && src.ch > 0) {
+            if (base[0] >= 0) {
+                vpix = src.pixel(base[0], i[0], j[0]);
+                for (int tp = 0; tp < kg / src.ch; ++tp)
+                    if (src.inside(i[0], j[0], tp)) vmask |= 1u << tp;
+            }
+            const int kq = 4 * (t & 3);
+            vtap = kq / src.ch;
+            vc = kq - vtap * src.ch;
+            vdelta = src.tap_delta(vtap);
+        }
     }
     MEMBER void fetch(int k0) {
         const int t = threadIdx.x;
         const int kk = k0 + (vec ? 4 * (t & 3) : (t & 15));
         st.zero();
-        if (kk >= kg) return;
-        const int tap = kk / src.ch, c = kk - tap * src.ch;
         if (vec) {
             // ch % 4 == 0 and kk % 4 == 0: the four channels are c..c+3 of one tap.
-            const int off = base[0] < 0 ? -1 : src.offset(base[0], i[0], j[0], tap, c);
-            if (off >= 0) st.set4(ld4(src.p + off));
-        } else {
-#pragma unroll
-            for (int q = 0; q < 4; ++q) {
-                const int off = base[q] < 0 ? -1 : src.offset(base[q], i[q], j[q], tap, c);
-                if (off >= 0) st.r[q] = src.p[off];
+            if (kk < kg && ((vmask >> vtap) & 1u)) st.set4(ld4(src.p + vpix + vdelta + vc));
+            vc += 16;
+            if (vc >= src.ch) {
+                while (vc >= src.ch) vc -= src.ch, ++vtap;
+                vdelta = src.tap_delta(vtap);
             }
+            return;
+        }
+        if (kk >= kg) return;
+        const int tap = kk / src.ch, c = kk - tap * src.ch;
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            const int off = base[q] < 0 ? -1 : src.offset(base[q], i[q], j[q], tap, c);
+            if (off >= 0) st.r[q] = src.p[off];
         }
     }
     MEMBER void put(typename L::Elem* s) const { st.put_kmajor<L>(s, vec); }
@@ -148,28 +188,45 @@ struct PixelCols {
     int gh, gw, p_end;
     bool vec;
     int tap, c;  // of this thread's column; tap -1: the column is past the tile edge
-    MEMBER void init(int col0, int cols) {
+    // Vector path (one pixel a fetch), out of the K-loop: the column's tap offset and
+    // the pixel's grid coordinates, divided out once (the first slice's pixel, from
+    // p_begin) and stepped by 16 pixels after each fetch.
+    int voy, vox, vs, vbase, vi, vj, step_i, step_j;
+    MEMBER void init(int col0, int cols, int p_begin) {
         const int col = col0 + (vec ? 4 * (threadIdx.x & 15) : (threadIdx.x & 63));
         tap = col < cols ? col / src.ch : -1;
         c = col - (tap < 0 ? 0 : tap) * src.ch;
+        tap_offset(src.mode, tap < 0 ? 0 : tap, src.a, src.b, voy, vox);
+        vs = src.mode == 0 ? 1 : 2;
+        vbase = 0, vi = 0, vj = 0;
+        if (vec && gh > 0 && gw > 0) split_pixel(p_begin + (threadIdx.x >> 4), gh, gw, src.sh, src.sw, vbase, vi, vj);
+        step_i = gw > 0 ? 16 / gw : 0;
+        step_j = 16 - step_i * gw;
     }
     Staged st;
     MEMBER void fetch(int k0) {
         const int t = threadIdx.x;
         st.zero();
         if (tap < 0) return;
+        if (vec) {
+            const int p = k0 + (t >> 4);
+            const int y = vs * vi + voy, x = vs * vj + vox;
+            if (p < p_end && (unsigned)y < (unsigned)src.sh && (unsigned)x < (unsigned)src.sw)
+                st.set4(ld4(src.p + (vbase + y * src.sw + x) * src.pitch + c));
+            // The pixel 16 further on (wrapping into the next image).
+            vj += step_j, vi += step_i;
+            if (vj >= gw) vj -= gw, ++vi;
+            while (vi >= gh && gh > 0) vi -= gh, vbase += src.sh * src.sw;
+            return;
+        }
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
-            const int p = k0 + (vec ? (t >> 4) : (t >> 6) + 4 * q);
-            if ((vec && q > 0) || p >= p_end) continue;
+            const int p = k0 + (t >> 6) + 4 * q;
+            if (p >= p_end) continue;
             int base, i, j;
             split_pixel(p, gh, gw, src.sh, src.sw, base, i, j);
             const int off = src.offset(base, i, j, tap, c);
-            if (off < 0) continue;
-            if (vec)
-                st.set4(ld4(src.p + off));
-            else
-                st.r[q] = src.p[off];
+            if (off >= 0) st.r[q] = src.p[off];
         }
     }
     MEMBER void put(typename L::Elem* s) const { st.put_nmajor<L>(s, vec); }
@@ -207,22 +264,32 @@ struct WeightT {
     const float* p;
     int c_total, k_total, n0;
     bool vec;
+    // Vector path: the quad's k and its element offset in w, stepped by 16 after each
+    // fetch (the next tap's block is c_total·k_total further on, k wraps).
+    int vk, voff;
     Staged st;
+    MEMBER void init() {
+        const int t = threadIdx.x, kq = 4 * (t & 3);
+        const int tap = k_total > 0 ? kq / k_total : 0;
+        vk = kq - tap * k_total;
+        voff = (tap * c_total + n0 + (t >> 2)) * k_total + vk;
+    }
     MEMBER void fetch(int k0) {
         const int t = threadIdx.x;
         const int kk = k0 + (vec ? 4 * (t & 3) : (t & 15));
         st.zero();
+        if (vec) {
+            if (kk < 16 * k_total && n0 + (t >> 2) < c_total) st.set4(ld4(p + voff));
+            vk += 16, voff += 16;
+            while (vk >= k_total) vk -= k_total, voff += (c_total - 1) * k_total;
+            return;
+        }
         if (kk >= 16 * k_total) return;
         const int tap = kk / k_total, k = kk - tap * k_total;
-        if (vec) {
-            const int c = n0 + (t >> 2);
-            if (c < c_total) st.set4(ld4(p + (tap * c_total + c) * k_total + k));
-        } else {
 #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-                const int c = n0 + (t >> 4) + 16 * q;
-                if (c < c_total) st.r[q] = p[(tap * c_total + c) * k_total + k];
-            }
+        for (int q = 0; q < 4; ++q) {
+            const int c = n0 + (t >> 4) + 16 * q;
+            if (c < c_total) st.r[q] = p[(tap * c_total + c) * k_total + k];
         }
     }
     MEMBER void put(typename L::Elem* s) const { st.put_kmajor<L>(s, vec); }
@@ -255,22 +322,23 @@ DEVICE void bwd_data_operands(PixelRows<typename T::A>& la, WeightT<typename T::
     la.init(m0, n * h * wd, h, wd);
     lb.p = w, lb.c_total = c, lb.k_total = k, lb.n0 = n0;
     lb.vec = (flags & VEC_B) != 0;
+    lb.init();
 }
-// Weight gradient of parity ab over grid pixels [.., p_end): A = im2col_ab(x)ᵀ,
+// Weight gradient of parity ab over grid pixels [p_begin, p_end): A = im2col_ab(x)ᵀ,
 // B = dy of the parity.
 template <class T>
 DEVICE void bwd_filter_operands(PixelCols<typename T::A>& la, PixelCols<typename T::B>& lb, const float* x,
-                                const float* dy, int ab, int m0, int n0, int p_end, int h, int wd, int c, int k,
-                                int x_pitch, int y_pitch, int flags) {
+                                const float* dy, int ab, int m0, int n0, int p_begin, int p_end, int h, int wd,
+                                int c, int k, int x_pitch, int y_pitch, int flags) {
     deconv_engine_check<T>();
     la.src = Source{x, x_pitch, c, h, wd, 0, ab >> 1, ab & 1};
     la.gh = h, la.gw = wd, la.p_end = p_end;
     la.vec = (flags & VEC_A) != 0;
-    la.init(m0, 4 * c);
+    la.init(m0, 4 * c, p_begin);
     lb.src = Source{dy, y_pitch, k, 2 * h, 2 * wd, 1, ab >> 1, ab & 1};
     lb.gh = h, lb.gw = wd, lb.p_end = p_end;
     lb.vec = (flags & VEC_B) != 0;
-    lb.init(n0, k);
+    lb.init(n0, k, p_begin);
 }
 
 }  // namespace

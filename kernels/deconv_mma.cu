@@ -24,11 +24,19 @@ KERNEL_BOUNDS(deconv_fwd_f32_mma, DeconvMma::THREADS)(float* __restrict__ y, con
     SHARED(u16, bs, [2 * DeconvMma::STAGE_B]);
     const int ab = blockIdx.z, a = ab >> 1, b = ab & 1;
     const int m0 = blockIdx.x * DeconvMma::BM, n0 = blockIdx.y * DeconvMma::BN, m_total = n * h * wd;
-    PixelRows<DeconvMma::A> la;
-    DenseRows<DeconvMma::B> lb;
-    forward_operands<DeconvMma>(la, lb, x, w, ab, m0, n0, n, h, wd, c, k, x_pitch, flags);
     DeconvMma::Acc acc;
-    k_loop<DeconvMma>(acc, la, lb, 0, 4 * c, as, bs);
+    // Two copies of the K-loop (VEC_FAST, tile.cuh).
+    if (VEC_FAST(flags)) {
+        PixelRows<DeconvMma::A> la;
+        DenseRows<DeconvMma::B> lb;
+        forward_operands<DeconvMma>(la, lb, x, w, ab, m0, n0, n, h, wd, c, k, x_pitch, VEC_A | VEC_B);
+        k_loop<DeconvMma>(acc, la, lb, 0, 4 * c, as, bs);
+    } else {
+        PixelRows<DeconvMma::A> la;
+        DenseRows<DeconvMma::B> lb;
+        forward_operands<DeconvMma>(la, lb, x, w, ab, m0, n0, n, h, wd, c, k, x_pitch, flags);
+        k_loop<DeconvMma>(acc, la, lb, 0, 4 * c, as, bs);
+    }
 
 #pragma unroll
     for (int j = 0; j < DeconvMma::NJ; ++j) {
@@ -52,11 +60,18 @@ KERNEL_BOUNDS(deconv_bwd_data_f32_mma, DeconvMma::THREADS)(float* __restrict__ d
     SHARED(u16, as, [2 * DeconvMma::STAGE_A]);
     SHARED(u16, bs, [2 * DeconvMma::STAGE_B]);
     const int m0 = blockIdx.x * DeconvMma::BM, n0 = blockIdx.y * DeconvMma::BN, m_total = n * h * wd;
-    PixelRows<DeconvMma::A> la;
-    WeightT<DeconvMma::B> lb;
-    bwd_data_operands<DeconvMma>(la, lb, dy, w, m0, n0, n, h, wd, c, k, y_pitch, flags);
     DeconvMma::Acc acc;
-    k_loop<DeconvMma>(acc, la, lb, 0, 16 * k, as, bs);
+    if (VEC_FAST(flags)) {
+        PixelRows<DeconvMma::A> la;
+        WeightT<DeconvMma::B> lb;
+        bwd_data_operands<DeconvMma>(la, lb, dy, w, m0, n0, n, h, wd, c, k, y_pitch, VEC_A | VEC_B);
+        k_loop<DeconvMma>(acc, la, lb, 0, 16 * k, as, bs);
+    } else {
+        PixelRows<DeconvMma::A> la;
+        WeightT<DeconvMma::B> lb;
+        bwd_data_operands<DeconvMma>(la, lb, dy, w, m0, n0, n, h, wd, c, k, y_pitch, flags);
+        k_loop<DeconvMma>(acc, la, lb, 0, 16 * k, as, bs);
+    }
 #pragma unroll
     for (int j = 0; j < DeconvMma::NJ; ++j) {
 #pragma unroll
@@ -79,11 +94,20 @@ KERNEL_BOUNDS(deconv_bwd_filter_f32_mma, DeconvMma::THREADS)(float* __restrict__
     const int ab = blockIdx.z & 3, chunk = blockIdx.z >> 2;
     const int m0 = blockIdx.x * DeconvMma::BM, n0 = blockIdx.y * DeconvMma::BN, m_total = n * h * wd;
     const int p0 = chunk * chunk_len, p1 = min(m_total, p0 + chunk_len);
-    PixelCols<DeconvMma::A> la;
-    PixelCols<DeconvMma::B> lb;
-    bwd_filter_operands<DeconvMma>(la, lb, x, dy, ab, m0, n0, p1, h, wd, c, k, x_pitch, y_pitch, flags);
     DeconvMma::Acc acc;
-    k_loop<DeconvMma>(acc, la, lb, p0, p1, as, bs);
+    if (VEC_FAST(flags)) {
+        PixelCols<DeconvMma::A> la;
+        PixelCols<DeconvMma::B> lb;
+        bwd_filter_operands<DeconvMma>(la, lb, x, dy, ab, m0, n0, p0, p1, h, wd, c, k, x_pitch, y_pitch, VEC_A | VEC_B);
+        k_loop<DeconvMma>(acc, la, lb, p0, p1, as, bs);
+    } else {
+        PixelCols<DeconvMma::A> la;
+        PixelCols<DeconvMma::B> lb;
+        // Both scalar (C % 4 and K % 4 both fail nearly always together): one path in
+        // the loop keeps this copy from spilling.
+        bwd_filter_operands<DeconvMma>(la, lb, x, dy, ab, m0, n0, p0, p1, h, wd, c, k, x_pitch, y_pitch, 0);
+        k_loop<DeconvMma>(acc, la, lb, p0, p1, as, bs);
+    }
     float* out = part + (chunk * 4 + ab) * 4 * c * k;
 #pragma unroll
     for (int j = 0; j < DeconvMma::NJ; ++j) {

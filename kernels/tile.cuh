@@ -49,6 +49,11 @@
 #define VEC_A 1
 #define VEC_B 2
 #define VEC_OUT 4
+// Both operands 16-byte loadable. The mma kernels run their K-loop in one of two
+// copies: with this known at compile time (the loaders' scalar paths compiled out of
+// the loop: every layer but the 3-channel input and the 5-class heads), or with the
+// launch's bits.
+#define VEC_FAST(vec) (((vec) & (VEC_A | VEC_B)) == (VEC_A | VEC_B))
 
 // Member functions: DEVICE is `static inline` on the host, which a member function
 // cannot be.
@@ -86,8 +91,6 @@ template <class E, int LD_, bool KMAJOR>
 struct Stage {
     typedef E Elem;
     static constexpr int LD = LD_;
-    // Whether a loader stores two quads along k at once (put8_k); see SwizzledRows.
-    static constexpr bool PAIRS = false;
     MEMBER static E* at(E* s, int k, int i) { return s + (KMAJOR ? k * LD + i : i * LD + k); }
     MEMBER static void put(E* s, int k, int i, float v) { stage_store(at(s, k, i), v); }
     // Elements (k..k+3, i): four consecutive reduction elements of one row or column.
@@ -110,56 +113,71 @@ struct Stage {
 
 // A bf16 k-major stage with rows of W elements (W/8 16-byte chunks, no pad) whose
 // chunks are XOR-swizzled per row: element (k, i) sits in chunk (i/8) ^ f(k) of row
-// k, f(k) = 2·((k % 4) ^ ((k / 8) % 2)) + (k / 4) % 2. With 128-byte rows a chunk's
+// k, f(k) = 2·((k % 4) ^ ((k / 8) % 4)) + (k / 4) % 2. With 128-byte rows a chunk's
 // 4-bank group is its index. The same `at` places the stores and the ldmatrix rows,
 // and f keeps each of the mma loaders' access patterns on distinct groups:
 //   ldmatrix(.trans) phase: rows 8q..8q+7 at one logical chunk; f is a bijection on
 //     them.
 //   row quads stored as one 8-byte word (put4_i), a half warp on rows 4q..4q+3 × two
-//     adjacent chunks 2c, 2c+1 (conv2d's weights, both weight-gradient operands):
-//     f / 2 is a bijection on the 4 rows, so c's 8 chunks stay distinct; a half warp
-//     on one whole row (deconv) is distinct anyway.
+//     adjacent chunks 2c, 2c+1 (conv2d's weights): f / 2 is a bijection on the 4
+//     rows, so c's 8 chunks stay distinct; a half warp on one whole row (deconv, both
+//     weight-gradient operands) is distinct anyway.
+//   column pairs stored as 4-byte words (put4_k2), a warp on rows k = e + 4q (q < 8)
+//     × one chunk (the input gradient's flipped weights): f is a bijection on them.
 //   column quads stored as 4 u16 (put4_k), k = e + 4q (q < 4) × one chunk (deconv's
 //     vector operands): f takes 4 distinct values on them.
 template <int W>
 struct SwizzledStage {
     typedef u16 Elem;
     static constexpr int LD = W;
-    static constexpr bool PAIRS = false;
     static_assert(W % 64 == 0, "at least 8 chunks per row, so every f(k) stays in the row");
-    MEMBER static int f(int k) { return (((k & 3) ^ ((k >> 3) & 1)) << 1) | ((k >> 2) & 1); }
+    MEMBER static int f(int k) { return (((k & 3) ^ ((k >> 3) & 3)) << 1) | ((k >> 2) & 1); }
     MEMBER static u16* at(u16* s, int k, int i) { return s + k * LD + ((((i >> 3) ^ f(k)) << 3) | (i & 7)); }
     MEMBER static const u16* at(const u16* s, int k, int i) { return at(const_cast<u16*>(s), k, i); }
     MEMBER static void put(u16* s, int k, int i, float v) { stage_store(at(s, k, i), v); }
+    // Four u16 stores (k a multiple of 4) from one address: f(k + e) = f(k) ^ 2e, so
+    // element (k + e, i) sits e rows further at the in-row offset XOR 16e.
     MEMBER static void put4_k(u16* s, int k, int i, float4 v) {
-        put(s, k, i, v.x), put(s, k + 1, i, v.y), put(s, k + 2, i, v.z), put(s, k + 3, i, v.w);
+        u16* r = s + k * LD;
+        const int o = (((i >> 3) ^ f(k)) << 3) | (i & 7);
+        r[o] = f32_to_bf16(v.x);
+        r[LD + (o ^ 16)] = f32_to_bf16(v.y);
+        r[2 * LD + (o ^ 32)] = f32_to_bf16(v.z);
+        r[3 * LD + (o ^ 48)] = f32_to_bf16(v.w);
     }
     // One 8-byte store (i a multiple of 4: the quad stays inside one chunk).
     MEMBER static void put4_i(u16* s, int k, int i, float4 v) {
         *reinterpret_cast<uint2*>(at(s, k, i)) = make_uint2(pack_bf16x2(v.x, v.y), pack_bf16x2(v.z, v.w));
+    }
+    // Elements (k..k+3, i) from a and (k..k+3, i+1) from b: a column pair stored as
+    // four 4-byte words from one address (k a multiple of 4, i even; as put4_k).
+    MEMBER static void put4_k2(u16* s, int k, int i, float4 a, float4 b) {
+        u16* r = s + k * LD;
+        const int o = (((i >> 3) ^ f(k)) << 3) | (i & 7);
+        *reinterpret_cast<u32*>(r + o) = pack_bf16x2(a.x, b.x);
+        *reinterpret_cast<u32*>(r + LD + (o ^ 16)) = pack_bf16x2(a.y, b.y);
+        *reinterpret_cast<u32*>(r + 2 * LD + (o ^ 32)) = pack_bf16x2(a.z, b.z);
+        *reinterpret_cast<u32*>(r + 3 * LD + (o ^ 48)) = pack_bf16x2(a.w, b.w);
     }
 };
 
 // A bf16 m-major stage ([row][k], rows of 32 elements: four 16-byte chunks, two rows
 // per 128 bytes) with chunk (k/8) ^ g(i) of row i holding k, g(i) = (i/2) % 4. A
 // chunk's 4-bank group is 4·(i % 2) + its index, so an ldmatrix phase (rows
-// 8q..8q+7 at one logical chunk) meets 8 distinct groups. Its loader stores whole
-// chunks (put8_k, PAIRS): a quarter warp's 8 lanes on rows 4q..4q+3 × chunks
-// {2h + c}, h < 2, land on 8 distinct groups as well.
+// 8q..8q+7 at one logical chunk) meets 8 distinct groups. Its loader (ConvGather)
+// stores 8-byte quads (put4_k), a warp on 4 consecutive whole rows: 256 contiguous
+// bytes, each bank twice, the ideal two wavefronts.
 template <int W>
 struct SwizzledRows {
     typedef u16 Elem;
     static constexpr int LD = W;
-    static constexpr bool PAIRS = true;
     static_assert(W == 32, "four chunks per row");
     MEMBER static u16* at(u16* s, int k, int i) { return s + i * LD + ((((k >> 3) ^ ((i >> 1) & 3)) << 3) | (k & 7)); }
     MEMBER static const u16* at(const u16* s, int k, int i) { return at(const_cast<u16*>(s), k, i); }
     MEMBER static void put(u16* s, int k, int i, float v) { stage_store(at(s, k, i), v); }
-    MEMBER static void put4_k(u16* s, int k, int i, float4 v) { stage_store4(at(s, k, i), v); }
-    // Elements (k..k+7, i) as one 16-byte store (k a multiple of 8: one whole chunk).
-    MEMBER static void put8_k(u16* s, int k, int i, float4 lo, float4 hi) {
-        *reinterpret_cast<uint4*>(at(s, k, i)) =
-            make_uint4(pack_bf16x2(lo.x, lo.y), pack_bf16x2(lo.z, lo.w), pack_bf16x2(hi.x, hi.y), pack_bf16x2(hi.z, hi.w));
+    // Elements (k..k+3, i) as one 8-byte store (k a multiple of 4: inside one chunk).
+    MEMBER static void put4_k(u16* s, int k, int i, float4 v) {
+        *reinterpret_cast<uint2*>(at(s, k, i)) = make_uint2(pack_bf16x2(v.x, v.y), pack_bf16x2(v.z, v.w));
     }
     MEMBER static void put4_i(u16* s, int k, int i, float4 v) {
         put(s, k, i, v.x), put(s, k, i + 1, v.y), put(s, k, i + 2, v.z), put(s, k, i + 3, v.w);

@@ -1,16 +1,22 @@
-//! The real kernels' memory-access counters at the model's layer shapes: one training
-//! step of the full-width UNet16 (batch 1, 64x64, every channel count of the paper's
-//! model) on the access-tracing emulator, large launches sampled (corner, edge and
-//! interior blocks). The per-kernel table is printed (with `--nocapture`) and written
-//! to `target/tmp/kernel-counters.txt`, which `scripts/test.sh` shows at the end.
+//! The real kernels' memory-access counters at the model's layer shapes: one bf16
+//! training step of the full-width UNet16 (batch 1, 64x64, every channel count of the
+//! paper's model) on the access-tracing emulator, large launches sampled (corner, edge
+//! and interior blocks). The f32 GEMM kernels (no tensor cores, so outside the gate)
+//! are traced in an f32 step of the quarter-width model beside it: every layer kind
+//! again (the 3-channel input, concatenated inputs, the 1x1 heads), a quarter of the
+//! reduction per block: the test takes under a minute (both steps at full width took
+//! 3.5 minutes).
+//! The per-kernel tables are printed (with `--nocapture`) and written to
+//! `target/tmp/kernel-counters.txt`, which `scripts/test.sh` shows at the end.
 //!
 //! The gate: in a tensor-core kernel (one that issues mma), the main loop must be
 //! free of bank conflicts (wavefronts / ideal = 1 for every kind of shared access)
-//! and its global loads at least 80% coalesced. Kernels are found by name at run
-//! time, so renamed or new kernels are held to the same rule. Today's kernels miss
-//! it in the ways listed in [`KNOWN`]: each entry is a measured figure that the
-//! kernel must not get worse than, until it is fixed (then its entry goes). No
-//! shared-memory race may appear in any kernel.
+//! and its global loads at least 90% coalesced. Kernels are found by name at run
+//! time, so renamed or new kernels are held to the same rule. A kernel that misses
+//! it is listed in [`KNOWN`] with its measured figure, which it must not get worse
+//! than until it is fixed (today: none). The launches whose operands take the
+//! scalar path (3- or 5-channel tensors) are held to floors of their own
+//! ([`SCALAR_PATH`], with why). No shared-memory race may appear in any kernel.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -22,7 +28,7 @@ use lesionseg::profile::predict::trace_step;
 
 /// The gate's thresholds.
 const MAX_DEGREE: f64 = 1.0;
-const MIN_LOAD_EFFICIENCY: f64 = 0.8;
+const MIN_LOAD_EFFICIENCY: f64 = 0.9;
 
 /// Which figure a known failure is about.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -34,17 +40,23 @@ enum Figure {
 }
 
 /// Known failures of the gate, measured at this test's shapes: (kernel, figure, the
-/// measured value it must not get worse than, why). To be fixed with the tile
-/// engine rework; a fixed kernel's entry is then removed.
-const KNOWN: &[(&str, Figure, f64, &str)] = &[
-    ("conv2d_fwd_f32_mma", Figure::LoadEfficiency, 0.381, "A gather: 16 B per lane, two lanes per pixel 64 B apart"),
-    (
-        "conv2d_bwd_data_f32_mma",
-        Figure::LoadEfficiency,
-        0.5,
-        "flipped-weight quads: one lane per channel, K floats apart",
-    ),
-    ("conv2d_bwd_filter_f32_mma", Figure::LoadEfficiency, 0.707, "x and dy quads of 16 B, 4 lanes per pixel"),
+/// measured value it must not get worse than, why). A kernel that misses the gate is
+/// listed here until it is fixed; then its entry goes. Empty: every tensor-core main
+/// loop meets it (apart from the scalar-path launches of [`SCALAR_PATH`]).
+const KNOWN: &[(&str, Figure, f64, &str)] = &[];
+
+/// Launches whose main-loop load efficiency is held to a floor of its own instead of
+/// [`MIN_LOAD_EFFICIENCY`]: (kernel, layer, the measured efficiency it must not get
+/// worse than, why). Each is an operand whose channel count is not a multiple of 4
+/// (the 3-channel image, the 5-class outputs), so it takes the kernels' scalar path:
+/// one 4-byte load per element, and a pixel's (or weight row's) elements are 12 or 20
+/// bytes, not whole 32-byte sectors, so no lane map of the [pixel or row][channel]
+/// layout reads whole sectors. The three are 1x1 or first-layer GEMMs, well under 1%
+/// of the model's FLOPs; the vector path (every other operand) is at 100%.
+const SCALAR_PATH: &[(&str, &str, f64, &str)] = &[
+    ("conv2d_fwd_f32_mma", "head_mid forward", 0.538, "B: the 1x1 head's weights, rows of 5 floats"),
+    ("conv2d_bwd_filter_f32_mma", "final backward", 0.8, "B: dy of the 5 logits"),
+    ("conv2d_bwd_filter_f32_mma", "enc1_1 backward", 0.584, "A: im2col of the 3-channel image"),
 ];
 
 /// Per kernel: the worst main-loop figures over its launches, and where.
@@ -56,6 +68,8 @@ struct Worst {
     all: Counters,
     degree: Option<(f64, String)>,
     efficiency: Option<(f64, String)>,
+    /// The main-loop load efficiency of its [`SCALAR_PATH`] launches: (layer, value).
+    scalar: Vec<(String, f64)>,
 }
 
 fn add(sum: &mut Counters, c: &Counters) {
@@ -103,7 +117,9 @@ fn table(launches: &[(String, LaunchTrace)]) -> (String, BTreeMap<String, Worst>
             }
         }
         if let Some(e) = lp.global_load.efficiency() {
-            if w.efficiency.as_ref().is_none_or(|(x, _)| e < *x) {
+            if SCALAR_PATH.iter().any(|(k, l, _, _)| *k == t.kernel.name && l == layer) {
+                w.scalar.push((layer.clone(), e));
+            } else if w.efficiency.as_ref().is_none_or(|(x, _)| e < *x) {
                 w.efficiency = Some((e, layer.clone()));
             }
         }
@@ -144,23 +160,26 @@ fn table(launches: &[(String, LaunchTrace)]) -> (String, BTreeMap<String, Worst>
 fn kernel_counters_at_the_model_shapes() {
     let config = TraceConfig { sampling: Sampling::Sample(16), races: true };
     let mut report = String::from(
-        "Kernel counters: one training step of the full-width UNet16, batch 1, 64x64, on the access-tracing \
-         emulator\n",
+        "Kernel counters: a training step of UNet16, batch 1, 64x64, on the access-tracing emulator (bf16 at \
+         full width: the gate's shapes; f32 at quarter width)\n",
     );
     let mut problems = Vec::new();
     let mut tensor = BTreeMap::new();
-    // Both precisions at once: one core each.
+    // Both steps at once: one core each. The gate's shapes are the bf16 step's; the
+    // f32 step adds the f32 GEMM kernels' table (and their race check).
     let steps: Vec<_> = std::thread::scope(|s| {
-        let run = |p: Precision| {
+        let run = |p: Precision, width: f64| {
             s.spawn(move || {
                 let start = std::time::Instant::now();
-                (p, trace_step(config, p, 1, 64, 1.0, 11).expect("traced training step"), start.elapsed())
+                let step = trace_step(config, p, 1, 64, width, 11).expect("traced training step");
+                (p, width, step, start.elapsed())
             })
         };
-        let handles = [run(Precision::F32), run(Precision::Bf16)];
+        let handles = [run(Precision::Bf16, 1.0), run(Precision::F32, 0.25)];
         handles.into_iter().map(|h| h.join().expect("trace thread")).collect()
     });
-    for (precision, step, took) in steps {
+    let mut seen = std::collections::BTreeSet::new();
+    for (precision, width, step, took) in steps {
         let launches: Vec<(String, LaunchTrace)> = step
             .passes
             .into_iter()
@@ -170,7 +189,7 @@ fn kernel_counters_at_the_model_shapes() {
             if let Some(r) = t.races.first() {
                 let names = symbolize(&[r.first.1, r.second.1]);
                 problems.push(format!(
-                    "{} ({layer}): shared-memory race on `{}`+{}: thread {} at {} and thread {} at {}",
+                    "{} ({precision} {layer}): shared-memory race on `{}`+{}: thread {} at {} and thread {} at {}",
                     t.kernel.name,
                     r.array,
                     r.offset,
@@ -181,8 +200,13 @@ fn kernel_counters_at_the_model_shapes() {
                 ));
             }
         }
-        let (text, by) = table(&launches);
-        let _ = write!(report, "\n{precision} convolutions ({:.1} s):\n{text}", took.as_secs_f64());
+        // Kernels both steps run (pooling, the loss, Adam) are shown once, from the
+        // full-width step.
+        let fresh: Vec<_> = launches.into_iter().filter(|(_, t)| !seen.contains(t.kernel.name)).collect();
+        let (text, by) = table(&fresh);
+        let what = if width == 1.0 { "full width" } else { "quarter width, the kernels not shown above" };
+        let _ = write!(report, "\n{precision} step, {what} ({:.1} s):\n{text}", took.as_secs_f64());
+        seen.extend(by.keys().cloned());
         tensor.extend(by.into_iter().filter(|(_, w)| w.mma > 0.0));
     }
     for (k, w) in &tensor {
@@ -203,6 +227,16 @@ fn kernel_counters_at_the_model_shapes() {
                 ));
             }
         }
+        for (layer, e) in &w.scalar {
+            let floor = SCALAR_PATH.iter().find(|(n, l, _, _)| n == k && l == layer).map_or(1.0, |s| s.2);
+            if *e < floor - 1e-6 {
+                problems.push(format!(
+                    "{k}: scalar-path main-loop global-load efficiency {:.1}% at {layer} (floor {:.1}%)",
+                    100.0 * e,
+                    100.0 * floor
+                ));
+            }
+        }
     }
     let _ = writeln!(
         report,
@@ -211,6 +245,15 @@ fn kernel_counters_at_the_model_shapes() {
     );
     for (k, f, v, why) in KNOWN {
         let _ = writeln!(report, "  known failure: {k} {f:?} {v} ({why})");
+    }
+    for (k, layer, floor, why) in SCALAR_PATH {
+        let got = tensor.get(*k).and_then(|w| w.scalar.iter().find(|(l, _)| l == layer)).map(|(_, e)| *e);
+        let _ = writeln!(
+            report,
+            "  scalar path, own floor: {k} at {layer}: load efficiency {} (floor {:.0}%; {why})",
+            pct(got),
+            100.0 * floor
+        );
     }
     let _ = writeln!(
         report,

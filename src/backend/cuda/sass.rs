@@ -232,9 +232,12 @@ pub fn ptx_max_threads(ptx: &str) -> HashMap<String, u32> {
 
 /// The main loop of a function: of the loops (a branch back to an earlier offset,
 /// spanning target..branch), the one with the most HMMA, then FFMA, then memory
-/// instructions; among equals, the shortest (the innermost).
+/// instructions; among equals, the shortest (the innermost). Memory does not count
+/// between tensor-core loops: a kernel with two copies of its K-loop (conv2d_mma.cu:
+/// 16-byte loads known at compile time, and the general copy with the scalar path
+/// inside) is measured on the shorter, the copy its large layers run.
 pub fn main_loop(instrs: &[Instr]) -> Option<&[Instr]> {
-    // (HMMA, FFMA, memory, shorter first): the larger key wins.
+    // (HMMA, FFMA, memory unless HMMA, shorter first): the larger key wins.
     type Key = (u32, u32, u32, std::cmp::Reverse<usize>);
     let mut best: Option<(&[Instr], Key)> = None;
     for (end, i) in instrs.iter().enumerate() {
@@ -242,7 +245,8 @@ pub fn main_loop(instrs: &[Instr]) -> Option<&[Instr]> {
         let start = instrs.partition_point(|x| x.offset < t);
         let body = &instrs[start..=end];
         let m = Mix::of(body);
-        let key = (m.get("HMMA"), m.get("FFMA"), m.memory(), std::cmp::Reverse(body.len()));
+        let memory = if m.get("HMMA") > 0 { 0 } else { m.memory() };
+        let key = (m.get("HMMA"), m.get("FFMA"), memory, std::cmp::Reverse(body.len()));
         if best.as_ref().is_none_or(|(_, k)| key > *k) {
             best = Some((body, key));
         }

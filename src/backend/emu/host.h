@@ -146,6 +146,8 @@ EMU_NO_TRACE int launch(const EmuLaunch* l, const char* kernel, void (*fn)(P...)
 #define KERNEL_BOUNDS(name, max_threads)                         \
     static constexpr u32 name##_emu_max_threads = (max_threads); \
     static void name
+// The residency target is the GPU compiler's business only.
+#define KERNEL_BOUNDS_MIN(name, max_threads, min_blocks) KERNEL_BOUNDS(name, max_threads)
 // The list build.rs reads; the exports are generated from it (EMU_EXPORT, in a file
 // that includes the kernel file and ends with one EMU_EXPORT per entry point).
 #define ENTRY_POINTS(...)
