@@ -38,7 +38,8 @@ pub mod scratch;
 pub mod sources;
 
 use super::{
-    AdamParams, At, Backend, Conv2dParams, DeconvParams, GlobalPoolParams, GradIn, LossParams, LossParts, MaxPoolParams,
+    AdamParams, At, Backend, Conv2dParams, DeconvParams, GlobalPoolParams, GradIn, LossParams, LossSums, MaskCoefs,
+    MaxPoolParams,
 };
 use crate::backend::memory::MemoryStats;
 use crate::error::{Error, Result};
@@ -382,7 +383,7 @@ impl<E: Executor> Backend for Kernels<E> {
     fn global_max_backward(&self, dx: At<Self>, dy: At<Self>, x: At<Self>, p: &GlobalPoolParams) -> Result<()> {
         pool::global_max_backward(self, dx, dy, x, p)
     }
-    fn loss(
+    fn loss_sums(
         &self,
         d_mask: At<Self>,
         d_mid: At<Self>,
@@ -392,8 +393,19 @@ impl<E: Executor> Backend for Kernels<E> {
         cls_last: At<Self>,
         target: At<Self>,
         p: &LossParams,
-    ) -> Result<LossParts> {
-        loss::loss(self, d_mask, d_mid, d_last, mask_logits, cls_mid, cls_last, target, p)
+        total_n: usize,
+    ) -> Result<LossSums> {
+        loss::loss_sums(self, d_mask, d_mid, d_last, mask_logits, cls_mid, cls_last, target, p, total_n)
+    }
+    fn loss_mask_grad(
+        &self,
+        d_mask: At<Self>,
+        x: At<Self>,
+        target: At<Self>,
+        p: &LossParams,
+        c: &MaskCoefs,
+    ) -> Result<()> {
+        loss::loss_mask_grad(self, d_mask, x, target, p, c)
     }
     fn adam(&self, param: At<Self>, m: At<Self>, v: At<Self>, grad: At<Self>, p: &AdamParams) -> Result<()> {
         adam::adam(self, param, m, v, grad, p)
