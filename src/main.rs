@@ -289,6 +289,22 @@ struct TrainArgs {
     /// ranges (run under `nsys profile`, which sets NVTX_INJECTION64_PATH).
     #[arg(long)]
     nvtx: bool,
+    #[arg(long, default_value_t = 1, value_parser = count::<usize>(limits::REPLICAS), allow_negative_numbers = true,
+          help = limits::REPLICAS.help(
+              "Data-parallel replicas, each a shard of every global batch (--batch-size, a multiple of it): \
+               threads with their own backend on cpu and emu, one GPU each over NCCL on cuda; the loss and \
+               gradients are the global batch's"))]
+    replicas: usize,
+    #[arg(long, value_delimiter = ',', value_parser = count::<usize>(limits::GPU), allow_negative_numbers = true,
+          help = limits::GPU.help("With --device cuda --replicas N: the GPUs, one per replica, as 0,1,... \
+              [default: the first N]"))]
+    gpus: Option<Vec<usize>>,
+    #[arg(long, default_value_t = lesionseg::collective::DEFAULT_TIMEOUT.as_secs_f64(),
+          value_parser = real(limits::REPLICA_TIMEOUT), allow_negative_numbers = true,
+          help = limits::REPLICA_TIMEOUT.help(
+              "Seconds a replica waits for the others (rank 0 validates and writes checkpoints meanwhile) before \
+               it reports them lost and stops"))]
+    replica_timeout: f64,
 }
 
 impl TrainArgs {
@@ -307,6 +323,8 @@ impl TrainArgs {
         o.time_limit = self.time_limit.map(|m| std::time::Duration::from_secs_f64(m * 60.0));
         o.seed = self.seed;
         o.nvtx = self.nvtx;
+        o.replicas = self.replicas;
+        o.replica_timeout = std::time::Duration::from_secs_f64(self.replica_timeout);
         o
     }
 }
@@ -325,8 +343,8 @@ fn main() -> ExitCode {
         Some(Command::Demo { backend, out, seconds }) => demo(backend, out, seconds),
         Some(Command::Synth { out, count, size, seed, force }) => synth(&out, count, size, seed, force),
         Some(Command::Train(args)) => {
-            let backend = args.backend;
-            train(backend, &args.options())
+            let (backend, gpus) = (args.backend, args.gpus.clone());
+            train(backend, &args.options(), gpus)
         }
         Some(Command::Predict { images, weights, out, threshold, size, batch_size, overlays, backend }) => {
             let mut o = predict::PredictOptions::new(images, weights, out);
@@ -418,12 +436,16 @@ fn synth(out: &Path, count: usize, size: usize, seed: u64, force: bool) -> Outco
     Ok(Done::Ok)
 }
 
-fn train(backend: DeviceArgs, o: &train::TrainOptions) -> Outcome {
+fn train(backend: DeviceArgs, o: &train::TrainOptions, gpus: Option<Vec<usize>>) -> Outcome {
     if o.nvtx {
         note_nvtx()?;
     }
-    let opened = backend.open()?;
-    let s = lesionseg::on_backend!(&opened, be => train::run(be, o))?;
+    let s = if o.replicas > 1 || gpus.is_some() {
+        train::run_parallel(backend.device, backend.precision, gpus.as_deref(), o)?
+    } else {
+        let opened = backend.open()?;
+        lesionseg::on_backend!(&opened, be => train::run(be, o))?
+    };
     let why = match s.stop {
         train::Stop::Finished => "finished",
         train::Stop::Interrupted => "interrupted",

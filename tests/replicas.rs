@@ -231,3 +231,42 @@ fn a_rank_that_never_arrives_is_reported_after_the_timeout() {
     let e = train::run_replicas(|_| Ok(Cpu), &o).unwrap_err().to_string();
     assert!(e.contains("rank(s) 1 of 3 did not arrive within 2 s"), "{e}");
 }
+
+/// `train --device cuda --replicas 2` without NCCL is one clear error (no panic),
+/// and a single-replica `--device cuda` run never even looks for NCCL: the dynamic
+/// loader's own log (LD_DEBUG) shows every library the process tries to open.
+#[test]
+fn cuda_replicas_need_nccl_and_one_replica_never_loads_it() {
+    use std::process::Command;
+    let dir = temp("cli");
+    let data = data(&dir);
+    let base = |out: &str| -> Vec<String> {
+        let d = data.to_str().unwrap().to_string();
+        let o = dir.join(out).to_str().unwrap().to_string();
+        ["train", "--device", "cuda", "--data", &d, "--out", &o, "--size", "32", "--width", "0.0625", "--epochs", "1"]
+            .map(String::from)
+            .to_vec()
+    };
+    let run = |args: &[String], env: &[(&str, &str)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_lesionseg")).args(args).envs(env.iter().copied()).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let errors =
+        |stderr: &str| stderr.lines().filter(|l| l.starts_with("error:")).map(String::from).collect::<Vec<_>>();
+
+    let two = [base("a"), ["--batch-size", "2", "--replicas", "2"].map(String::from).to_vec()].concat();
+    let (code, stderr) = run(&two, &[("LESIONSEG_NCCL", "/nonexistent/libnccl.so.2")]);
+    let e = errors(&stderr);
+    assert_eq!((code, e.len()), (Some(1), 1), "{stderr}");
+    assert!(e[0].contains("--replicas 2 needs NCCL") && e[0].contains("LESIONSEG_NCCL"), "{}", e[0]);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // The loader's log: replicas look for libnccl.so.2; one replica does not.
+    let (_, traced) = run(&two, &[("LD_DEBUG", "libs,files")]);
+    assert!(traced.contains("libnccl.so.2"), "--replicas 2 looked for NCCL: {}", &traced[..traced.len().min(2000)]);
+    let one = [base("b"), ["--batch-size", "2"].map(String::from).to_vec()].concat();
+    let (code, traced) = run(&one, &[("LD_DEBUG", "libs,files")]);
+    assert_ne!(code, Some(101), "{traced}");
+    assert!(traced.contains("libcuda"), "LD_DEBUG reports the loader's searches (libcuda at least)");
+    assert!(!traced.contains("nccl"), "--device cuda with one replica looked for NCCL");
+}

@@ -354,6 +354,12 @@ pub trait Backend {
     fn download(&self, src: &Self::Buf, off: usize, dst: &mut [f32]) -> Result<()>;
     /// Sets `len` elements at `off` to zero.
     fn zero(&self, buf: &Self::Buf, off: usize, len: usize) -> Result<()>;
+    /// The device address of element `off` of `buf` and the raw handle of the
+    /// stream this backend queues its work on, for a library that works on device
+    /// memory itself (NCCL); `None` where buffers are host memory (cpu, emu).
+    fn device_place(&self, _buf: &Self::Buf, _off: usize) -> Result<Option<(u64, u64)>> {
+        Ok(None)
+    }
 
     /// A point in the backend's queue of work, for timing it: a CUDA event on a GPU,
     /// the wall clock where every op runs before it returns (cpu, emu).

@@ -6,14 +6,14 @@
 //! Implementations:
 //! - [`local`]: ranks are threads of one process sharing a rendezvous (the CPU
 //!   backend and the emulator; what `cargo test` runs);
-//! - [`nccl`]: NCCL through cudarc, loaded at run time (one GPU per rank, one
-//!   process per node or one thread per GPU), with the unique id exchanged over
-//!   [`tcp`]'s rendezvous when the ranks are processes.
+//! - [`nccl`]: NCCL, loaded at run time (one GPU per rank, one thread per GPU),
+//!   for the gradients; the small host values go through a host collective.
 //!
 //! Sums are deterministic: the local collective adds the ranks' buffers in rank
 //! order on every rank, so every rank gets the same bits, run after run.
 
 pub mod local;
+pub mod nccl;
 
 use std::time::Duration;
 
@@ -38,6 +38,12 @@ pub trait Collective: Send {
     fn all_reduce_f32(&mut self, buf: &mut [f32]) -> Result<()>;
     /// Copies `root`'s `buf` into every rank's.
     fn broadcast_f64(&mut self, buf: &mut [f64], root: usize) -> Result<()>;
+    /// Sums `len` f32 at device address `ptr` over the ranks, in place, queued on
+    /// the CUDA stream `stream`; `Ok(false)` (nothing done) where this collective
+    /// works on host memory only, and the caller stages through the host.
+    fn all_reduce_device_f32(&mut self, _ptr: u64, _len: usize, _stream: u64) -> Result<bool> {
+        Ok(false)
+    }
     /// Returns when every rank has called it.
     fn barrier(&mut self) -> Result<()> {
         self.all_reduce_f64(&mut [])

@@ -18,6 +18,7 @@
 pub mod checkpoint;
 mod epoch;
 mod log;
+mod parallel;
 mod replicas;
 pub mod schedule;
 mod setup;
@@ -33,6 +34,7 @@ use crate::error::{Error, Result};
 use crate::limits;
 use crate::model::{init::default_init, ParamTable, UNet16, UNetConfig};
 use checkpoint::TrainState;
+pub use parallel::run_parallel;
 pub use replicas::{run_replicas, StepObserver, StepReport};
 use schedule::Plateau;
 pub use validate::ValMetrics;

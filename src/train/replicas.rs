@@ -122,9 +122,22 @@ impl LossShards for GroupShards<'_> {
 }
 
 /// Sums `grads` (`len` elements) over the ranks, in buckets of [`BUCKET`] in
-/// ascending order, staged through the host.
+/// ascending order: on the device when the collective can (NCCL, queued on the
+/// backend's stream), else staged through the host.
 pub(super) fn all_reduce_grads<B: Backend>(be: &B, grads: &B::Buf, len: usize, part: &mut Part) -> Result<()> {
     let Some(g) = part.group.as_mut() else { return Ok(()) };
+    if len == 0 {
+        return Ok(());
+    }
+    if let Some((ptr, stream)) = be.device_place(grads, 0)? {
+        let mut done = true;
+        for start in (0..len).step_by(BUCKET) {
+            done &= g.all_reduce_device_f32(ptr + 4 * start as u64, BUCKET.min(len - start), stream)?;
+        }
+        if done {
+            return Ok(());
+        }
+    }
     let mut host = vec![0.0f32; BUCKET.min(len)];
     for start in (0..len).step_by(BUCKET) {
         let chunk = &mut host[..BUCKET.min(len - start)];
@@ -147,18 +160,28 @@ where
         return super::run(&open(0)?, o);
     }
     let handles = local::group(o.replicas, o.replica_timeout);
-    run_group(&open, o, handles.into_iter().map(|h| Box::new(h) as Box<dyn Collective>).collect())
+    let hosts = handles.into_iter().map(|h| Box::new(h) as Box<dyn Collective>).collect();
+    run_group(&open, o, hosts, &|_: &B, host| Ok(host))
 }
 
-/// The ranks of `group` (index = rank) as threads; the setup (checks, the run
+/// Makes a rank's collective from its host collective, once its backend is open
+/// (NCCL joins its communicator on the rank's GPU).
+pub(super) type Join<'a, B> = dyn Fn(&B, Box<dyn Collective>) -> Result<Box<dyn Collective>> + Sync + 'a;
+
+/// The ranks of `hosts` (index = rank) as threads; the setup (checks, the run
 /// folder, the data, the split) is done once, before them.
-fn run_group<B, F>(open: &F, o: &TrainOptions, group: Vec<Box<dyn Collective>>) -> Result<TrainSummary>
+pub(super) fn run_group<B, F>(
+    open: &F,
+    o: &TrainOptions,
+    hosts: Vec<Box<dyn Collective>>,
+    join: &Join<B>,
+) -> Result<TrainSummary>
 where
     B: Backend,
     F: Fn(usize) -> Result<B> + Sync,
 {
     o.validate()?;
-    let world = group.len();
+    let world = hosts.len();
     let resumed = super::setup::check_resume(o)?;
     let recipe = super::setup::recipe(o, resumed.as_ref())?;
     collective::check_replicas(world, recipe.batch_size)?;
@@ -170,16 +193,28 @@ where
         eprintln!("{}; {world} replicas, {} images each per step", report.summary(), recipe.batch_size / world);
     }
     let results: Vec<Result<TrainSummary>> = std::thread::scope(|s| {
-        let threads: Vec<_> = group
+        let threads: Vec<_> = hosts
             .into_iter()
             .enumerate()
-            .map(|(rank, g)| {
+            .map(|(rank, host)| {
                 let (ds, split, recipe, skipped) = (&ds, &split, &recipe, report.skipped.len());
                 let thread = std::thread::Builder::new().name(format!("replica {rank}"));
                 thread.spawn_scoped(s, move || -> Result<TrainSummary> {
-                    let mut part = Part { group: Some(g) };
+                    let mut part = Part { group: None };
                     let out = (|| -> Result<_> {
-                        let be = open(rank)?;
+                        let be = open(rank);
+                        let mut host = host;
+                        // Every rank's backend is open before any joins a group
+                        // whose setup would wait for a rank that failed.
+                        let ready = host.barrier();
+                        let be = match (be, ready) {
+                            (Ok(be), Ok(())) => be,
+                            (Err(e), _) | (Ok(_), Err(e)) => {
+                                host.abort(&e.to_string());
+                                return Err(e);
+                            }
+                        };
+                        part.group = Some(join(&be, host)?);
                         let mut run = super::start(&be, o, recipe)?;
                         let (stop, last_val) =
                             super::epoch::train(&be, &mut run, ds, split, o, recipe.batch_size, flag, &mut part)?;

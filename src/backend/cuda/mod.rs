@@ -118,6 +118,11 @@ pub trait Executor {
     fn upload(&self, mem: &Self::Mem, off: usize, src: &[f32]) -> Result<()>;
     /// Device → host from element `off`.
     fn download(&self, mem: &Self::Mem, off: usize, dst: &mut [f32]) -> Result<()>;
+    /// `Backend::device_place`: the device address of element `off` and the raw
+    /// stream, where memory is a GPU's.
+    fn device_place(&self, _mem: &Self::Mem, _off: usize) -> Result<Option<(u64, u64)>> {
+        Ok(None)
+    }
     /// Runs `kernel` with `args` (waits for completion where the executor checks
     /// each launch, as in tests and debug builds).
     fn launch(&self, kernel: Kernel, geom: &Geometry, args: &[Arg]) -> Result<()>;
@@ -331,6 +336,9 @@ impl<E: Executor> Backend for Kernels<E> {
     }
     fn zero(&self, buf: &E::Mem, off: usize, len: usize) -> Result<()> {
         self.exec.upload(buf, off, &vec![0.0; len])
+    }
+    fn device_place(&self, buf: &E::Mem, off: usize) -> Result<Option<(u64, u64)>> {
+        self.exec.device_place(buf, off)
     }
 
     fn conv2d_forward(&self, y: At<Self>, x: At<Self>, w: At<Self>, b: At<Self>, p: &Conv2dParams) -> Result<()> {
