@@ -156,6 +156,11 @@ enum Command {
               allow_negative_numbers = true,
               help = limits::BATCH_SIZE.help("Images per forward pass (images of equal size are batched)"))]
         batch_size: usize,
+        #[arg(long, default_value_t = 1, value_parser = count::<usize>(limits::REPLICAS), allow_negative_numbers = true,
+              help = limits::REPLICAS.help(
+                  "Replicas sharing the batches: threads with their own backend on cpu and emu, GPUs 0..N-1 on \
+                   cuda; the same files as one"))]
+        replicas: usize,
         /// Also write each image with the attributes drawn in colour, with a legend.
         #[arg(long)]
         overlays: Option<PathBuf>,
@@ -346,12 +351,13 @@ fn main() -> ExitCode {
             let (backend, gpus) = (args.backend, args.gpus.clone());
             train(backend, &args.options(), gpus)
         }
-        Some(Command::Predict { images, weights, out, threshold, size, batch_size, overlays, backend }) => {
+        Some(Command::Predict { images, weights, out, threshold, size, batch_size, replicas, overlays, backend }) => {
             let mut o = predict::PredictOptions::new(images, weights, out);
             o.threshold = threshold;
             o.size = size;
             o.batch_size = batch_size;
             o.overlays = overlays;
+            o.replicas = replicas;
             predict(backend, &o)
         }
         Some(Command::Eval { pred, truth, json }) => eval(&pred, &truth, json.as_deref()),
@@ -477,8 +483,31 @@ fn train(backend: DeviceArgs, o: &train::TrainOptions, gpus: Option<Vec<usize>>)
 }
 
 fn predict(backend: DeviceArgs, o: &predict::PredictOptions) -> Outcome {
+    use lesionseg::backend::cuda::{driver::Cuda, Kernels};
     let opened = backend.open()?;
-    let s = lesionseg::on_backend!(&opened, be => predict::run(be, o))?;
+    let s = match opened {
+        _ if o.replicas == 1 => lesionseg::on_backend!(&opened, be => predict::run(be, o))?,
+        Opened::Cpu(_) => predict::run_replicas(|_| Ok(lesionseg::backend::cpu::Cpu), o)?,
+        Opened::Emu(k) => {
+            let precision = k.precision;
+            let open = |_| {
+                let mut k = Kernels::new(lesionseg::backend::emu::Emu::new());
+                k.precision = precision;
+                Ok(k)
+            };
+            predict::run_replicas(open, o)?
+        }
+        Opened::Cuda(k) => {
+            let precision = k.precision;
+            drop(k);
+            let open = |r| {
+                let mut k = Kernels::new(Cuda::new(r)?);
+                k.precision = precision;
+                Ok(k)
+            };
+            predict::run_replicas(open, o)?
+        }
+    };
     println!("predict: {} images → {} masks in {} ({:.1} s)", s.images, s.masks, o.out.display(), s.seconds);
     if let Some(dir) = &o.overlays {
         println!("overlays in {}", dir.display());
