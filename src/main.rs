@@ -446,7 +446,8 @@ fn train(backend: DeviceArgs, o: &train::TrainOptions, gpus: Option<Vec<usize>>)
     if o.nvtx {
         note_nvtx()?;
     }
-    let s = if o.replicas > 1 || gpus.is_some() {
+    let launched = lesionseg::collective::tcp::LaunchEnv::from_env()?.is_some();
+    let s = if o.replicas > 1 || gpus.is_some() || launched {
         train::run_parallel(backend.device, backend.precision, gpus.as_deref(), o)?
     } else {
         let opened = backend.open()?;

@@ -270,3 +270,71 @@ fn cuda_replicas_need_nccl_and_one_replica_never_loads_it() {
     assert!(traced.contains("libcuda"), "LD_DEBUG reports the loader's searches (libcuda at least)");
     assert!(!traced.contains("nccl"), "--device cuda with one replica looked for NCCL");
 }
+
+/// Starts rank `rank` of `world` as torchrun would (the launcher's environment).
+fn launch(rank: usize, world: usize, port: u16, args: &[String]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_lesionseg"))
+        .args(args)
+        .env("RANK", rank.to_string())
+        .env("WORLD_SIZE", world.to_string())
+        .env("LOCAL_RANK", rank.to_string())
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn train_args(data: &Path, out: &Path, epochs: &str) -> Vec<String> {
+    let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+    ["train", "--device", "cpu", "--data", d, "--out", o, "--size", "32", "--width", "0.0625", "--batch-size", "6"]
+        .iter()
+        .chain(&["--seed", "3", "--epochs", epochs, "--replica-timeout", "20"])
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// Three processes under the launcher's environment train what three threads
+/// train (the same metrics.csv, written by rank 0 alone); then rank 2 of a long
+/// run is killed (SIGKILL): ranks 0 and 1 exit non-zero at once, naming rank 2.
+#[test]
+fn launched_processes_train_like_threads_and_a_killed_rank_stops_the_rest() {
+    let dir = temp("launch");
+    let data = data(&dir);
+    let port = free_port();
+    let args = train_args(&data, &dir.join("procs"), "1");
+    let ranks: Vec<_> = (0..3).map(|r| launch(r, 3, port, &args)).collect();
+    for (r, child) in ranks.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "rank {r}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut threads = options(&data, &dir.join("threads"), 3);
+    threads.max_steps = None;
+    train::run_replicas(|_| Ok(Cpu), &threads).unwrap();
+    let metrics = |d: &str| -> Vec<String> {
+        let text = std::fs::read_to_string(dir.join(d).join("metrics.csv")).unwrap();
+        text.lines().map(|l| l.rsplit_once(',').unwrap().0.to_string()).collect()
+    };
+    assert_eq!(metrics("procs"), metrics("threads"), "processes and threads trained differently");
+
+    let port = free_port();
+    let args = train_args(&data, &dir.join("killed"), "100000");
+    let mut ranks: Vec<_> = (0..3).map(|r| launch(r, 3, port, &args)).collect();
+    std::thread::sleep(Duration::from_secs(3));
+    ranks[2].kill().unwrap();
+    let killed = Instant::now();
+    for (r, child) in ranks.into_iter().enumerate().take(2) {
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "rank {r}: {stderr}");
+        let e = stderr.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("rank {r}: {stderr}"));
+        assert!(e.contains(&format!("replica {r}")) && e.contains("2 of 3"), "rank {r}: {e}");
+        println!("rank {r}, {:.2} s after the kill: {e}", killed.elapsed().as_secs_f64());
+    }
+    assert!(killed.elapsed() < Duration::from_secs(20), "within --replica-timeout");
+}

@@ -6,14 +6,18 @@
 //! Implementations:
 //! - [`local`]: ranks are threads of one process sharing a rendezvous (the CPU
 //!   backend and the emulator; what `cargo test` runs);
-//! - [`nccl`]: NCCL, loaded at run time (one GPU per rank, one thread per GPU),
-//!   for the gradients; the small host values go through a host collective.
+//! - [`tcp`]: ranks that are processes, on one machine or several, started by a
+//!   launcher (torchrun's environment), through rank 0;
+//! - [`nccl`]: NCCL, loaded at run time (one GPU per rank: a thread per GPU, or a
+//!   process per GPU with the unique id sent over [`tcp`]), for the gradients; the
+//!   small host values go through the host collective beside it.
 //!
 //! Sums are deterministic: the local collective adds the ranks' buffers in rank
 //! order on every rank, so every rank gets the same bits, run after run.
 
 pub mod local;
 pub mod nccl;
+pub mod tcp;
 
 use std::time::Duration;
 

@@ -240,7 +240,7 @@ pub fn run<B: Backend>(be: &B, o: &TrainOptions) -> Result<TrainSummary> {
     let recipe = setup::recipe(o, resumed.as_ref())?;
     setup::prepare_out(o)?;
     let (ds, report) = setup::load_data(be, o, &recipe)?;
-    let split = setup::split(o, &ds, &recipe)?;
+    let split = setup::split(o, &ds, &recipe, true)?;
     let mut run = start(be, o, &recipe)?;
     let flag = catch_ctrl_c();
     if !o.quiet {

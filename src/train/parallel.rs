@@ -3,6 +3,9 @@
 //! and the threads' collective; cuda ranks are threads, one GPU each, whose
 //! gradients are summed by NCCL (loaded here, and only here: a single-replica run
 //! never loads it) and whose small host values go through the threads' collective.
+//! Under a launcher (`WORLD_SIZE` set, as torchrun does) this process is one rank
+//! of the group the environment describes, joined over TCP ([`LaunchEnv`]); on
+//! cuda its GPU is `LOCAL_RANK` and NCCL's unique id is sent by rank 0 over TCP.
 
 use super::replicas::{run_group, run_replicas};
 use super::{TrainOptions, TrainSummary};
@@ -11,6 +14,7 @@ use crate::backend::cuda::driver::Cuda;
 use crate::backend::cuda::{Kernels, Precision};
 use crate::backend::emu::Emu;
 use crate::collective::nccl::{self, NcclCollective};
+use crate::collective::tcp::{LaunchEnv, TcpCollective};
 use crate::collective::{local, Collective};
 use crate::device::{self, Device};
 use crate::error::{Error, Result};
@@ -22,6 +26,9 @@ pub fn run_parallel(
     gpus: Option<&[usize]>,
     o: &TrainOptions,
 ) -> Result<TrainSummary> {
+    if let Some(env) = LaunchEnv::from_env()? {
+        return run_launched(device, precision, gpus, &env, o);
+    }
     let mut o = o.clone();
     if let Some(g) = gpus {
         if o.replicas > 1 && o.replicas != g.len() {
@@ -103,4 +110,64 @@ fn run_cuda(precision: Precision, gpus: Option<&[usize]>, o: &TrainOptions) -> R
         Ok(Box::new(NcclCollective::new(lib, id, host)?))
     };
     run_group(&open, o, hosts, &join)
+}
+
+/// This process as rank `env.rank` of a launched group.
+fn run_launched(
+    device: Device,
+    precision: Precision,
+    gpus: Option<&[usize]>,
+    env: &LaunchEnv,
+    o: &TrainOptions,
+) -> Result<TrainSummary> {
+    if o.replicas > 1 || gpus.is_some() {
+        let flag = if gpus.is_some() { "--gpus" } else { "--replicas" };
+        return Err(Error::argument(
+            flag,
+            format!("under a launcher (WORLD_SIZE={}) each process is one replica: drop {flag}", env.world),
+        ));
+    }
+    let cuda = match device {
+        Device::Cuda => true,
+        Device::Auto => device::open_cuda().is_ok(),
+        Device::Cpu | Device::Emu => false,
+    };
+    if precision != Precision::F32 && !cuda && device != Device::Emu {
+        return Err(Error::argument(format!("--precision {precision}"), "the cpu backend computes in f32 only"));
+    }
+    // NCCL first: a process that cannot load it says so before the group forms.
+    let lib = if cuda {
+        Some(nccl::nccl().map_err(|why| Error::Device(format!("rank {} needs NCCL on cuda: {why}", env.rank)))?)
+    } else {
+        None
+    };
+    let mut tcp = TcpCollective::connect(env, o.replica_timeout)?;
+    let Some(lib) = lib else {
+        let open = |_: usize| -> Result<Kernels<Emu>> {
+            let mut k = Kernels::new(Emu::new());
+            k.precision = precision;
+            Ok(k)
+        };
+        let hosts: Vec<Box<dyn Collective>> = vec![Box::new(tcp)];
+        return match device {
+            Device::Emu => run_group(&open, o, hosts, &|_, h| Ok(h)),
+            _ => run_group(&|_| Ok(Cpu), o, hosts, &|_, h| Ok(h)),
+        };
+    };
+    let mut id = nccl::UniqueId { internal: [0; 128] };
+    if env.rank == 0 {
+        id = lib.unique_id()?;
+    }
+    tcp.broadcast_bytes(&mut id.internal, 0)?;
+    let gpu = env.local_rank;
+    let open = |_: usize| -> Result<Kernels<Cuda>> {
+        let mut k = Kernels::new(Cuda::new(gpu)?);
+        k.precision = precision;
+        Ok(k)
+    };
+    let join = |be: &Kernels<Cuda>, host: Box<dyn Collective>| -> Result<Box<dyn Collective>> {
+        be.exec.bind_stream()?;
+        Ok(Box::new(NcclCollective::new(lib, id, host)?))
+    };
+    run_group(&open, o, vec![Box::new(tcp)], &join)
 }

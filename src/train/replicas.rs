@@ -181,15 +181,20 @@ where
     F: Fn(usize) -> Result<B> + Sync,
 {
     o.validate()?;
-    let world = hosts.len();
+    // The group's size (these threads may be part of it: one per process).
+    let world = hosts.first().map_or(1, |h| h.world());
+    // Only the process that holds rank 0 writes in the run folder.
+    let leader_here = hosts.iter().any(|h| h.rank() == 0);
     let resumed = super::setup::check_resume(o)?;
     let recipe = super::setup::recipe(o, resumed.as_ref())?;
     collective::check_replicas(world, recipe.batch_size)?;
-    super::setup::prepare_out(o)?;
+    if leader_here {
+        super::setup::prepare_out(o)?;
+    }
     let (ds, report) = super::setup::load_data(&open(0)?, o, &recipe)?;
-    let split = super::setup::split(o, &ds, &recipe)?;
+    let split = super::setup::split(o, &ds, &recipe, leader_here)?;
     let flag = super::catch_ctrl_c();
-    if !o.quiet {
+    if !o.quiet && leader_here {
         eprintln!("{}; {world} replicas, {} images each per step", report.summary(), recipe.batch_size / world);
     }
     let results: Vec<Result<TrainSummary>> = std::thread::scope(|s| {
