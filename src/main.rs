@@ -453,6 +453,10 @@ fn train(backend: DeviceArgs, o: &train::TrainOptions, gpus: Option<Vec<usize>>)
         let opened = backend.open()?;
         lesionseg::on_backend!(&opened, be => train::run(be, o))?
     };
+    if s.rank != 0 {
+        println!("train: rank {} done ({} steps); rank 0 wrote the run to {}", s.rank, s.state.step, s.out.display());
+        return Ok(if s.stop == train::Stop::Interrupted { Done::Interrupted } else { Done::Ok });
+    }
     let why = match s.stop {
         train::Stop::Finished => "finished",
         train::Stop::Interrupted => "interrupted",

@@ -277,4 +277,13 @@ mod tests {
         // Either answer, never a panic.
         let _ = nccl();
     }
+
+    /// Why cudarc's `nccl` module is not used: its loader never tries NCCL's soname.
+    /// When a cudarc release does, this fails: switch to it then.
+    #[test]
+    fn cudarc_never_tries_the_nccl_soname() {
+        let names = cudarc::get_lib_name_candidates("nccl");
+        assert!(names.iter().any(|n| n == "libnccl.so"), "{names:?}");
+        assert!(!names.iter().any(|n| n == "libnccl.so.2"), "{names:?}");
+    }
 }

@@ -191,6 +191,9 @@ pub struct TrainSummary {
     pub skipped: usize,
     /// Where the checkpoints are.
     pub out: PathBuf,
+    /// This process's rank (0 but in a launched group's other processes, which
+    /// write nothing).
+    pub rank: usize,
 }
 
 /// The checkpoint names in a run directory.
@@ -256,6 +259,7 @@ pub fn run<B: Backend>(be: &B, o: &TrainOptions) -> Result<TrainSummary> {
         samples: (split.train.len(), split.val.len()),
         skipped: report.skipped.len(),
         out: o.out.clone(),
+        rank: 0,
     })
 }
 

@@ -130,6 +130,9 @@ pub(super) fn all_reduce_grads<B: Backend>(be: &B, grads: &B::Buf, len: usize, p
         return Ok(());
     }
     if let Some((ptr, stream)) = be.device_place(grads, 0)? {
+        // Every rank alive and here before the device collective: NCCL would wait
+        // forever for a rank that died, the host collective reports it at once.
+        g.barrier()?;
         let mut done = true;
         for start in (0..len).step_by(BUCKET) {
             done &= g.all_reduce_device_f32(ptr + 4 * start as u64, BUCKET.min(len - start), stream)?;
@@ -205,6 +208,7 @@ where
                 let (ds, split, recipe, skipped) = (&ds, &split, &recipe, report.skipped.len());
                 let thread = std::thread::Builder::new().name(format!("replica {rank}"));
                 thread.spawn_scoped(s, move || -> Result<TrainSummary> {
+                    let rank_global = host.rank();
                     let mut part = Part { group: None };
                     let out = (|| -> Result<_> {
                         let be = open(rank);
@@ -233,6 +237,7 @@ where
                             samples: (split.train.len(), split.val.len()),
                             skipped,
                             out: o.out.clone(),
+                            rank: rank_global,
                         }),
                         Err(e) => {
                             if let Some(g) = part.group.as_mut() {
