@@ -1,4 +1,4 @@
-// loss.cu — the fused multi-task loss (fp32 tensors, f64 batch sums) and its gradients.
+// loss.cu — the multi-task loss (fp32 tensors, f64 batch sums) and its gradients.
 // Semantics: LossParams in src/backend/mod.rs; CPU reference src/backend/cpu/loss.rs,
 // whose per-element formulas are repeated here operation for operation. Launcher and
 // workspace layout: src/backend/cuda/loss.rs. Three launches, no float atomics:
@@ -17,13 +17,17 @@
 // loss_reduce_f32   one block of 256
 //   Thread t adds the partials t, t+256, … in f64, then the same fixed tree: the batch
 //   sums, identical on every run and schedule. Labels y[n,k] = OR of sample n's flags;
-//   the head BCEs and gradients d_mid/d_last, one thread per (n,k); thread 0 then adds
-//   the head BCEs in (n,k) order in f64 (the CPU's order) → loss2, loss3, while thread
-//   32 computes loss1 and the f32 factors of pass 2, rounded from f64 as the CPU
-//   rounds them. The launcher downloads the three f64 losses and adds the total.
+//   the head BCEs and gradients d_mid/d_last, one thread per (n,k), scaled by the
+//   launcher's 0.5/(N·K) of the global batch (data parallelism: N is every replica's
+//   samples together); thread 0 then adds the head BCEs in (n,k) order in f64 (the
+//   CPU's order). Writes the six f64 sums (Σ BCE, Σ s·t, Σ s, Σ t, Σ mid BCE, Σ last
+//   BCE); the launcher downloads them, the replicas add theirs, and the host turns
+//   the global sums into the losses and the f32 factors of pass 2 (LossSums::finish,
+//   the CPU's formulas and roundings).
 // loss_grad_f32 (pass 2)   grid-stride, block 256, 4 elements a thread with `vec`
-//   d_mask from the recomputed sigmoid and the factors: the CPU's formula. Recomputing
-//   s costs one expf; parking it in d_mask (as the CPU does) would cost a write.
+//   d_mask from the recomputed sigmoid and the factors (kernel arguments): the CPU's
+//   formula. Recomputing s costs one expf; parking it in d_mask (as the CPU does)
+//   would cost a write.
 //
 // Assumptions (checked by the launcher): K ≤ 256; N·H·W·K and every workspace extent
 // fit in int with room for a grid stride; `vec` only when d_mask, logits and target
@@ -34,8 +38,6 @@
 // ITEMS, the elements per thread of pass 1, is the launcher's (16: enough to amortise
 // the block's reduction tree, few enough for a couple of waves of blocks on a 512x512
 // batch); the kernel receives chunk = S·ITEMS.
-// ε of the soft Jaccard term, as in the paper's code.
-#define JACCARD_EPS 1e-15
 
 namespace {
 
@@ -118,17 +120,14 @@ KERNEL_BOUNDS(loss_partials_f32, LOSS_THREADS)(double* __restrict__ part, float*
     }
 }
 
-// The batch sums, labels and head losses; see the header. `out` = (loss1, loss2,
-// loss3) in f64; `coef` = (1/M, 1/(U−I+ε), 1/(I+ε)) for pass 2; `head_bce` = 2·N·K
-// scratch. `scale` = 0.5/(N·K) and `inv_m` = 1/M come from the launcher, rounded from
-// f64 as the CPU rounds them (fewer f64 divisions here: each has a slow path that
-// costs registers).
-KERNEL_BOUNDS(loss_reduce_f32, LOSS_THREADS)(double* __restrict__ out, float* __restrict__ coef,
-                                             float* __restrict__ head_bce, float* __restrict__ d_mid,
-                                             float* __restrict__ d_last, const double* __restrict__ part,
-                                             const float* __restrict__ flags, const float* __restrict__ cls_mid,
-                                             const float* __restrict__ cls_last, int chunks, int n, int k,
-                                             int masks, float scale, float inv_m) {
+// The batch sums, labels and the heads; see the header. `out` = the six f64 sums;
+// `head_bce` = 2·N·K scratch. `scale` = 0.5/(N·K) of the global batch comes from the
+// launcher, rounded from f64 as the CPU rounds it.
+KERNEL_BOUNDS(loss_reduce_f32, LOSS_THREADS)(double* __restrict__ out, float* __restrict__ head_bce,
+                                             float* __restrict__ d_mid, float* __restrict__ d_last,
+                                             const double* __restrict__ part, const float* __restrict__ flags,
+                                             const float* __restrict__ cls_mid, const float* __restrict__ cls_last,
+                                             int chunks, int n, int k, float scale) {
     SHARED(double, red, [4][LOSS_THREADS]);
     const int t = threadIdx.x, blocks = chunks * n, heads = n * k;
 
@@ -155,20 +154,17 @@ KERNEL_BOUNDS(loss_reduce_f32, LOSS_THREADS)(double* __restrict__ out, float* __
     }
     __syncthreads();  // head_bce (global) written by the whole block, read by thread 0
 
-    // Two threads of different warps finish: the head means in (n, k) order, as the
-    // CPU adds them; and loss1 with the factors of pass 2. The launcher adds the total.
+    // Two threads of different warps finish: the head sums in (n, k) order, as the
+    // CPU adds them; and the mask sums.
     if (t == 0) {
-        double loss2 = 0.0, loss3 = 0.0;
-        for (int h = 0; h < heads; ++h) loss2 += (double)head_bce[h];
-        for (int h = 0; h < heads; ++h) loss3 += (double)head_bce[heads + h];
-        out[1] = loss2 / (double)heads;
-        out[2] = loss3 / (double)heads;
+        double mid = 0.0, last = 0.0;
+        for (int h = 0; h < heads; ++h) mid += (double)head_bce[h];
+        for (int h = 0; h < heads; ++h) last += (double)head_bce[heads + h];
+        out[4] = mid;
+        out[5] = last;
     } else if (t == WARP_SIZE) {
-        const double bce = red[0][0], inter = red[1][0], uni = red[2][0] + red[3][0];
-        out[0] = bce / (double)masks - log((inter + JACCARD_EPS) / (uni - inter + JACCARD_EPS));
-        coef[0] = inv_m;
-        coef[1] = (float)(1.0 / (uni - inter + JACCARD_EPS));
-        coef[2] = (float)(1.0 / (inter + JACCARD_EPS));
+#pragma unroll
+        for (int q = 0; q < 4; ++q) out[q] = red[q][0];
     }
 }
 
@@ -179,9 +175,8 @@ DEVICE float mask_grad(float x, float t, float inv_m, float inv_outside, float i
 
 // d_mask[e] = ∂loss1/∂logits[e] over the `total` = N·H·W·K dense elements.
 KERNEL_BOUNDS(loss_grad_f32, LOSS_THREADS)(float* __restrict__ d_mask, const float* __restrict__ logits,
-                                           const float* __restrict__ target, const float* __restrict__ coef,
-                                           int total, int vec) {
-    const float inv_m = coef[0], inv_outside = coef[1], inv_inter = coef[2];
+                                           const float* __restrict__ target, float inv_m, float inv_outside,
+                                           float inv_inter, int total, int vec) {
     const int first = blockIdx.x * blockDim.x + threadIdx.x, step = gridDim.x * blockDim.x;
     const int quads = vec ? total >> 2 : 0;
     for (int i = first; i < quads; i += step) {

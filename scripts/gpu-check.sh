@@ -124,6 +124,25 @@ for t in .gpu/tests/*; do
   [ "$name" = gpu ] && continue
   step "tests/$name.rs (${select[*]})" timeout 300 "$t" "${select[@]}" --test-threads=1
 done
+# Data parallel over NCCL: one epoch as rank 0 of 1 under the launcher's environment
+# (ncclGetUniqueId, ncclCommInitRank, one ncclAllReduce of the gradients per step)
+# must log what the plain single-GPU run logs (metrics.csv without its seconds
+# column). A single card cannot show scaling. Skipped, saying why, when `lesionseg
+# info` finds no NCCL (nvidia-nccl-cu13's libnccl.so.2; LESIONSEG_NCCL points at one).
+nccl_check() {
+  local d=$TMP/nccl
+  .gpu/lesionseg synth --out "$d/data" --count 20 --size 64 >/dev/null || return 1
+  local args=(train --device cuda --data "$d/data" --size 32 --width 0.0625 --epochs 1 --batch-size 4 --seed 3)
+  .gpu/lesionseg "${args[@]}" --out "$d/plain" || return 1
+  RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29517 \
+    .gpu/lesionseg "${args[@]}" --out "$d/nccl" || return 1
+  diff <(sed 's/,[^,]*$//' "$d/plain/metrics.csv") <(sed 's/,[^,]*$//' "$d/nccl/metrics.csv")
+}
+if grep -q '^NCCL: [0-9]' "$TMP/info.txt" 2>/dev/null; then
+  step "NCCL: one epoch as rank 0 of 1 equals the single-GPU run" nccl_check
+else
+  results+=("SKIP  NCCL training ($(sed -n 's/^NCCL: //p' "$TMP/info.txt" 2>/dev/null | head -c 160))")
+fi
 for case in narrow_n2_64x64 narrow_n1_64x96; do
   step "forward --device cuda on $case" .gpu/lesionseg forward --device cuda \
     --weights tests/fixtures/narrow_weights.safetensors --input "tests/fixtures/$case.safetensors" \

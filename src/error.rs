@@ -93,6 +93,15 @@ pub enum Error {
     /// The NVTX tool named by the environment could not be loaded.
     #[error("NVTX: {0}")]
     Nvtx(String),
+    /// A data-parallel group could not complete a collective: a rank died, failed,
+    /// or did not arrive in time; or NCCL could not be loaded.
+    #[error("replica {rank}: {reason}")]
+    Collective {
+        /// The rank that reports it.
+        rank: usize,
+        /// What happened, naming the rank at fault when known.
+        reason: String,
+    },
     /// The CUDA driver or a launch failed.
     #[error("CUDA: {0}")]
     Cuda(String),

@@ -1,5 +1,5 @@
 //! The `info` command: what this machine offers the CUDA backend — driver, GPUs,
-//! the kernels embedded in this binary, NVRTC, ptxas, the kernel cache — which path
+//! the kernels embedded in this binary, NVRTC, NCCL, ptxas, the kernel cache — which path
 //! each kernel file takes onto the GPU (embedded cubin, embedded PTX through the
 //! driver's JIT, NVRTC) and why, and what each kernel costs in registers and shared
 //! memory, measured the best way available: `cuFuncGetAttribute` on a GPU,
@@ -35,6 +35,7 @@ pub fn report() -> Report {
     section_driver(&mut out);
     section_embedded(&mut out, &sources);
     let nvrtc_ok = section_nvrtc(&mut out, &sources);
+    section_nccl(&mut out);
     let ptxas = probe::find_ptxas();
     match &ptxas {
         Some(p) => {
@@ -149,6 +150,20 @@ fn section_nvrtc(out: &mut String, sources: &KernelSources) -> bool {
         Err(e) => {
             let _ = writeln!(out, "NVRTC: {} ({needed})", plain(e));
             false
+        }
+    }
+}
+
+/// NCCL: found (version, path) or why not; needed only by `--replicas` on cuda.
+fn section_nccl(out: &mut String) {
+    use crate::collective::nccl;
+    let needed = "needed only by train --device cuda --replicas N";
+    match nccl::nccl() {
+        Ok(n) => {
+            let _ = writeln!(out, "NCCL: {} at {} ({needed})", nccl::version_string(n.version), n.path.display());
+        }
+        Err(why) => {
+            let _ = writeln!(out, "NCCL: {why} ({needed})");
         }
     }
 }
@@ -294,6 +309,7 @@ mod tests {
         let r = &report.text;
         assert!(r.contains("driver:") && r.contains("NVRTC") && r.contains("kernel"), "{r}");
         assert!(r.contains("embedded kernels:"), "{r}");
+        assert!(r.contains("NCCL: "), "{r}");
         // Problems are failures on a GPU that is there; without one there are none.
         if crate::backend::cuda::driver::devices().map_or(true, |d| d.is_empty()) {
             assert!(report.problems.is_empty(), "{:?}", report.problems);

@@ -5,6 +5,7 @@
 pub mod attributes;
 pub mod backend;
 pub mod capi;
+pub mod collective;
 pub mod data;
 pub mod demo;
 pub mod device;

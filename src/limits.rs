@@ -172,6 +172,12 @@ pub const STEPS: Count = Count::new("--steps", 1, 100_000);
 pub const PEAK_GFLOPS: Real = Real::above("--peak-gflops", 0.0, 1e7);
 /// The demo's training time in seconds (at least one epoch; a week at most).
 pub const DEMO_SECONDS: Count = Count::new("--seconds", 1, 7 * 24 * 3600);
+/// Data-parallel replicas on one machine (threads with their own backend).
+pub const REPLICAS: Count = Count::new("--replicas", 1, 256);
+/// A GPU ordinal (`--gpus`).
+pub const GPU: Count = Count::new("--gpus", 0, 1023);
+/// Seconds a replica waits for the others at a collective before it gives up.
+pub const REPLICA_TIMEOUT: Real = Real::above("--replica-timeout", 0.0, 86_400.0);
 
 #[cfg(test)]
 mod tests {

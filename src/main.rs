@@ -163,6 +163,11 @@ enum Command {
               allow_negative_numbers = true,
               help = limits::BATCH_SIZE.help("Images per forward pass (images of equal size are batched)"))]
         batch_size: usize,
+        #[arg(long, default_value_t = 1, value_parser = count::<usize>(limits::REPLICAS), allow_negative_numbers = true,
+              help = limits::REPLICAS.help(
+                  "Replicas sharing the batches: threads with their own backend on cpu and emu, GPUs 0..N-1 on \
+                   cuda; the same files as one"))]
+        replicas: usize,
         /// Also write each image with the attributes drawn in colour, with a legend.
         #[arg(long)]
         overlays: Option<PathBuf>,
@@ -296,6 +301,22 @@ struct TrainArgs {
     /// ranges (run under `nsys profile`, which sets NVTX_INJECTION64_PATH).
     #[arg(long)]
     nvtx: bool,
+    #[arg(long, default_value_t = 1, value_parser = count::<usize>(limits::REPLICAS), allow_negative_numbers = true,
+          help = limits::REPLICAS.help(
+              "Data-parallel replicas, each a shard of every global batch (--batch-size, a multiple of it): \
+               threads with their own backend on cpu and emu, one GPU each over NCCL on cuda; the loss and \
+               gradients are the global batch's"))]
+    replicas: usize,
+    #[arg(long, value_delimiter = ',', value_parser = count::<usize>(limits::GPU), allow_negative_numbers = true,
+          help = limits::GPU.help("With --device cuda --replicas N: the GPUs, one per replica, as 0,1,... \
+              [default: the first N]"))]
+    gpus: Option<Vec<usize>>,
+    #[arg(long, default_value_t = lesionseg::collective::DEFAULT_TIMEOUT.as_secs_f64(),
+          value_parser = real(limits::REPLICA_TIMEOUT), allow_negative_numbers = true,
+          help = limits::REPLICA_TIMEOUT.help(
+              "Seconds a replica waits for the others (rank 0 validates and writes checkpoints meanwhile) before \
+               it reports them lost and stops"))]
+    replica_timeout: f64,
 }
 
 impl TrainArgs {
@@ -314,6 +335,8 @@ impl TrainArgs {
         o.time_limit = self.time_limit.map(|m| std::time::Duration::from_secs_f64(m * 60.0));
         o.seed = self.seed;
         o.nvtx = self.nvtx;
+        o.replicas = self.replicas;
+        o.replica_timeout = std::time::Duration::from_secs_f64(self.replica_timeout);
         o
     }
 }
@@ -332,15 +355,16 @@ fn main() -> ExitCode {
         Some(Command::Demo { backend, out, seconds }) => demo(backend, out, seconds),
         Some(Command::Synth { out, count, size, seed, force }) => synth(&out, count, size, seed, force),
         Some(Command::Train(args)) => {
-            let backend = args.backend;
-            train(backend, &args.options())
+            let (backend, gpus) = (args.backend, args.gpus.clone());
+            train(backend, &args.options(), gpus)
         }
-        Some(Command::Predict { images, weights, out, threshold, size, batch_size, overlays, backend }) => {
+        Some(Command::Predict { images, weights, out, threshold, size, batch_size, replicas, overlays, backend }) => {
             let mut o = predict::PredictOptions::new(images, weights, out);
             o.threshold = threshold;
             o.size = size;
             o.batch_size = batch_size;
             o.overlays = overlays;
+            o.replicas = replicas;
             predict(backend, &o)
         }
         Some(Command::Eval { pred, truth, json }) => eval(&pred, &truth, json.as_deref()),
@@ -425,12 +449,21 @@ fn synth(out: &Path, count: usize, size: usize, seed: u64, force: bool) -> Outco
     Ok(Done::Ok)
 }
 
-fn train(backend: DeviceArgs, o: &train::TrainOptions) -> Outcome {
+fn train(backend: DeviceArgs, o: &train::TrainOptions, gpus: Option<Vec<usize>>) -> Outcome {
     if o.nvtx {
         note_nvtx()?;
     }
-    let opened = backend.open()?;
-    let s = lesionseg::on_backend!(&opened, be => train::run(be, o))?;
+    let launched = lesionseg::collective::tcp::LaunchEnv::from_env()?.is_some();
+    let s = if o.replicas > 1 || gpus.is_some() || launched {
+        train::run_parallel(backend.device, backend.precision, gpus.as_deref(), o)?
+    } else {
+        let opened = backend.open()?;
+        lesionseg::on_backend!(&opened, be => train::run(be, o))?
+    };
+    if s.rank != 0 {
+        println!("train: rank {} done ({} steps); rank 0 wrote the run to {}", s.rank, s.state.step, s.out.display());
+        return Ok(if s.stop == train::Stop::Interrupted { Done::Interrupted } else { Done::Ok });
+    }
     let why = match s.stop {
         train::Stop::Finished => "finished",
         train::Stop::Interrupted => "interrupted",
@@ -462,8 +495,31 @@ fn train(backend: DeviceArgs, o: &train::TrainOptions) -> Outcome {
 }
 
 fn predict(backend: DeviceArgs, o: &predict::PredictOptions) -> Outcome {
+    use lesionseg::backend::cuda::{driver::Cuda, Kernels};
     let opened = backend.open()?;
-    let s = lesionseg::on_backend!(&opened, be => predict::run(be, o))?;
+    let s = match opened {
+        _ if o.replicas == 1 => lesionseg::on_backend!(&opened, be => predict::run(be, o))?,
+        Opened::Cpu(_) => predict::run_replicas(|_| Ok(lesionseg::backend::cpu::Cpu), o)?,
+        Opened::Emu(k) => {
+            let precision = k.precision;
+            let open = |_| {
+                let mut k = Kernels::new(lesionseg::backend::emu::Emu::new());
+                k.precision = precision;
+                Ok(k)
+            };
+            predict::run_replicas(open, o)?
+        }
+        Opened::Cuda(k) => {
+            let precision = k.precision;
+            drop(k);
+            let open = |r| {
+                let mut k = Kernels::new(Cuda::new(r)?);
+                k.precision = precision;
+                Ok(k)
+            };
+            predict::run_replicas(open, o)?
+        }
+    };
     println!("predict: {} images → {} masks in {} ({:.1} s)", s.images, s.masks, o.out.display(), s.seconds);
     if let Some(dir) = &o.overlays {
         println!("overlays in {}", dir.display());

@@ -16,10 +16,15 @@
 //! are an error. Files named like our outputs (`*_attribute_<attribute>.png`,
 //! `*_overlay.png`) are not inputs. Images of the same original size are batched
 //! together.
+//!
+//! With `replicas` > 1 ([`run_replicas`]) the batches are dealt round-robin to that
+//! many threads, each with its own backend and model: the same batches as one
+//! replica, so the same files, bit for bit.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use image::{ExtendedColorType, RgbImage};
@@ -61,6 +66,8 @@ pub struct PredictOptions {
     pub overlays: Option<PathBuf>,
     /// Show a progress bar (on stderr, and only when it is a terminal).
     pub progress: bool,
+    /// Replicas sharing the batches ([`run_replicas`]; 1: none).
+    pub replicas: usize,
 }
 
 impl PredictOptions {
@@ -76,6 +83,7 @@ impl PredictOptions {
             batch_size: DEFAULT_BATCH_SIZE,
             overlays: None,
             progress: true,
+            replicas: 1,
         }
     }
 }
@@ -109,39 +117,118 @@ struct Input {
 
 /// Runs `predict` on backend `be`.
 pub fn run<B: Backend>(be: &B, opts: &PredictOptions) -> Result<PredictSummary> {
-    let start = Instant::now();
-    limits::THRESHOLD.check(opts.threshold)?;
-    limits::BATCH_SIZE.check(opts.batch_size)?;
-    if let Some(size) = opts.size {
-        limits::NET_SIZE.check(size)?;
-    }
-    let (model, meta) = load_checkpoint(be, &opts.weights)?;
-    let (size, size_source) = input_size(&opts.weights, opts.size, &meta)?;
-    let inputs = list_inputs(&opts.images)?;
-    for dir in std::iter::once(&opts.out).chain(&opts.overlays) {
-        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        crate::output::remove_stale_temps(dir);
+    let job = Job::prepare(opts)?;
+    let bar = progress_bar(opts.progress, job.inputs.len());
+    let all: Vec<&Vec<usize>> = job.batches.iter().collect();
+    let overlays = predict_batches(be, &job, &all, &bar, &AtomicBool::new(false));
+    bar.finish_and_clear();
+    Ok(job.summary(overlays?))
+}
+
+/// Runs `predict` with `opts.replicas` threads, replica `r` on the backend
+/// `open(r)` (opened on its thread) taking batches `r`, `r + replicas`, …
+pub fn run_replicas<B, F>(open: F, opts: &PredictOptions) -> Result<PredictSummary>
+where
+    B: Backend,
+    F: Fn(usize) -> Result<B> + Sync,
+{
+    let job = Job::prepare(opts)?;
+    let bar = progress_bar(opts.progress, job.inputs.len());
+    let replicas = opts.replicas.min(job.batches.len()).max(1);
+    // A failed replica stops the others at their next batch.
+    let failed = AtomicBool::new(false);
+    let (job_ref, bar_ref, failed_ref, open_ref) = (&job, &bar, &failed, &open);
+    let results: Vec<Result<usize>> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..replicas)
+            .map(|r| {
+                s.spawn(move || {
+                    let mine: Vec<&Vec<usize>> = job_ref.batches.iter().skip(r).step_by(replicas).collect();
+                    let out = open_ref(r).and_then(|be| predict_batches(&be, job_ref, &mine, bar_ref, failed_ref));
+                    failed_ref.fetch_or(out.is_err(), Ordering::SeqCst);
+                    out
+                })
+            })
+            .collect();
+        let joined = threads.into_iter().enumerate();
+        joined.map(|(r, t)| t.join().unwrap_or_else(|_| Err(Error::Predict(format!("replica {r} panicked"))))).collect()
+    });
+    bar.finish_and_clear();
+    Ok(job.summary(results.into_iter().sum::<Result<usize>>()?))
+}
+
+/// Everything a run decides before the first forward pass.
+struct Job<'a> {
+    opts: &'a PredictOptions,
+    start: Instant,
+    checkpoint: checkpoint::Checkpoint,
+    size: usize,
+    size_source: &'static str,
+    inputs: Vec<Input>,
+    /// Batches of equal original size, in name order within each size.
+    batches: Vec<Vec<usize>>,
+}
+
+impl<'a> Job<'a> {
+    fn prepare(opts: &'a PredictOptions) -> Result<Self> {
+        let start = Instant::now();
+        limits::THRESHOLD.check(opts.threshold)?;
+        limits::BATCH_SIZE.check(opts.batch_size)?;
+        limits::REPLICAS.check(opts.replicas)?;
+        if let Some(size) = opts.size {
+            limits::NET_SIZE.check(size)?;
+        }
+        let checkpoint = checkpoint::load(&opts.weights)?;
+        let (size, size_source) = input_size(&opts.weights, opts.size, &checkpoint.metadata)?;
+        let inputs = list_inputs(&opts.images)?;
+        for dir in std::iter::once(&opts.out).chain(&opts.overlays) {
+            fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            crate::output::remove_stale_temps(dir);
+        }
+        let mut by_size: BTreeMap<(u32, u32), Vec<usize>> = BTreeMap::new();
+        for (i, input) in inputs.iter().enumerate() {
+            by_size.entry((input.width, input.height)).or_default().push(i);
+        }
+        let batches = by_size.values().flat_map(|ids| ids.chunks(opts.batch_size).map(<[usize]>::to_vec)).collect();
+        Ok(Job { opts, start, checkpoint, size, size_source, inputs, batches })
     }
 
-    // Batches of equal original size, in name order within each size.
-    let mut by_size: BTreeMap<(u32, u32), Vec<usize>> = BTreeMap::new();
-    for (i, input) in inputs.iter().enumerate() {
-        by_size.entry((input.width, input.height)).or_default().push(i);
+    fn summary(&self, overlays: usize) -> PredictSummary {
+        PredictSummary {
+            images: self.inputs.len(),
+            masks: self.inputs.len() * K,
+            overlays,
+            size: self.size,
+            size_source: self.size_source,
+            batches: self.batches.len(),
+            seconds: self.start.elapsed().as_secs_f64(),
+        }
     }
-    let batches: Vec<Vec<usize>> =
-        by_size.values().flat_map(|ids| ids.chunks(opts.batch_size).map(<[usize]>::to_vec)).collect();
+}
 
-    let bar = progress_bar(opts.progress, inputs.len());
+/// One replica's batches on `be`: the model made, a workspace per batch size, the
+/// masks written; returns the overlays written. Stops early when `failed` is raised.
+fn predict_batches<B: Backend>(
+    be: &B,
+    job: &Job,
+    batches: &[&Vec<usize>],
+    bar: &ProgressBar,
+    failed: &AtomicBool,
+) -> Result<usize> {
+    let (opts, inputs, size) = (job.opts, &job.inputs[..], job.size);
+    let model = UNet16::for_inference(be, job.checkpoint.cfg, &job.checkpoint.params)?;
     let mut ws: Option<Workspace<B>> = None;
     let mut overlays = 0;
-    for batch in &batches {
+    for batch in batches {
+        if failed.load(Ordering::SeqCst) {
+            break;
+        }
         if ws.as_ref().is_none_or(|w| w.plan.n != batch.len()) {
             // Free the old arena before making the new one.
             drop(ws.take());
             ws = Some(model.inference_workspace(be, batch.len(), size, size)?);
         }
         let ws = ws.as_ref().expect("workspace created above");
-        let probs = forward_batch(be, &model, ws, &inputs, batch, size)?;
+        let probs = forward_batch(be, &model, ws, inputs, batch, size)?;
         let per_image = K * size * size;
         overlays += batch
             .par_iter()
@@ -152,16 +239,7 @@ pub fn run<B: Backend>(be: &B, opts: &PredictOptions) -> Result<PredictSummary> 
             .sum::<usize>();
         bar.inc(batch.len() as u64);
     }
-    bar.finish_and_clear();
-    Ok(PredictSummary {
-        images: inputs.len(),
-        masks: inputs.len() * K,
-        overlays,
-        size,
-        size_source,
-        batches: batches.len(),
-        seconds: start.elapsed().as_secs_f64(),
-    })
+    Ok(overlays)
 }
 
 /// Loads a weight file or training checkpoint (see [`checkpoint::load`]) for

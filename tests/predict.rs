@@ -265,3 +265,45 @@ fn bf16_prediction_agrees_with_f32() {
     assert!(differ * 100 <= total, "{differ} of {total} mask pixels differ between bf16 and f32");
     eprintln!("bf16 vs f32 masks: {differ} of {total} pixels differ ({set} set)");
 }
+
+/// `predict --replicas 3` deals the batches to three threads and writes the same
+/// files, byte for byte, as one replica (on the CPU, and through the command line).
+#[test]
+fn replicas_write_the_same_files_as_one() {
+    let dir = temp_dir("replicas");
+    let weights_path = tiny_checkpoint(&dir);
+    let images = dir.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    for (i, (w, h)) in [(61, 45), (61, 45), (61, 45), (40, 52), (33, 33), (61, 45), (40, 52)].into_iter().enumerate() {
+        photo(w, h, i as u32).save(images.join(format!("ISIC_{i:07}.png"))).unwrap();
+    }
+    let run = |replicas: usize, out: &str| {
+        let mut o = PredictOptions::new(&images, &weights_path, dir.join(out));
+        o.batch_size = 2;
+        o.size = Some(32);
+        o.progress = false;
+        o.replicas = replicas;
+        let s = predict::run_replicas(|_| Ok(Cpu), &o).unwrap();
+        assert_eq!((s.images, s.batches), (7, 4));
+        let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir.join(out))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+            .collect();
+        files.sort();
+        files
+    };
+    let one = run(1, "one");
+    assert_eq!(one.len(), 7 * ATTRIBUTES.len());
+    assert!(one == run(3, "three"), "3 replicas wrote different files");
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_lesionseg"))
+        .args(["predict", "--device", "cpu", "--size", "32", "--batch-size", "2", "--replicas", "2"])
+        .args(["--images".as_ref(), images.as_os_str(), "--weights".as_ref(), weights_path.as_os_str()])
+        .args(["--out".as_ref(), dir.join("cli").as_os_str()])
+        .output()
+        .unwrap();
+    assert!(cli.status.success(), "{}", String::from_utf8_lossy(&cli.stderr));
+    for (name, bytes) in &one {
+        assert!(&std::fs::read(dir.join("cli").join(name)).unwrap() == bytes, "{name} differs");
+    }
+}

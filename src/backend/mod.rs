@@ -18,9 +18,11 @@
 pub mod cpu;
 pub mod cuda;
 pub mod emu;
+pub mod loss;
 pub mod memory;
 
 use crate::error::Result;
+pub use loss::{LossSums, MaskCoefs};
 pub use memory::MemoryStats;
 
 /// A place in a backend buffer: the buffer and the element offset of the operand's
@@ -352,6 +354,12 @@ pub trait Backend {
     fn download(&self, src: &Self::Buf, off: usize, dst: &mut [f32]) -> Result<()>;
     /// Sets `len` elements at `off` to zero.
     fn zero(&self, buf: &Self::Buf, off: usize, len: usize) -> Result<()>;
+    /// The device address of element `off` of `buf` and the raw handle of the
+    /// stream this backend queues its work on, for a library that works on device
+    /// memory itself (NCCL); `None` where buffers are host memory (cpu, emu).
+    fn device_place(&self, _buf: &Self::Buf, _off: usize) -> Result<Option<(u64, u64)>> {
+        Ok(None)
+    }
 
     /// A point in the backend's queue of work, for timing it: a CUDA event on a GPU,
     /// the wall clock where every op runs before it returns (cpu, emu).
@@ -410,7 +418,8 @@ pub trait Backend {
     fn global_max_backward(&self, dx: At<Self>, dy: At<Self>, x: At<Self>, p: &GlobalPoolParams) -> Result<()>;
 
     /// The loss of [`LossParams`] and the gradients of `loss` with respect to the
-    /// three logit tensors (written, not added).
+    /// three logit tensors (written, not added): [`Backend::loss_sums`],
+    /// [`LossSums::finish`] and [`Backend::loss_mask_grad`] on one whole batch.
     #[allow(clippy::too_many_arguments)]
     fn loss(
         &self,
@@ -422,7 +431,43 @@ pub trait Backend {
         cls_last: At<Self>,
         target: At<Self>,
         p: &LossParams,
-    ) -> Result<LossParts>;
+    ) -> Result<LossParts> {
+        let sums = self.loss_sums(d_mask, d_mid, d_last, mask_logits, cls_mid, cls_last, target, p, p.n)?;
+        let (parts, coefs) = sums.finish(p, p.n);
+        self.loss_mask_grad(d_mask, mask_logits, target, p, &coefs)?;
+        Ok(parts)
+    }
+
+    /// The first part of the loss on this replica's `p.n` samples, of a global
+    /// batch of `total_n` (module [`loss`]): returns the sums and writes `d_mid` and
+    /// `d_last` (their gradients need only the labels, which are per sample, and
+    /// the global batch size). `d_mask` holds the backend's intermediate values
+    /// until [`Backend::loss_mask_grad`] overwrites it; nothing may touch it between.
+    #[allow(clippy::too_many_arguments)]
+    fn loss_sums(
+        &self,
+        d_mask: At<Self>,
+        d_mid: At<Self>,
+        d_last: At<Self>,
+        mask_logits: At<Self>,
+        cls_mid: At<Self>,
+        cls_last: At<Self>,
+        target: At<Self>,
+        p: &LossParams,
+        total_n: usize,
+    ) -> Result<LossSums>;
+
+    /// The last part of the loss: `d_mask`, the gradient of the loss with respect
+    /// to the mask logits, from the factors of the global sums
+    /// ([`LossSums::finish`]), after [`Backend::loss_sums`] on the same operands.
+    fn loss_mask_grad(
+        &self,
+        d_mask: At<Self>,
+        mask_logits: At<Self>,
+        target: At<Self>,
+        p: &LossParams,
+        c: &MaskCoefs,
+    ) -> Result<()>;
 
     /// One Adam step, updating `param`, `m` and `v` in place from `grad`.
     fn adam(&self, param: At<Self>, m: At<Self>, v: At<Self>, grad: At<Self>, p: &AdamParams) -> Result<()>;

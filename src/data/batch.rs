@@ -70,6 +70,21 @@ pub fn normalize_image(rgb: &[u8]) -> Vec<f32> {
 /// Gathers samples `indices` of `ds` into a batch, augmenting each with its own
 /// transform when `aug` is given (see the module doc for determinism).
 pub fn make_batch(ds: &Dataset, indices: &[usize], aug: Option<(&AugmentParams, &mut dyn RngCore)>) -> Result<Batch> {
+    make_batch_part(ds, indices, aug, 0..indices.len())
+}
+
+/// The samples `part` of the batch [`make_batch`] makes of `indices`, with the same
+/// augmentations (every sample's transform is drawn from `aug`'s generator in
+/// batch order, then only `part` is decoded): one data-parallel replica's shard.
+pub fn make_batch_part(
+    ds: &Dataset,
+    indices: &[usize],
+    aug: Option<(&AugmentParams, &mut dyn RngCore)>,
+    part: std::ops::Range<usize>,
+) -> Result<Batch> {
+    if part.start > part.end || part.end > indices.len() {
+        return Err(Error::shape("make_batch part", format!("within 0..{}", indices.len()), format!("{part:?}")));
+    }
     if let Some(&bad) = indices.iter().find(|&&i| i >= ds.len()) {
         return Err(Error::shape("make_batch index", format!("< {}", ds.len()), bad));
     }
@@ -82,12 +97,14 @@ pub fn make_batch(ds: &Dataset, indices: &[usize], aug: Option<(&AugmentParams, 
             .collect(),
         None => vec![Transform::IDENTITY; n],
     };
+    let (indices, transforms) = (&indices[part.clone()], &transforms[part]);
+    let n = indices.len();
     let mut input = vec![0.0f32; n * px * 3];
     let mut target = vec![0.0f32; n * px * NUM_ATTRIBUTES];
     input
         .par_chunks_mut(px * 3)
         .zip(target.par_chunks_mut(px * NUM_ATTRIBUTES))
-        .zip(indices.par_iter().zip(&transforms))
+        .zip(indices.par_iter().zip(transforms))
         .try_for_each(|((input, target), (&i, t))| -> Result<()> {
             let (mut image, mut mask) = (vec![0u8; px * 3], vec![0u8; px]);
             t.apply(size, ds.image(i), ds.mask(i), &mut image, &mut mask)?;

@@ -17,7 +17,7 @@ use super::config::UNetConfig;
 use super::params::{LayerParams, ParamKind, ParamTable};
 use super::plan::{Plan, PlanKind, View, BLOCK_CONVS};
 use crate::backend::{
-    At, Backend, Conv2dParams, DeconvParams, GlobalPoolParams, GradIn, LossParams, LossParts, MaxPoolParams,
+    At, Backend, Conv2dParams, DeconvParams, GlobalPoolParams, GradIn, LossParams, LossParts, LossSums, MaxPoolParams,
 };
 use crate::error::{Error, Result};
 
@@ -139,6 +139,26 @@ impl LayerHook for NoHook {
     fn end(&mut self, _: Layer, _: Pass) {}
 }
 
+/// How one replica's loss sums become the global batch's (data parallelism).
+pub trait LossShards {
+    /// The global batch size, of which this replica holds `local_n`.
+    fn total_n(&self, local_n: usize) -> usize;
+    /// The sums over every replica, given this one's.
+    fn reduce(&mut self, sums: LossSums) -> Result<LossSums>;
+}
+
+/// One replica holding the whole batch: the sums are the batch's.
+pub struct WholeBatch;
+
+impl LossShards for WholeBatch {
+    fn total_n(&self, local_n: usize) -> usize {
+        local_n
+    }
+    fn reduce(&mut self, sums: LossSums) -> Result<LossSums> {
+        Ok(sums)
+    }
+}
+
 /// What the backward pass does with the gradient of a layer's input.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Dx {
@@ -244,6 +264,21 @@ impl<B: Backend> UNet16<B> {
         input_grad: bool,
         hook: &mut dyn LayerHook,
     ) -> Result<LossParts> {
+        self.backward_sharded(be, ws, input_grad, hook, &mut WholeBatch)
+    }
+
+    /// [`UNet16::backward_profiled`] on one replica's shard of a global batch: the
+    /// loss's sums go through `shards` (an all-reduce over the replicas) before the
+    /// loss and its gradients are computed for the global batch, so the parameter
+    /// gradients of the replicas add up to those of the whole batch.
+    pub fn backward_sharded(
+        &self,
+        be: &B,
+        ws: &Workspace<B>,
+        input_grad: bool,
+        hook: &mut dyn LayerHook,
+        shards: &mut dyn LossShards,
+    ) -> Result<LossParts> {
         if !self.trainable || ws.plan.kind != PlanKind::Training {
             return Err(Error::shape(
                 "backward pass",
@@ -256,17 +291,15 @@ impl<B: Backend> UNet16<B> {
         let (acts, dacts) = (&ws.acts, &ws.dacts);
         let m = p.mask_logits;
         let lp = LossParams { n: m.n, h: m.h, w: m.w, k: m.c };
+        let target = At::new(&ws.target, 0);
         let parts = r.timed(Layer::Loss, Pass::Backward, 0, |be| {
-            be.loss(
-                at(dacts, m),
-                at(dacts, p.cls_mid),
-                at(dacts, p.cls_last),
-                at(acts, m),
-                at(acts, p.cls_mid),
-                at(acts, p.cls_last),
-                At::new(&ws.target, 0),
-                &lp,
-            )
+            let total = shards.total_n(m.n);
+            let (d_mid, d_last) = (at(dacts, p.cls_mid), at(dacts, p.cls_last));
+            let (mid, last) = (at(acts, p.cls_mid), at(acts, p.cls_last));
+            let sums = be.loss_sums(at(dacts, m), d_mid, d_last, at(acts, m), mid, last, target, &lp, total)?;
+            let (parts, coefs) = shards.reduce(sums)?.finish(&lp, total);
+            be.loss_mask_grad(at(dacts, m), at(acts, m), target, &lp, &coefs)?;
+            Ok(parts)
         })?;
         r.timed(Layer::HeadLast, Pass::Backward, 0, |be| {
             be.global_max_backward(at(dacts, m), at(dacts, p.cls_last), at(acts, m), &gpool(m))

@@ -1,9 +1,9 @@
 //! The training loop, one function per part of it: the loop over epochs
 //! ([`train`]), one epoch's batches ([`run_epoch`]), one optimizer step
 //! ([`step`]), and the end of an epoch ([`end_epoch`]: validation, the learning-rate
-//! schedule, the log) with its checkpoints ([`checkpoint`]). A data-parallel trainer
-//! replaces [`step`]'s forward/backward with one per replica and an all-reduce of
-//! the gradients before the same Adam step; the rest stays as it is.
+//! schedule, the log) with its checkpoints ([`checkpoint`]). Every function takes
+//! this replica's [`Part`] of a data-parallel run (`super::replicas`): one replica
+//! is rank 0 of 1, and then nothing is communicated.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,11 +14,12 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::log::{self, MetricsLog};
+use super::replicas::{all_reduce_grads, GroupShards, Part, StepReport};
 use super::validate::{self, ValMetrics};
 use super::{save, Run, Stop, TrainOptions, BEST_JACCARD, BEST_LOSS, LAST};
 use crate::backend::{AdamParams, At, Backend, LossParts};
 use crate::data::augment::AugmentParams;
-use crate::data::batch::make_batch;
+use crate::data::batch::make_batch_part;
 use crate::data::isic::{Dataset, Split};
 use crate::error::{Error, Result};
 use crate::model::unet::{Layer, LayerHook, NoHook, Pass};
@@ -39,6 +40,13 @@ struct Loop<'a, B: Backend> {
     interrupted: &'a AtomicBool,
     /// Optimizer steps taken by this invocation (for `max_steps`).
     steps_here: u64,
+    /// This replica's part of the run.
+    part: &'a mut Part,
+    /// The log (rank 0 only).
+    log: Option<MetricsLog>,
+    /// Rank 0 of several replicas: a workspace of the global batch for validation,
+    /// which then scores exactly what one replica scores.
+    val_ws: Option<Workspace<B>>,
 }
 
 /// How an epoch's batches ended.
@@ -50,7 +58,9 @@ enum EpochEnd {
 }
 
 /// Trains until `o.epochs` are done, the time or step budget is spent, or Ctrl-C;
-/// returns why it stopped and the last validation.
+/// returns why it stopped and the last validation (rank 0's). `batch_size` is the
+/// global batch; this replica's workspace holds its share.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn train<B: Backend>(
     be: &B,
     run: &mut Run<B>,
@@ -59,19 +69,24 @@ pub(super) fn train<B: Backend>(
     o: &TrainOptions,
     batch_size: usize,
     interrupted: &AtomicBool,
+    part: &mut Part,
 ) -> Result<(Stop, Option<ValMetrics>)> {
     let nvtx = if o.nvtx { Nvtx::attached()? } else { None };
-    let log = MetricsLog::open(&o.out, run.state.epoch)?;
+    let (world, leader) = (part.world(), part.leader());
+    let log = if leader { Some(MetricsLog::open(&o.out, run.state.epoch)?) } else { None };
     let size = run.state.size;
-    let ws = run.model.workspace(be, batch_size, size, size)?;
-    let mut lp = Loop { be, ds, split, o, ws, batch_size, nvtx, interrupted, steps_here: 0 };
+    let ws = run.model.workspace(be, batch_size / world, size, size)?;
+    let val_ws = if leader && world > 1 { Some(run.model.workspace(be, batch_size, size, size)?) } else { None };
+    let mut lp = Loop { be, ds, split, o, ws, batch_size, nvtx, interrupted, steps_here: 0, part, log, val_ws };
     let (started, mut last_val) = (Instant::now(), None);
     while run.state.epoch < o.epochs {
-        if o.time_limit.is_some_and(|t| started.elapsed() >= t) {
+        // Rank 0's clock decides, so every replica stops at the same epoch.
+        let out_of_time = o.time_limit.is_some_and(|t| started.elapsed() >= t);
+        if lp.part.leaders(out_of_time as u8 as f64)? > 0.0 {
             return Ok((Stop::Budget, last_val));
         }
         match run_epoch(&mut lp, run)? {
-            EpochEnd::Done(took) => last_val = Some(end_epoch(&lp, run, &log, took)?),
+            EpochEnd::Done(took) => last_val = end_epoch(&mut lp, run, took)?.or(last_val),
             EpochEnd::Stopped(stop) => return Ok((stop, last_val)),
         }
     }
@@ -85,7 +100,9 @@ fn run_epoch<B: Backend>(lp: &mut Loop<'_, B>, run: &mut Run<B>) -> Result<Epoch
     let (o, epoch) = (lp.o, run.state.epoch);
     let batches = lp.split.train.len() / lp.batch_size;
     let order = shuffled(&lp.split.train, run.state.seed, epoch);
-    let bar = log::progress(o.quiet, batches as u64, epoch, o.epochs);
+    let bar = log::progress(o.quiet || !lp.part.leader(), batches as u64, epoch, o.epochs);
+    let local = lp.batch_size / lp.part.world();
+    let mine = lp.part.rank() * local..(lp.part.rank() + 1) * local;
     bar.set_position(run.state.batch_in_epoch as u64);
     if run.state.batch_in_epoch == 0 {
         run.state.epoch_loss_sum = 0.0;
@@ -95,7 +112,7 @@ fn run_epoch<B: Backend>(lp: &mut Loop<'_, B>, run: &mut Run<B>) -> Result<Epoch
         let mut rng = ChaCha8Rng::seed_from_u64(mix(run.state.seed, epoch as u64, b as u64));
         let aug = AugmentParams::default();
         let ids = &order[b * lp.batch_size..(b + 1) * lp.batch_size];
-        let batch = make_batch(lp.ds, ids, Some((&aug, &mut rng)))?;
+        let batch = make_batch_part(lp.ds, ids, Some((&aug, &mut rng)), mine.clone())?;
         let loss = step(lp, run, &batch.input, &batch.target)?;
         if !loss.loss.is_finite() {
             bar.abandon();
@@ -117,9 +134,12 @@ fn run_epoch<B: Backend>(lp: &mut Loop<'_, B>, run: &mut Run<B>) -> Result<Epoch
         bar.set_message(format!("loss {mean:.4}  {images_per_s:.1} img/s"));
         bar.inc(1);
         let budget = o.max_steps.is_some_and(|m| lp.steps_here >= m);
-        if lp.interrupted.load(Ordering::SeqCst) || budget {
+        // Ctrl-C reaches the replicas at different steps: stop together.
+        if lp.part.any(lp.interrupted.load(Ordering::SeqCst))? || budget {
             bar.abandon();
-            save(lp.be, run, &o.out.join(LAST))?;
+            if lp.part.leader() {
+                save(lp.be, run, &o.out.join(LAST))?;
+            }
             return Ok(EpochEnd::Stopped(if budget { Stop::Budget } else { Stop::Interrupted }));
         }
     }
@@ -127,21 +147,31 @@ fn run_epoch<B: Backend>(lp: &mut Loop<'_, B>, run: &mut Run<B>) -> Result<Epoch
     Ok(EpochEnd::Done(start.elapsed()))
 }
 
-/// One optimizer step on a batch already normalised (NHWC input and targets):
-/// forward, loss, backward, Adam. A non-finite loss takes no Adam step.
-fn step<B: Backend>(lp: &Loop<'_, B>, run: &mut Run<B>, input: &[f32], target: &[f32]) -> Result<LossParts> {
+/// One optimizer step on this replica's shard of a batch already normalised (NHWC
+/// input and targets): forward, loss (its sums all-reduced), backward, the
+/// gradients all-reduced, Adam. A non-finite loss takes no Adam step.
+fn step<B: Backend>(lp: &mut Loop<'_, B>, run: &mut Run<B>, input: &[f32], target: &[f32]) -> Result<LossParts> {
     let (be, ws) = (lp.be, &lp.ws);
     let _r = nvtx::range(lp.nvtx, c"train_step");
     be.upload(&ws.acts, ws.plan.input.off, input)?;
     be.upload(&ws.target, 0, target)?;
     let mut ranges = Ranges { nvtx: lp.nvtx, inner: &mut NoHook };
     run.model.forward_profiled(be, ws, &mut ranges)?;
-    let loss = run.model.backward_profiled(be, ws, false, &mut ranges)?;
+    let loss = run.model.backward_sharded(be, ws, false, &mut ranges, &mut GroupShards { part: lp.part })?;
     if !loss.loss.is_finite() {
+        // The loss is the global batch's: every replica stops here.
         return Ok(loss);
     }
     run.state.step += 1;
     let m = &run.model;
+    all_reduce_grads(be, &m.grads, m.table.len, lp.part)?;
+    if let Some(obs) = &lp.o.observer {
+        let mut grads = vec![0.0; if obs.grads { m.table.len } else { 0 }];
+        be.download(&m.grads, 0, &mut grads)?;
+        let (rank, world) = (lp.part.rank(), lp.part.world());
+        let report = StepReport { rank, world, step: run.state.step, loss, grads: obs.grads.then_some(&grads[..]) };
+        (obs.f)(&report)?;
+    }
     let p = AdamParams {
         len: m.table.len,
         lr: run.state.lr as f32,
@@ -157,23 +187,28 @@ fn step<B: Backend>(lp: &Loop<'_, B>, run: &mut Run<B>, input: &[f32], target: &
 }
 
 /// The end of an epoch: validation, the plateau schedule, the log row and line, the
-/// checkpoints and the curves.
-fn end_epoch<B: Backend>(lp: &Loop<'_, B>, run: &mut Run<B>, log: &MetricsLog, took: Duration) -> Result<ValMetrics> {
+/// checkpoints and the curves, on rank 0, which tells the others the learning rate
+/// (they return `None`).
+fn end_epoch<B: Backend>(lp: &mut Loop<'_, B>, run: &mut Run<B>, took: Duration) -> Result<Option<ValMetrics>> {
     let batches = run.state.batch_in_epoch.max(1) as f64;
     let train_loss = run.state.epoch_loss_sum / batches;
     run.state.epoch += 1;
     run.state.batch_in_epoch = 0;
     run.state.epoch_loss_sum = 0.0;
-    let val = validate::run(lp.be, &run.model, lp.ds, &lp.split.val, &lp.ws)?;
+    let Some(log) = lp.log.as_ref() else {
+        run.state.lr = lp.part.leaders(run.state.lr)?;
+        return Ok(None);
+    };
+    let val = validate::run(lp.be, &run.model, lp.ds, &lp.split.val, lp.val_ws.as_ref().unwrap_or(&lp.ws))?;
     let lr_before = run.state.lr;
-    run.state.lr = run.state.plateau.step(val.loss.loss, run.state.lr);
+    run.state.lr = lp.part.leaders(run.state.plateau.step(val.loss.loss, run.state.lr))?;
     log.append(&run.state, train_loss, lr_before, &val, took)?;
     if !lp.o.quiet {
         eprintln!("{}", log::epoch_line(&run.state, lp.o.epochs, train_loss, &val));
     }
     checkpoint(lp.be, run, &lp.o.out, &val)?;
     log.plot(&lp.o.out.join("curves.png"))?;
-    Ok(val)
+    Ok(Some(val))
 }
 
 /// Writes `last` and, when this epoch improved on them, the best checkpoints. The

@@ -18,6 +18,8 @@
 pub mod checkpoint;
 mod epoch;
 mod log;
+mod parallel;
+mod replicas;
 pub mod schedule;
 mod setup;
 mod validate;
@@ -32,6 +34,8 @@ use crate::error::{Error, Result};
 use crate::limits;
 use crate::model::{init::default_init, ParamTable, UNet16, UNetConfig};
 use checkpoint::TrainState;
+pub use parallel::run_parallel;
+pub use replicas::{run_replicas, StepObserver, StepReport};
 use schedule::Plateau;
 pub use validate::ValMetrics;
 
@@ -90,6 +94,12 @@ pub struct TrainOptions {
     pub quiet: bool,
     /// NVTX ranges around each step and each layer pass (see [`crate::nvtx`]).
     pub nvtx: bool,
+    /// Data-parallel replicas sharing each global batch ([`run_replicas`]; 1: none).
+    pub replicas: usize,
+    /// How long a replica waits for the others at a collective.
+    pub replica_timeout: Duration,
+    /// Called by every replica after each step (tests).
+    pub observer: Option<StepObserver>,
 }
 
 impl TrainOptions {
@@ -113,6 +123,9 @@ impl TrainOptions {
             max_steps: None,
             quiet: false,
             nvtx: false,
+            replicas: 1,
+            replica_timeout: crate::collective::DEFAULT_TIMEOUT,
+            observer: None,
         }
     }
 
@@ -127,6 +140,8 @@ impl TrainOptions {
         if let Some(t) = self.time_limit {
             limits::TIME_LIMIT.check(t.as_secs_f64() / 60.0)?;
         }
+        limits::REPLICAS.check(self.replicas)?;
+        limits::REPLICA_TIMEOUT.check(self.replica_timeout.as_secs_f64())?;
         if self.resume && self.force {
             return Err(Error::argument("--force", "cannot be combined with --resume: continue a run, or start over"));
         }
@@ -176,6 +191,9 @@ pub struct TrainSummary {
     pub skipped: usize,
     /// Where the checkpoints are.
     pub out: PathBuf,
+    /// This process's rank (0 but in a launched group's other processes, which
+    /// write nothing).
+    pub rank: usize,
 }
 
 /// The checkpoint names in a run directory.
@@ -214,21 +232,26 @@ struct Run<B: Backend> {
     state: TrainState,
 }
 
-/// Trains on `be` as `o` says: the steps of the module doc, in order.
+/// Trains on `be` as `o` says: the steps of the module doc, in order. One replica
+/// (`o.replicas` > 1 is [`run_replicas`]'s).
 pub fn run<B: Backend>(be: &B, o: &TrainOptions) -> Result<TrainSummary> {
     o.validate()?;
+    if o.replicas > 1 {
+        return Err(Error::argument("--replicas", "train::run trains one replica; use train::run_replicas"));
+    }
     let resumed = setup::check_resume(o)?;
     let recipe = setup::recipe(o, resumed.as_ref())?;
     setup::prepare_out(o)?;
     let (ds, report) = setup::load_data(be, o, &recipe)?;
-    let split = setup::split(o, &ds, &recipe)?;
+    let split = setup::split(o, &ds, &recipe, true)?;
     let mut run = start(be, o, &recipe)?;
     let flag = catch_ctrl_c();
     if !o.quiet {
         // After the handler is set: a Ctrl-C from here on is caught and saved.
         eprintln!("{}", report.summary());
     }
-    let (stop, last_val) = epoch::train(be, &mut run, &ds, &split, o, recipe.batch_size, flag)?;
+    let mut alone = replicas::Part::alone();
+    let (stop, last_val) = epoch::train(be, &mut run, &ds, &split, o, recipe.batch_size, flag, &mut alone)?;
     Ok(TrainSummary {
         stop,
         state: run.state,
@@ -236,6 +259,7 @@ pub fn run<B: Backend>(be: &B, o: &TrainOptions) -> Result<TrainSummary> {
         samples: (split.train.len(), split.val.len()),
         skipped: report.skipped.len(),
         out: o.out.clone(),
+        rank: 0,
     })
 }
 

@@ -167,13 +167,13 @@ fn check_resources<B: Backend>(be: &B, o: &TrainOptions, r: &Recipe, plan: &cach
     )))
 }
 
-/// The train/validation split (a CSV, or seeded), written to `out/split.csv`
-/// unless it was read from that very file; at least one batch of training images
-/// and one validation image.
-pub(super) fn split(o: &TrainOptions, ds: &Dataset, r: &Recipe) -> Result<Split> {
+/// The train/validation split (a CSV, or seeded), written to `out/split.csv` when
+/// `write` (the process of rank 0) unless it was read from that very file; at least
+/// one batch of training images and one validation image.
+pub(super) fn split(o: &TrainOptions, ds: &Dataset, r: &Recipe, write: bool) -> Result<Split> {
     let split = isic::make_split(&ds.ids, o.split_csv.as_deref(), super::VAL_FRACTION, r.seed)?;
     let path = o.out.join("split.csv");
-    if !o.split_csv.as_deref().is_some_and(|s| crate::output::same_file(s, &path)) {
+    if write && !o.split_csv.as_deref().is_some_and(|s| crate::output::same_file(s, &path)) {
         isic::write_split_csv(&path, &ds.ids, &split)?;
     }
     if split.val.is_empty() {

@@ -1,6 +1,7 @@
 //! The multi-task loss on the CPU: mask BCE minus log soft Jaccard, plus the BCE of
 //! the two image-level heads against "attribute present" labels, and the gradients
-//! of the total with respect to the three logit tensors. See [`LossParams`].
+//! of the total with respect to the three logit tensors. See [`LossParams`] and, for
+//! the split that data parallelism uses, `backend::loss`.
 //!
 //! Per element the work is done in `T`; the batch sums (BCE, intersection, union)
 //! are accumulated in f64 over fixed-size chunks whose partial sums are added in
@@ -9,10 +10,8 @@
 use rayon::prelude::*;
 
 use super::Real;
-use crate::backend::{LossParams, LossParts};
-
-/// ε of the soft Jaccard term, as in the paper's code.
-const JACCARD_EPS: f64 = 1e-15;
+use crate::backend::loss::head_scale;
+use crate::backend::{LossParams, LossParts, LossSums, MaskCoefs};
 
 /// Mask pixels per rayon task: large enough to amortise the task, small enough to
 /// balance two to a few dozen cores on a 512x512 batch.
@@ -48,7 +47,8 @@ struct Partial {
 /// - `d_mid = 0.5·(sigmoid(cls_mid) − y)/(N·K)`, `d_last` likewise.
 ///
 /// `mask_logits`, `target`, `d_mask`: dense NHWC `[N,H,W,K]`; `cls_*`, `d_*`: dense
-/// `[N,K]`. `y[n,k] = 1` where some `target[n,:,:,k] > 0.5`.
+/// `[N,K]`. `y[n,k] = 1` where some `target[n,:,:,k] > 0.5`. [`loss_sums`],
+/// [`LossSums::finish`] and [`loss_mask_grad`] on one whole batch.
 #[allow(clippy::too_many_arguments)]
 pub fn loss<T: Real>(
     d_mask: &mut [T],
@@ -60,6 +60,27 @@ pub fn loss<T: Real>(
     target: &[T],
     p: &LossParams,
 ) -> LossParts {
+    let sums = loss_sums(d_mask, d_mid, d_last, mask_logits, cls_mid, cls_last, target, p, p.n);
+    let (parts, coefs) = sums.finish(p, p.n);
+    loss_mask_grad(d_mask, target, p, &coefs);
+    parts
+}
+
+/// The sums of the loss over this replica's `p.n` samples of a global batch of
+/// `total_n`, and the heads' gradients (scaled for the global batch). Leaves
+/// sigmoid(mask_logits) in `d_mask` for [`loss_mask_grad`].
+#[allow(clippy::too_many_arguments)]
+pub fn loss_sums<T: Real>(
+    d_mask: &mut [T],
+    d_mid: &mut [T],
+    d_last: &mut [T],
+    mask_logits: &[T],
+    cls_mid: &[T],
+    cls_last: &[T],
+    target: &[T],
+    p: &LossParams,
+    total_n: usize,
+) -> LossSums {
     let (hw, k) = (p.h * p.w, p.k);
     let masks = p.n * hw * k;
     let heads = p.n * k;
@@ -68,7 +89,7 @@ pub fn loss<T: Real>(
     debug_assert!(cls_mid.len() >= heads && cls_last.len() >= heads);
     let (d_mask, mask_logits, target) = (&mut d_mask[..masks], &mask_logits[..masks], &target[..masks]);
 
-    // Pass 1: sums, labels, and sigmoid(mask_logits) parked in d_mask for pass 2.
+    // Sums, labels, and sigmoid(mask_logits) parked in d_mask for the gradient.
     let chunk = CHUNK_PIXELS * k.max(1);
     let partials: Vec<Partial> = d_mask
         .par_chunks_mut(chunk)
@@ -97,24 +118,32 @@ pub fn loss<T: Real>(
         })
         .collect();
 
-    let (mut bce, mut inter, mut sum_s, mut sum_t) = (0.0, 0.0, 0.0, 0.0);
+    let mut sums = LossSums::default();
     let mut positive = vec![false; heads];
     for part in &partials {
-        bce += part.bce;
-        inter += part.inter;
-        sum_s += part.sum_s;
-        sum_t += part.sum_t;
+        sums.bce += part.bce;
+        sums.inter += part.inter;
+        sums.sum_s += part.sum_s;
+        sums.sum_t += part.sum_t;
         for (all, &here) in positive.iter_mut().zip(&part.positive) {
             *all |= here;
         }
     }
-    let union = sum_s + sum_t;
-    let loss1 = bce / masks as f64 - ((inter + JACCARD_EPS) / (union - inter + JACCARD_EPS)).ln();
+    let scale = T::from_f64(head_scale(total_n, k));
+    sums.mid = head_sum(&mut d_mid[..heads], &cls_mid[..heads], &positive, scale);
+    sums.last = head_sum(&mut d_last[..heads], &cls_last[..heads], &positive, scale);
+    sums
+}
 
-    // Pass 2: d_mask from the parked sigmoid, with the batch-wide factors in T.
-    let inv_m = T::from_f64(1.0 / masks as f64);
-    let inv_outside = T::from_f64(1.0 / (union - inter + JACCARD_EPS));
-    let inv_inter = T::from_f64(1.0 / (inter + JACCARD_EPS));
+/// `d_mask` from the sigmoid that [`loss_sums`] parked in it and the factors of
+/// the global sums, in `T`.
+pub fn loss_mask_grad<T: Real>(d_mask: &mut [T], target: &[T], p: &LossParams, c: &MaskCoefs) {
+    let masks = p.n * p.h * p.w * p.k;
+    let chunk = CHUNK_PIXELS * p.k.max(1);
+    let (d_mask, target) = (&mut d_mask[..masks], &target[..masks]);
+    let inv_m = T::from_f64(c.inv_m);
+    let inv_outside = T::from_f64(c.inv_outside);
+    let inv_inter = T::from_f64(c.inv_inter);
     d_mask.par_chunks_mut(chunk).zip(target.par_chunks(chunk)).for_each(|(d, t)| {
         for (d, &t) in d.iter_mut().zip(t) {
             let s = *d;
@@ -122,16 +151,12 @@ pub fn loss<T: Real>(
             *d = (s - t) * inv_m + s * (one - s) * ((one - t) * inv_outside - t * inv_inter);
         }
     });
-
-    let loss2 = head_loss(&mut d_mid[..heads], &cls_mid[..heads], &positive);
-    let loss3 = head_loss(&mut d_last[..heads], &cls_last[..heads], &positive);
-    LossParts { loss: loss1 + 0.5 * loss2 + 0.5 * loss3, loss1, loss2, loss3 }
 }
 
-/// Mean BCE-with-logits of one image-level head against the labels, and its
-/// gradient scaled by the head's weight 0.5 in the total loss.
-fn head_loss<T: Real>(d: &mut [T], logits: &[T], positive: &[bool]) -> f64 {
-    let scale = T::from_f64(0.5 / logits.len() as f64);
+/// The sum of one image-level head's BCE-with-logits against the labels, in
+/// (n, k) order, and its gradient `(s − y)·scale` (the head's weight 0.5 over the
+/// global batch's N·K).
+fn head_sum<T: Real>(d: &mut [T], logits: &[T], positive: &[bool], scale: T) -> f64 {
     let mut sum = 0.0;
     for ((d, &x), &pos) in d.iter_mut().zip(logits).zip(positive) {
         let y = if pos { T::one() } else { T::zero() };
@@ -139,5 +164,5 @@ fn head_loss<T: Real>(d: &mut [T], logits: &[T], positive: &[bool]) -> f64 {
         sum += bce.to_f64();
         *d = (s - y) * scale;
     }
-    sum / logits.len() as f64
+    sum
 }

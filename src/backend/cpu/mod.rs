@@ -20,8 +20,8 @@ use std::ops::{Add, AddAssign, Div, Mul, Neg, Sub};
 use std::time::Instant;
 
 use super::{
-    view_len, AdamParams, At, Backend, Conv2dParams, DeconvParams, GlobalPoolParams, GradIn, LossParams, LossParts,
-    MaxPoolParams,
+    view_len, AdamParams, At, Backend, Conv2dParams, DeconvParams, GlobalPoolParams, GradIn, LossParams, LossSums,
+    MaskCoefs, MaxPoolParams,
 };
 use crate::error::{Error, Result};
 
@@ -410,7 +410,7 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn loss(
+    fn loss_sums(
         &self,
         d_mask: At<Self>,
         d_mid: At<Self>,
@@ -420,7 +420,8 @@ impl Backend for Cpu {
         cls_last: At<Self>,
         target: At<Self>,
         p: &LossParams,
-    ) -> Result<LossParts> {
+        total_n: usize,
+    ) -> Result<LossSums> {
         let masks = p.n * p.h * p.w * p.k;
         let heads = p.n * p.k;
         let rs = [
@@ -433,19 +434,27 @@ impl Backend for Cpu {
             region("target", target, masks, false),
         ];
         check("loss", &rs)?;
+        let [dm, di, dl, xm, xi, xl, tg] = &rs;
         // SAFETY: all regions checked together.
         Ok(unsafe {
-            loss::loss(
-                write(&rs[0]),
-                write(&rs[1]),
-                write(&rs[2]),
-                read(&rs[3]),
-                read(&rs[4]),
-                read(&rs[5]),
-                read(&rs[6]),
-                p,
-            )
+            loss::loss_sums(write(dm), write(di), write(dl), read(xm), read(xi), read(xl), read(tg), p, total_n)
         })
+    }
+
+    fn loss_mask_grad(
+        &self,
+        d_mask: At<Self>,
+        _: At<Self>,
+        target: At<Self>,
+        p: &LossParams,
+        c: &MaskCoefs,
+    ) -> Result<()> {
+        let masks = p.n * p.h * p.w * p.k;
+        let rs = [region("d_mask", d_mask, masks, true), region("target", target, masks, false)];
+        check("loss", &rs)?;
+        // SAFETY: all regions checked together.
+        unsafe { loss::loss_mask_grad(write(&rs[0]), read(&rs[1]), p, c) };
+        Ok(())
     }
 
     fn adam(&self, param: At<Self>, m: At<Self>, v: At<Self>, grad: At<Self>, p: &AdamParams) -> Result<()> {

@@ -206,6 +206,14 @@ impl Cuda {
         self.ctx.bind_to_thread().map_err(|e| driver_error("binding the CUDA context", e))
     }
 
+    /// This GPU's context made current on the calling thread, and the raw handle of
+    /// its one stream: what a library that queues its own work (NCCL) needs to run
+    /// in order with this executor's launches and copies.
+    pub fn bind_stream(&self) -> Result<sys::CUstream> {
+        self.bind()?;
+        Ok(self.stream.cu_stream())
+    }
+
     /// Loads kernel file `module` (once; see `loader.rs` for the order of paths).
     pub fn module(&self, module: &'static str) -> Result<Arc<Module>> {
         let mut modules = self.modules.lock().map_err(|_| poisoned())?;
@@ -401,6 +409,11 @@ impl Executor for Cuda {
             self.synchronize()?;
         }
         Ok(())
+    }
+
+    fn device_place(&self, mem: &DeviceBuf, off: usize) -> Result<Option<(u64, u64)>> {
+        self.check_range("device_place", mem, off, 0)?;
+        Ok(Some((self.ptr(mem, off), self.bind_stream()? as u64)))
     }
 
     fn download(&self, mem: &DeviceBuf, off: usize, dst: &mut [f32]) -> Result<()> {

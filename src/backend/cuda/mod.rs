@@ -38,7 +38,8 @@ pub mod scratch;
 pub mod sources;
 
 use super::{
-    AdamParams, At, Backend, Conv2dParams, DeconvParams, GlobalPoolParams, GradIn, LossParams, LossParts, MaxPoolParams,
+    AdamParams, At, Backend, Conv2dParams, DeconvParams, GlobalPoolParams, GradIn, LossParams, LossSums, MaskCoefs,
+    MaxPoolParams,
 };
 use crate::backend::memory::MemoryStats;
 use crate::error::{Error, Result};
@@ -117,6 +118,11 @@ pub trait Executor {
     fn upload(&self, mem: &Self::Mem, off: usize, src: &[f32]) -> Result<()>;
     /// Device → host from element `off`.
     fn download(&self, mem: &Self::Mem, off: usize, dst: &mut [f32]) -> Result<()>;
+    /// `Backend::device_place`: the device address of element `off` and the raw
+    /// stream, where memory is a GPU's.
+    fn device_place(&self, _mem: &Self::Mem, _off: usize) -> Result<Option<(u64, u64)>> {
+        Ok(None)
+    }
     /// Runs `kernel` with `args` (waits for completion where the executor checks
     /// each launch, as in tests and debug builds).
     fn launch(&self, kernel: Kernel, geom: &Geometry, args: &[Arg]) -> Result<()>;
@@ -331,6 +337,9 @@ impl<E: Executor> Backend for Kernels<E> {
     fn zero(&self, buf: &E::Mem, off: usize, len: usize) -> Result<()> {
         self.exec.upload(buf, off, &vec![0.0; len])
     }
+    fn device_place(&self, buf: &E::Mem, off: usize) -> Result<Option<(u64, u64)>> {
+        self.exec.device_place(buf, off)
+    }
 
     fn conv2d_forward(&self, y: At<Self>, x: At<Self>, w: At<Self>, b: At<Self>, p: &Conv2dParams) -> Result<()> {
         conv2d::forward(self, y, x, w, b, p)
@@ -382,7 +391,7 @@ impl<E: Executor> Backend for Kernels<E> {
     fn global_max_backward(&self, dx: At<Self>, dy: At<Self>, x: At<Self>, p: &GlobalPoolParams) -> Result<()> {
         pool::global_max_backward(self, dx, dy, x, p)
     }
-    fn loss(
+    fn loss_sums(
         &self,
         d_mask: At<Self>,
         d_mid: At<Self>,
@@ -392,8 +401,19 @@ impl<E: Executor> Backend for Kernels<E> {
         cls_last: At<Self>,
         target: At<Self>,
         p: &LossParams,
-    ) -> Result<LossParts> {
-        loss::loss(self, d_mask, d_mid, d_last, mask_logits, cls_mid, cls_last, target, p)
+        total_n: usize,
+    ) -> Result<LossSums> {
+        loss::loss_sums(self, d_mask, d_mid, d_last, mask_logits, cls_mid, cls_last, target, p, total_n)
+    }
+    fn loss_mask_grad(
+        &self,
+        d_mask: At<Self>,
+        x: At<Self>,
+        target: At<Self>,
+        p: &LossParams,
+        c: &MaskCoefs,
+    ) -> Result<()> {
+        loss::loss_mask_grad(self, d_mask, x, target, p, c)
     }
     fn adam(&self, param: At<Self>, m: At<Self>, v: At<Self>, grad: At<Self>, p: &AdamParams) -> Result<()> {
         adam::adam(self, param, m, v, grad, p)
