@@ -154,11 +154,16 @@ impl Emu {
 
     /// Fills the first `len` elements of `mem` with NaN.
     fn poison(&self, mem: &EmuMem, len: usize) -> Result<()> {
-        Self::range_check(mem, 0, len, "poison")?;
+        Self::fill(mem, len, f32::NAN)
+    }
+
+    /// Fills the first `len` elements of `mem` with `value`.
+    fn fill(mem: &EmuMem, len: usize, value: f32) -> Result<()> {
+        Self::range_check(mem, 0, len, "fill")?;
         if mem.alloc.is_real() {
             // SAFETY: the range is inside the buffer (checked above); no launch runs
             // while the emulator's methods do (every launch completes in `launch`).
-            unsafe { std::slice::from_raw_parts_mut(mem.alloc.data() as *mut f32, len) }.fill(f32::NAN);
+            unsafe { std::slice::from_raw_parts_mut(mem.alloc.data() as *mut f32, len) }.fill(value);
         }
         Ok(())
     }
@@ -264,6 +269,13 @@ impl Executor for Emu {
     }
 
     fn fresh_scratch(&self, mem: &EmuMem, _len: usize) -> Result<()> {
+        if self.tracer.as_ref().is_some_and(trace::Recorder::samples) {
+            // A sampled trace leaves the blocks it skips (and the launches it does
+            // not repeat) unwritten, so a consumer reads what the scratch held: zeros
+            // keep a kernel that turns loaded data into addresses (the argmax of
+            // global_max_finish_f32) inside its buffers, where NaN would not.
+            return Self::fill(mem, mem.alloc.len(), 0.0);
+        }
         // All of it, not just what this op planned: a read past the plan would
         // otherwise see what an earlier, larger op left there.
         self.poison(mem, mem.alloc.len())

@@ -277,6 +277,11 @@ impl Recorder {
         (kernel.name, geom.grid, geom.block, geom.smem_bytes, args)
     }
 
+    /// Whether large launches are sampled (some blocks, and repeats, not run).
+    pub(crate) fn samples(&self) -> bool {
+        matches!(self.config.sampling, Sampling::Sample(_))
+    }
+
     /// Takes the launches traced so far.
     pub(crate) fn take(&self) -> Vec<LaunchTrace> {
         std::mem::take(&mut *self.launches.lock().unwrap_or_else(|e| e.into_inner()))
