@@ -158,6 +158,18 @@ fn replicas_on_the_cpu_train_the_single_replica_objective() {
     for n in [2, 3] {
         let many = train_with(|_| Ok(Cpu), &data, &dir.join(format!("r{n}")), n);
         compare(&format!("cpu, {n} replicas"), &one, &many);
+        if n == 2 {
+            // The same N again repeats the run bit for bit (the fixed-order sums).
+            let again = train_with(|_| Ok(Cpu), &data, &dir.join("r2-again"), 2);
+            let sorted = |s: &Seen| {
+                let mut all = s.all.clone();
+                all.sort_unstable(); // ranks report in any order
+                all
+            };
+            assert_eq!(sorted(&again.0), sorted(&many.0), "2 replicas twice: losses or gradients differ");
+            let bits = |p: &[f32]| p.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert!(bits(&again.1) == bits(&many.1), "2 replicas twice: weights differ");
+        }
     }
     // A resumed run may use another number of replicas: the order is the step's.
     let mut more = options(&data, &dir.join("r2"), 3);
